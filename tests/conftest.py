@@ -1,0 +1,44 @@
+"""Shared test setup: offline, deterministic, small."""
+
+import importlib.util
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from earlybird import transformers_patch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def pristine_dir():
+    """The pristine transformers files that `setup.sh` kept before patching."""
+    path = transformers_patch.installed_transformers_dir() / transformers_patch.BACKUP
+    if not path.exists():
+        pytest.fail(f"{path} missing: run `bash setup.sh`")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pristine_modeling(pristine_dir):
+    """Import the *unpatched* 5.23.0 modeling module of a model ('vit' or 'bert') beside the patched one."""
+    modules = {}
+
+    def load(model: str):
+        if model not in modules:
+            name = f"transformers.models.{model}._pristine_modeling_{model}"
+            spec = importlib.util.spec_from_file_location(name, pristine_dir / f"models/{model}/modeling_{model}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            modules[model] = module
+        return modules[model]
+
+    return load
