@@ -234,6 +234,24 @@ def revert(package_dir: Path) -> str:
     return f"restored the pristine transformers files at {package_dir}."
 
 
+def import_pristine_modeling(model: str):
+    """Import the *unpatched* 5.23.0 `modeling_<model>` ('vit' or 'bert') kept by `apply`, beside the patched one.
+
+    For equivalence tests and benchmarks against the original model. It shares the (patched, superset) config class.
+    """
+    name = f"transformers.models.{model}._pristine_modeling_{model}"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = installed_transformers_dir() / BACKUP / f"models/{model}/modeling_{model}.py"
+    if not path.exists():
+        raise PatchError(f"{path}: no pristine copy; run `bash setup.sh`.")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def unified_diff(target: str, pristine: bytes, patched: bytes) -> str:
     """A deterministic unified diff (no timestamps), as GNU patch -p1 reads it."""
     old, new = pristine.decode().splitlines(keepends=True), patched.decode().splitlines(keepends=True)

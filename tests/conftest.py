@@ -1,8 +1,6 @@
 """Shared test setup: offline, deterministic, small."""
 
-import importlib.util
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -29,16 +27,4 @@ def pristine_dir():
 @pytest.fixture(scope="session")
 def pristine_modeling(pristine_dir):
     """Import the *unpatched* 5.23.0 modeling module of a model ('vit' or 'bert') beside the patched one."""
-    modules = {}
-
-    def load(model: str):
-        if model not in modules:
-            name = f"transformers.models.{model}._pristine_modeling_{model}"
-            spec = importlib.util.spec_from_file_location(name, pristine_dir / f"models/{model}/modeling_{model}.py")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-            modules[model] = module
-        return modules[model]
-
-    return load
+    return transformers_patch.import_pristine_modeling

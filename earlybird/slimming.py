@@ -1,0 +1,144 @@
+"""The model side: read slimming coefficients, the L1 penalty, apply a pruning plan, fold, count FLOPs.
+
+Works on any patched ViT or BERT model (`...For...` classes included), through the patch's own methods
+(`prune_heads`, `prune_intermediate`, `fold_slimming`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .errors import EarlyBirdError
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer layers of a patched ViT (`layers`) or BERT (`encoder.layer`)."""
+    base = getattr(model, "base_model", model)
+    if hasattr(base, "layers"):
+        return base.layers
+    if hasattr(base, "encoder") and hasattr(base.encoder, "layer"):
+        return base.encoder.layer
+    raise EarlyBirdError(f"{type(model).__name__}: not a ViT or BERT model (no encoder layers found).")
+
+
+def _attention(layer: nn.Module) -> nn.Module:
+    return layer.attention if hasattr(layer.attention, "self_slimming_coef") else layer.attention.self
+
+
+def _ffn(layer: nn.Module) -> nn.Module:
+    return layer.mlp if hasattr(layer, "mlp") else layer.intermediate
+
+
+def head_coefficients(model: nn.Module) -> list[torch.Tensor]:
+    """The per-head coefficient parameters, one per layer (empty when self-slimming is off)."""
+    coefs = [_attention(layer).self_slimming_coef for layer in encoder_layers(model)]
+    return [c for c in coefs if c is not None]
+
+
+def neuron_coefficients(model: nn.Module) -> list[torch.Tensor]:
+    """The per-neuron coefficient parameters, one per layer (empty when inter-slimming is off)."""
+    coefs = [_ffn(layer).inter_slimming_coef for layer in encoder_layers(model)]
+    return [c for c in coefs if c is not None]
+
+
+def coefficient_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return head_coefficients(model) + neuron_coefficients(model)
+
+
+def _stack(coefs: list[torch.Tensor], what: str) -> torch.Tensor | None:
+    if not coefs:
+        return None
+    if len({c.shape for c in coefs}) != 1:
+        raise EarlyBirdError(f"the {what} coefficients differ in size across layers (a pruned model): nothing to stack.")
+    return torch.stack([c.detach() for c in coefs])
+
+
+@torch.no_grad()
+def read_coefficients(model: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(MSA (L, H), MLP (L, I)) coefficients, detached, on the model's device: no host sync."""
+    return _stack(head_coefficients(model), "head"), _stack(neuron_coefficients(model), "neuron")
+
+
+def l1_penalty(model: nn.Module, l1_self: float = 0.0, l1_inter: float = 0.0) -> torch.Tensor | float:
+    """`l1_self * sum |head coef| + l1_inter * sum |neuron coef|`, in fp32 whatever the autocast dtype."""
+    penalty = 0.0
+    for weight, coefs in ((l1_self, head_coefficients(model)), (l1_inter, neuron_coefficients(model))):
+        if weight and coefs:
+            penalty = penalty + weight * sum(c.float().abs().sum() for c in coefs)
+    return penalty
+
+
+def model_shape(model: nn.Module) -> dict:
+    config = model.config
+    return {
+        "model_type": config.model_type,
+        "layers": config.num_hidden_layers,
+        "heads": config.num_attention_heads,
+        "intermediate": config.intermediate_size,
+    }
+
+
+def _int_keyed(mapping: Mapping | None, what: str) -> dict[int, list[int]]:
+    out = {}
+    for key, values in (mapping or {}).items():
+        try:
+            out[int(key)] = [int(v) for v in values]
+        except (TypeError, ValueError) as err:
+            raise EarlyBirdError(f"plan: {what} must map layer numbers to lists of integers ({err}).") from err
+    return out
+
+
+def check_plan_fits(plan: Mapping, model: nn.Module):
+    """Refuse a plan whose layer / head / neuron counts do not fit the model, with one clear message."""
+    shape = model_shape(model)
+    declared = plan.get("shape") or {}
+    for key in ("layers", "heads", "intermediate"):
+        if key in declared and int(declared[key]) != shape[key]:
+            raise EarlyBirdError(
+                f"plan: made for {declared[key]} {key} but the model has {shape[key]} "
+                f"({shape['model_type']}, {shape['layers']} layers × {shape['heads']} heads × {shape['intermediate']} neurons)."
+            )
+    for what, limit in (("pruned_heads", shape["heads"]), ("pruned_intermediate", shape["intermediate"])):
+        for layer, indices in _int_keyed(plan.get(what), what).items():
+            if not 0 <= layer < shape["layers"]:
+                raise EarlyBirdError(f"plan: {what} names layer {layer}; the model has layers 0..{shape['layers'] - 1}.")
+            bad = [i for i in indices if not 0 <= i < limit]
+            if bad:
+                raise EarlyBirdError(f"plan: {what}[{layer}] has indices {bad[:5]} outside 0..{limit - 1}.")
+            if len(set(indices)) >= limit:
+                raise EarlyBirdError(f"plan: {what}[{layer}] removes all {limit}; at least one must remain.")
+
+
+def apply_plan(model: nn.Module, plan: Mapping) -> nn.Module:
+    """Physically prune `model` in place as the plan says (original numbering) and return it."""
+    check_plan_fits(plan, model)
+    model.prune_heads(_int_keyed(plan.get("pruned_heads"), "pruned_heads"))
+    model.prune_intermediate(_int_keyed(plan.get("pruned_intermediate"), "pruned_intermediate"))
+    return model
+
+
+def fold_slimming(model: nn.Module) -> nn.Module:
+    """Multiply the coefficients into the adjacent weights and remove them (a plain smaller model, same outputs)."""
+    model.fold_slimming()
+    return model
+
+
+def encoder_flops_per_token(model: nn.Module, seq_len: int) -> int:
+    """Multiply-accumulates ×2 of the encoder layers for one token, from the (possibly pruned) shapes.
+
+    Counts the q/k/v/o projections, the attention score and context products, and the two FFN linears: what
+    pruning heads and neurons removes. Embeddings and task heads are left out (pruning does not touch them).
+    """
+    hidden = model.config.hidden_size
+    flops = 0
+    for layer in encoder_layers(model):
+        attention = _attention(layer)
+        heads = attention.num_attention_heads
+        head_dim = getattr(attention, "head_dim", getattr(attention, "attention_head_size", None))
+        inner = heads * head_dim
+        inter = _ffn(layer).intermediate_size
+        flops += 2 * (4 * hidden * inner + 2 * seq_len * inner + 2 * hidden * inter)
+    return flops
