@@ -1,0 +1,216 @@
+"""The ``earlybird`` command line: detect, hamming-table, plan.
+
+Subcommands live in one registry (:data:`SUBCOMMANDS`); a new one is added with
+:func:`register` (a function adding its arguments and a function running it). Bad input
+prints one line ``earlybird: error: ...`` on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from .detectors import DETECTORS, detect, hamming_table
+from .errors import EarlyBirdError
+from .masks import SCOPES
+from .plans import make_plan, save_plan
+from .records import BLOCKS, load_records
+
+PROG = "earlybird"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors become one line instead of usage + message (main prints it)."""
+
+    def error(self, message):
+        raise _UsageError(message)
+
+
+@dataclass
+class Subcommand:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def register(name: str, help: str, add_arguments, run) -> None:
+    """Add a subcommand: ``add_arguments(parser)`` declares it, ``run(args) -> exit status`` runs it."""
+    SUBCOMMANDS[name] = Subcommand(help, add_arguments, run)
+
+
+# --------------------------------------------------------------------------- detect
+
+_HAMMING_ONLY = ("cached", "threshold")
+_STATIONARITY_ONLY = ("smooth", "window", "alpha")
+
+
+def _add_detect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("records", help="records directory or .npy file (ours or the original layout)")
+    p.add_argument("--block", choices=BLOCKS, default="msa", help="msa (heads) or mlp (neurons); default msa")
+    p.add_argument("--ratio", type=float, required=True, help="pruning ratio in [0, 1)")
+    p.add_argument("--scope", choices=SCOPES, default="layerwise", help="default layerwise")
+    p.add_argument("--method", required=True, metavar="{" + ",".join(DETECTORS) + "}", help="detector")
+    h = p.add_argument_group("hamming")
+    h.add_argument("--cached", type=int, help="masks in the FIFO (default 5)")
+    h.add_argument("--threshold", type=float, help="distance threshold eps (default 0.1)")
+    s = p.add_argument_group("slope, mk, adf")
+    s.add_argument("--smooth", type=int, help="moving-average length (default 200)")
+    s.add_argument("--window", type=int, help="smoothed values tested (default 300)")
+    s.add_argument("--alpha", type=float, help="p-value threshold (default 0.2; adf 0.05)")
+    s.add_argument("--maxlags", type=int, help="slope only: HAC lags (default floor(4 (window/100)^(2/9)))")
+    p.add_argument("--every", type=int, help="check every E training steps (default hamming 1, others 100)")
+    p.add_argument("--patience", type=int, help="consecutive passing checks needed (default 1)")
+    p.add_argument("--full-trace", action="store_true", help="keep checking after the draw (for plots)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the draw step")
+
+
+def _detector_params(args) -> dict:
+    method = args.method
+    if method not in DETECTORS:
+        raise EarlyBirdError(f"unknown method {method!r}; choose one of {', '.join(DETECTORS)}")
+    wrong = _STATIONARITY_ONLY + ("maxlags",) if method == "hamming" else _HAMMING_ONLY
+    if method not in ("slope", "hamming"):
+        wrong = wrong + ("maxlags",)
+    for name in wrong:
+        if getattr(args, name) is not None:
+            raise EarlyBirdError(f"--{name} does not apply to --method {method}")
+    names = ("cached", "threshold", "smooth", "window", "alpha", "maxlags", "every", "patience")
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def _run_detect(args) -> int:
+    params = _detector_params(args)
+    result = detect(args.records, block=args.block, ratio=args.ratio, scope=args.scope, method=args.method,
+                    stop_at_draw=not args.full_trace, **params)
+    if args.json:
+        print(result.to_json())
+    else:
+        print("none" if result.draw_step is None else result.draw_step)
+    return 0
+
+
+# --------------------------------------------------------------------------- hamming-table
+
+
+def _add_hamming_table(p: argparse.ArgumentParser) -> None:
+    p.add_argument("records", help="records directory or .npy file")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.8])
+    p.add_argument("--cached", type=int, nargs="+", default=[5, 50, 100, 500, 2000])
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.01])
+    p.add_argument("--block", choices=BLOCKS, default="msa")
+    p.add_argument("--scope", choices=SCOPES, default="layerwise")
+    p.add_argument("--every", type=int, default=1, help="check every E training steps (default 1)")
+    p.add_argument("--csv", action="store_true", help="CSV instead of a markdown table")
+
+
+def _run_hamming_table(args) -> int:
+    records = load_records(args.records)
+    for n in args.cached:
+        if n < 2:
+            raise EarlyBirdError(f"--cached values must be >= 2; got {n}")
+    for eps in args.thresholds:
+        if not 0 < eps <= 1:
+            raise EarlyBirdError(f"--thresholds values must be in (0, 1]; got {eps}")
+    table = hamming_table(records, block=args.block, ratios=args.ratios, cached=args.cached,
+                          thresholds=args.thresholds, scope=args.scope, every=args.every)
+    columns = [(r, t) for r in args.ratios for t in args.thresholds]
+    rows = [[n] + [table[(float(r), int(n), float(t))] for r, t in columns] for n in args.cached]
+    if args.csv:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["cached"] + [f"ratio_{r:g}_threshold_{t:g}" for r, t in columns])
+        for row in rows:
+            writer.writerow(["" if v is None else v for v in row])
+        sys.stdout.write(out.getvalue())
+    else:
+        header = ["cached masks"] + [f"ratio {r:g}, eps {t:g}" for r, t in columns]
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---:|" * len(header))
+        for row in rows:
+            print("| " + " | ".join("none" if v is None else str(v) for v in row) + " |")
+        print(f"\nTotal steps: {records.total_steps} (block {args.block}, scope {args.scope})")
+    return 0
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def _add_plan(p: argparse.ArgumentParser) -> None:
+    p.add_argument("records", help="records directory or .npy file")
+    p.add_argument("--step", type=int, required=True, help="a recorded training step")
+    p.add_argument("--self-ratio", type=float, required=True, help="head pruning ratio in [0, 1)")
+    p.add_argument("--inter-ratio", type=float, required=True, help="neuron pruning ratio in [0, 1)")
+    p.add_argument("--self-scope", choices=SCOPES, default="layerwise")
+    p.add_argument("--inter-scope", choices=SCOPES, default="layerwise")
+    p.add_argument("--random", type=int, metavar="SEED", help="random baseline with the same per-layer counts")
+    p.add_argument("-o", "--output", required=True, help="plan JSON to write")
+
+
+def _run_plan(args) -> int:
+    plan = make_plan(args.records, args.step, args.self_ratio, args.inter_ratio, args.self_scope,
+                     args.inter_scope, random_seed=args.random)
+    save_plan(plan, args.output)
+    heads = sum(len(v) for v in plan["pruned_heads"].values())
+    neurons = sum(len(v) for v in plan["pruned_intermediate"].values())
+    print(f"wrote {args.output}: {heads} heads and {neurons} intermediate neurons pruned at step {args.step}")
+    return 0
+
+
+register("detect", "draw step of an early-bird detector over recorded coefficients", _add_detect, _run_detect)
+register("hamming-table", "table of Hamming-rule draw steps (cached masks x ratio x threshold)",
+         _add_hamming_table, _run_hamming_table)
+register("plan", "write which heads and neurons to prune at a recorded step", _add_plan, _run_plan)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Early-bird lottery tickets for Transformers.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, command in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(p)
+        p.set_defaults(_run=command.run)
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: " + " ".join(str(message).split()), file=sys.stderr)
+    return 2
+
+
+def main(argv=None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 bad input)."""
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args._run(args) or 0)
+    except _UsageError as exc:
+        return _fail(exc)
+    except EarlyBirdError as exc:
+        return _fail(exc)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, as other Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        return _fail(f"{where}{exc.strerror or exc}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,547 @@
+"""Early-bird detectors: one online ``update(step, mask)`` used both live and offline.
+
+Offline detection (:func:`detect`) computes masks for every recorded step in vectorised
+blocks and then feeds the very same online detector one step at a time, so offline and
+online give the same draw by construction.
+
+Which observed steps are *checks* (shared by every detector): a check happens at the
+first observed step at which a new multiple of ``every`` training steps is completed, i.e.
+when ``(step + 1) // every`` exceeds its value at the previous observed step (for the first
+observation, at step - 1). With steps 0, 1, 2, ... and ``every=100`` the checks are steps
+99, 199, 299, ...; with ``every=1`` every observed step is a check. ``every`` therefore
+counts training steps even when only every k-th step was recorded.
+
+A detector draws at the check that completes ``patience`` consecutive passing checks
+(``patience=1`` is the papers' rule). After drawing it keeps its trace if fed more steps,
+but ``draw_step`` never changes and ``update`` returns True only once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import EarlyBirdError
+from .masks import _as_numpy, check_ratio, check_scope, compute_mask, nuclear_norm
+from .records import Records, load_records
+
+# Steps per block in offline scans: bounds the mask/SVD temporaries whatever the record size.
+_SCAN_ELEMENTS = 1 << 23
+
+
+@dataclass
+class DetectionResult:
+    """Outcome of a detection: draw step (None if never drawn) and the per-check trace."""
+
+    method: str
+    draw_step: int | None
+    total_steps: int
+    trace: list = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "draw_step": self.draw_step,
+            "total_steps": self.total_steps,
+            "params": _json_safe(self.params),
+            "trace": _json_safe(self.trace),
+        }
+
+    def to_json(self, indent=None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+def _json_safe(value):
+    """Strict JSON: NaN/inf become null, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _positive_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise EarlyBirdError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def _probability(name: str, value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise EarlyBirdError(f"{name} must be a number in (0, 1); got {value!r}") from None
+    if not 0.0 < value < 1.0:
+        raise EarlyBirdError(f"{name} must be in (0, 1); got {value!r}")
+    return value
+
+
+class Detector:
+    """Base: step bookkeeping, the check clock, patience and the trace."""
+
+    method = ""
+    uses_norm = False  # stationarity detectors consume the mask's nuclear norm only
+
+    def __init__(self, *, every: int, patience: int = 1):
+        self.every = _positive_int("every", every)
+        self.patience = _positive_int("patience", patience)
+        self.draw_step: int | None = None
+        self.trace: list = []
+        self.observed = 0
+        self._previous_step: int | None = None
+        self._streak = 0
+
+    def params(self) -> dict:
+        return {"every": self.every, "patience": self.patience}
+
+    def _observe_step(self, step) -> bool:
+        """Validate the step and say whether it is a check."""
+        step = int(step)
+        previous = step - 1 if self._previous_step is None else self._previous_step
+        if self._previous_step is not None and step <= self._previous_step:
+            raise EarlyBirdError(f"steps must increase: got step {step} after {self._previous_step}")
+        self._previous_step = step
+        self.observed += 1
+        return (step + 1) // self.every > (previous + 1) // self.every
+
+    def _conclude(self, step: int, passed: bool) -> bool:
+        self._streak = self._streak + 1 if passed else 0
+        if self.draw_step is None and self._streak >= self.patience:
+            self.draw_step = int(step)
+            return True
+        return False
+
+    def update(self, step: int, mask) -> bool:
+        raise NotImplementedError
+
+    def result(self, total_steps: int | None = None, **extra_params) -> DetectionResult:
+        return DetectionResult(
+            method=self.method,
+            draw_step=self.draw_step,
+            total_steps=self.observed if total_steps is None else int(total_steps),
+            trace=list(self.trace),
+            params={**extra_params, **self.params()},
+        )
+
+    @classmethod
+    def offline(cls, records, block: str = "msa", ratio: float = 0.3, scope: str = "layerwise", **params) -> DetectionResult:
+        """Run this detector over recorded coefficients (see :func:`detect`)."""
+        return detect(records, block=block, ratio=ratio, scope=scope, method=cls.method, **params)
+
+
+class HammingEB(Detector):
+    """You et al. (2020): draw when the newest mask is within ``threshold`` of every cached one.
+
+    At each check the current mask enters a FIFO of the last ``cached`` masks; once the FIFO
+    is full, the check passes if the normalised Hamming distance between the newest mask and
+    every other cached mask is < ``threshold``. Trace entries (max distance) start when the
+    FIFO is full. Distances to the newest mask are maintained incrementally: a new mask only
+    touches the entries where it differs from the previous one, so a large FIFO costs
+    O(cached x changed entries) per check instead of O(cached x mask size).
+    """
+
+    method = "hamming"
+
+    def __init__(self, *, cached: int = 5, threshold: float = 0.1, every: int = 1, patience: int = 1):
+        super().__init__(every=every, patience=patience)
+        self.cached = _positive_int("cached", cached, minimum=2)
+        try:
+            self.threshold = float(threshold)
+        except (TypeError, ValueError):
+            raise EarlyBirdError(f"threshold must be a number in (0, 1]; got {threshold!r}") from None
+        if not 0.0 < self.threshold <= 1.0:
+            raise EarlyBirdError(f"threshold must be in (0, 1]; got {threshold!r}")
+        self._fifo: np.ndarray | None = None  # (cached, entries) bool ring buffer
+        self._distance = np.zeros(self.cached, dtype=np.int64)  # differing entries vs newest
+        self._filled = 0
+        self._newest = -1
+        self._shape = None
+
+    def params(self) -> dict:
+        return {"cached": self.cached, "threshold": self.threshold, **super().params()}
+
+    def _push(self, mask: np.ndarray) -> None:
+        flat = np.asarray(mask, dtype=bool).reshape(-1)
+        if self._fifo is None:
+            self._shape = np.shape(mask)
+            self._fifo = np.zeros((self.cached, flat.size), dtype=bool)
+        elif np.shape(mask) != self._shape:
+            raise EarlyBirdError(f"mask shape changed from {self._shape} to {np.shape(mask)}")
+        if self._filled:
+            newest = self._fifo[self._newest]
+            changed = np.flatnonzero(flat != newest)
+            if changed.size:
+                rows = self._fifo[: self._filled]
+                # An entry that flipped adds 1 to the distance of every cached mask that agreed
+                # with the old newest there, and removes 1 from every one that did not.
+                agreed = (rows[:, changed] == newest[changed]).sum(axis=1)
+                self._distance[: self._filled] += 2 * agreed - changed.size
+        slot = (self._newest + 1) % self.cached
+        self._fifo[slot] = flat
+        self._distance[slot] = 0
+        self._newest = slot
+        self._filled = min(self._filled + 1, self.cached)
+
+    def max_distance(self) -> float | None:
+        """Max normalised distance between the newest and the other cached masks (FIFO full)."""
+        if self._filled < self.cached:
+            return None
+        return float(self._distance.max()) / self._fifo.shape[1]
+
+    def update(self, step: int, mask) -> bool:
+        if not self._observe_step(step):
+            return False
+        self._push(mask)
+        distance = self.max_distance()
+        if distance is None:
+            return False
+        passed = distance < self.threshold
+        self.trace.append({"step": int(step), "distance": distance, "passed": passed})
+        return self._conclude(step, passed)
+
+
+class StationarityEB(Detector):
+    """Draw when the smoothed nuclear norm of the mask looks stationary.
+
+    Each observed step adds the mask's nuclear norm; the smoothed value is the mean of the
+    last ``min(smooth, available)`` norms (so smoothed values exist from the first step: a
+    shorter warm-up mean). At each check, once ``window`` smoothed values exist, the last
+    ``window`` of them are tested. The mean is recomputed with ``math.fsum`` over the bounded
+    deque instead of a running sum: a running sum drifts by rounding, which would turn a frozen
+    mask into last-bit noise that trend tests read as a trend; this way a smoothed value is a
+    pure function of its window. A window whose values are all equal is treated as
+    stationary (no trend): it draws, without calling the test.
+    """
+
+    alpha_default = 0.2
+    constant_p_value = 1.0
+    uses_norm = True
+
+    def __init__(self, *, smooth: int = 200, window: int = 300, every: int = 100, alpha: float | None = None,
+                 patience: int = 1):
+        super().__init__(every=every, patience=patience)
+        self.smooth = _positive_int("smooth", smooth)
+        self.window = _positive_int("window", window, minimum=10)
+        self.alpha = _probability("alpha", self.alpha_default if alpha is None else alpha)
+        self._raw: deque = deque(maxlen=self.smooth)
+        self._smoothed: deque = deque(maxlen=self.window)
+
+    def params(self) -> dict:
+        return {"smooth": self.smooth, "window": self.window, "alpha": self.alpha, **super().params()}
+
+    def update(self, step: int, mask) -> bool:
+        return self.update_value(step, nuclear_norm(_as_numpy(mask)))
+
+    def update_value(self, step: int, value: float) -> bool:
+        """Feed one step's nuclear norm directly (what ``update`` does after computing it)."""
+        is_check = self._observe_step(step)
+        value = float(value)
+        if not math.isfinite(value):
+            raise EarlyBirdError(f"nuclear norm at step {step} is not finite: {value}")
+        self._raw.append(value)
+        self._smoothed.append(math.fsum(self._raw) / len(self._raw))
+        if not is_check or len(self._smoothed) < self.window:
+            return False
+        window = np.fromiter(self._smoothed, dtype=np.float64, count=self.window)
+        if window.min() == window.max():
+            statistic, p_value, constant = None, self.constant_p_value, True
+        else:
+            statistic, p_value = self.test(window)
+            constant = False
+        passed = self.passes(p_value)
+        self.trace.append({"step": int(step), "statistic": statistic, "p_value": p_value,
+                           "passed": passed, "constant": constant})
+        return self._conclude(step, passed)
+
+    def smoothed_window(self) -> np.ndarray:
+        return np.fromiter(self._smoothed, dtype=np.float64, count=len(self._smoothed))
+
+    def passes(self, p_value: float) -> bool:
+        """Trend tests: no evidence of a trend (p > alpha) means stationary."""
+        return bool(p_value > self.alpha)
+
+    def test(self, window: np.ndarray) -> tuple:
+        """(statistic, p-value) for a non-constant window."""
+        raise NotImplementedError
+
+
+def default_maxlags(n: int) -> int:
+    """Newey-West rule of thumb: floor(4 (n / 100)^(2/9)); 5 for a 300-value window."""
+    return int(math.floor(4.0 * (n / 100.0) ** (2.0 / 9.0)))
+
+
+class SlopeEB(StationarityEB):
+    """OLS of the window on time (0..window-1) with Newey-West (HAC) standard errors; draw when
+    the slope's p-value > alpha (0.2). ``maxlags=None`` uses :func:`default_maxlags`."""
+
+    method = "slope"
+
+    def __init__(self, *, maxlags: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.maxlags = None if maxlags is None else _positive_int("maxlags", maxlags, minimum=0)
+
+    def params(self) -> dict:
+        return {**super().params(), "maxlags": self.maxlags if self.maxlags is not None else default_maxlags(self.window)}
+
+    def test(self, window):
+        import statsmodels.api as sm
+
+        maxlags = self.maxlags if self.maxlags is not None else default_maxlags(len(window))
+        time = sm.add_constant(np.arange(len(window), dtype=np.float64))
+        fit = sm.OLS(window, time).fit(cov_type="HAC", cov_kwds={"maxlags": maxlags})
+        return float(fit.params[1]), float(fit.pvalues[1])
+
+
+class MannKendallEB(StationarityEB):
+    """Mann-Kendall trend test (pymannkendall.original_test); draw when p > alpha (0.2).
+    The trace statistic is the test's z."""
+
+    method = "mk"
+
+    def test(self, window):
+        import pymannkendall
+
+        outcome = pymannkendall.original_test(window)
+        return float(outcome.z), float(outcome.p)
+
+
+class ADFEB(StationarityEB):
+    """Augmented Dickey-Fuller unit-root test (statsmodels adfuller); draw when p < alpha
+    (0.05): a rejected unit root means stationary. A constant window gets p = 0.0."""
+
+    method = "adf"
+    alpha_default = 0.05
+    constant_p_value = 0.0
+
+    def __init__(self, *, regression: str = "c", autolag: str | None = "AIC", maxlag: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if regression not in ("c", "ct", "ctt", "n"):
+            raise EarlyBirdError(f"regression must be one of c, ct, ctt, n; got {regression!r}")
+        if autolag not in ("AIC", "BIC", "t-stat", None):
+            raise EarlyBirdError(f"autolag must be AIC, BIC, t-stat or None; got {autolag!r}")
+        self.regression = regression
+        self.autolag = autolag
+        self.maxlag = None if maxlag is None else _positive_int("maxlag", maxlag, minimum=0)
+
+    def params(self) -> dict:
+        return {**super().params(), "regression": self.regression, "autolag": self.autolag, "maxlag": self.maxlag}
+
+    def passes(self, p_value: float) -> bool:
+        return bool(p_value < self.alpha)
+
+    def test(self, window):
+        from statsmodels.tools.sm_exceptions import SingularMatrixWarning
+        from statsmodels.tsa.stattools import adfuller
+
+        # The smoothed norm of a 0/1 mask is piecewise linear, so the lagged differences in
+        # ADF's regressions are often exactly collinear (SingularMatrixWarning) or fit exactly
+        # (log(0) in the AIC: RuntimeWarning); statsmodels still returns its estimate, which is
+        # what we use. Silencing them here keeps a scan from printing hundreds of warnings.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SingularMatrixWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            try:
+                outcome = adfuller(window, maxlag=self.maxlag, regression=self.regression, autolag=self.autolag,
+                                   result_object=True)
+            except (ValueError, np.linalg.LinAlgError) as exc:
+                raise EarlyBirdError(f"adf test failed on a {len(window)}-value window ({exc}); "
+                                     "use a larger window or a smaller maxlag") from None
+        return float(outcome.statistic), float(outcome.pvalue)
+
+
+DETECTORS = {
+    "hamming": HammingEB,
+    "slope": SlopeEB,
+    "mk": MannKendallEB,
+    "adf": ADFEB,
+}
+
+
+def make_detector(method: str, **params) -> Detector:
+    """A fresh detector from the registry; EarlyBirdError for unknown methods or parameters."""
+    try:
+        cls = DETECTORS[method]
+    except (KeyError, TypeError):
+        raise EarlyBirdError(f"unknown method {method!r}; choose one of {', '.join(DETECTORS)}") from None
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise EarlyBirdError(f"bad parameters for method {method!r}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- offline
+
+
+def _as_records(records) -> Records:
+    return records if isinstance(records, Records) else load_records(records)
+
+
+def _step_blocks(coefs: np.ndarray):
+    per = max(1, _SCAN_ELEMENTS // max(1, coefs.shape[1] * coefs.shape[2]))
+    for start in range(0, coefs.shape[0], per):
+        yield start, min(start + per, coefs.shape[0])
+
+
+def _per_step_inputs(detector: Detector, masks: np.ndarray):
+    """What the detector consumes per step: nuclear norms (one stacked SVD) or the masks."""
+    return nuclear_norm(masks) if detector.uses_norm else masks
+
+
+def _feed_one(detector: Detector, step: int, item) -> bool:
+    if detector.uses_norm:
+        return detector.update_value(step, float(item))
+    return detector.update(step, item)
+
+
+def feed(detector: Detector, steps, masks, *, stop_at_draw: bool = False) -> bool:
+    """Feed a batch of masks (K, L, N) at ``steps`` to a detector; True if it drew.
+
+    With ``stop_at_draw`` the rest of the batch is not fed once the detector draws.
+    """
+    drew = False
+    for step, item in zip(steps, _per_step_inputs(detector, masks)):
+        if _feed_one(detector, int(step), item):
+            drew = True
+            if stop_at_draw:
+                break
+    return drew
+
+
+def detect(records, block: str = "msa", ratio: float = 0.3, scope: str = "layerwise", method: str = "slope",
+           *, stop_at_draw: bool = True, **params) -> DetectionResult:
+    """Run a detector over recorded coefficients; offline == online by construction.
+
+    Masks are computed with :func:`compute_mask` in vectorised blocks of steps (and, for the
+    stationarity methods, their nuclear norms in one stacked SVD per block); the detector is
+    then fed step by step with the records' own step numbers. ``stop_at_draw=False`` keeps
+    feeding after the draw to produce the full trace.
+    """
+    records = _as_records(records)
+    ratio = check_ratio(ratio)
+    check_scope(scope)
+    detector = make_detector(method, **params)
+    coefs = records.block(block)
+    for start, stop in _step_blocks(coefs):
+        masks = compute_mask(coefs[start:stop], ratio, scope)
+        if feed(detector, records.steps[start:stop], masks, stop_at_draw=stop_at_draw) and stop_at_draw:
+            break
+    return detector.result(records.total_steps, block=block, ratio=ratio, scope=scope)
+
+
+def hamming_table(records, block: str = "msa", ratios=(0.3, 0.8), cached=(5, 50, 100, 500, 2000),
+                  thresholds=(0.1, 0.01), scope: str = "layerwise", every: int = 1) -> dict:
+    """Draw steps of the Hamming rule for every (ratio, cached, threshold): {(r, n, eps): step}.
+
+    Masks are computed once per ratio and fed to one detector per FIFO size. The FIFO does not
+    depend on the threshold, so one detector run with the smallest threshold (the last to draw)
+    yields every threshold's draw: the first trace entry whose distance is below it -- the
+    same step a separate run with that threshold draws at (patience 1).
+    """
+    records = _as_records(records)
+    coefs = records.block(block)
+    smallest = min(float(t) for t in thresholds)
+    table = {}
+    for ratio in ratios:
+        ratio = check_ratio(ratio)
+        detectors = {int(n): HammingEB(cached=int(n), threshold=smallest, every=every) for n in cached}
+        for start, stop in _step_blocks(coefs):
+            live = [d for d in detectors.values() if d.draw_step is None]
+            if not live:
+                break
+            masks = compute_mask(coefs[start:stop], ratio, scope)
+            for d in live:
+                feed(d, records.steps[start:stop], masks, stop_at_draw=True)
+        for n, d in detectors.items():
+            for eps in thresholds:
+                hit = next((e["step"] for e in d.trace if e["distance"] < float(eps)), None)
+                table[(ratio, n, float(eps))] = hit
+    return table
+
+
+# --------------------------------------------------------------------------- online
+
+
+class OnlineEarlyBird:
+    """Online detection in a plain training loop, from the current coefficient tensors.
+
+    ``observe(step, msa=..., mlp=...)`` takes (L, H) / (L, I) tensors or arrays for the
+    configured block(s) at every step (they must be on the host or are copied there: one sync
+    per call). To avoid a per-step sync on GPU, collect coefficients on device and call
+    ``observe_many(steps, msa=(K, L, H), mlp=(K, L, I))`` every K steps (for example with the
+    chunk a CoefficientRecorder just flushed); the result is identical. With several blocks,
+    each has its own detector and the draw is the step at which the last of them draws.
+    """
+
+    def __init__(self, block="msa", ratio: float = 0.3, scope: str = "layerwise", method: str = "slope", **params):
+        self.blocks = (block,) if isinstance(block, str) else tuple(block)
+        for name in self.blocks:
+            if name not in ("msa", "mlp"):
+                raise EarlyBirdError(f"block must be 'msa' or 'mlp'; got {name!r}")
+        if not self.blocks:
+            raise EarlyBirdError("OnlineEarlyBird needs at least one block")
+        self.ratio = check_ratio(ratio)
+        self.scope = check_scope(scope)
+        self.method = method
+        self.detectors = {name: make_detector(method, **params) for name in self.blocks}
+        self.draw_step: int | None = None
+
+    def _coefs(self, given: dict) -> dict:
+        missing = [name for name in self.blocks if given.get(name) is None]
+        if missing:
+            raise EarlyBirdError(f"observe(): missing coefficients for {', '.join(missing)}")
+        return {name: _as_numpy(given[name]) for name in self.blocks}
+
+    def _settle(self, step: int) -> bool:
+        if self.draw_step is None and all(d.draw_step is not None for d in self.detectors.values()):
+            self.draw_step = int(step)
+            return True
+        return False
+
+    def observe(self, step: int, msa=None, mlp=None) -> bool:
+        """Feed one step; True at the step the early bird is drawn."""
+        coefs = self._coefs({"msa": msa, "mlp": mlp})
+        for name, detector in self.detectors.items():
+            feed(detector, [step], compute_mask(coefs[name][None], self.ratio, self.scope))
+        return self._settle(step)
+
+    def observe_many(self, steps, msa=None, mlp=None) -> bool:
+        """Feed K steps at once from stacks (K, L, n); True if the draw happened among them."""
+        coefs = self._coefs({"msa": msa, "mlp": mlp})
+        steps = [int(s) for s in np.asarray(steps).reshape(-1)]
+        masks = {name: compute_mask(coefs[name], self.ratio, self.scope) for name in self.blocks}
+        for name, m in masks.items():
+            if m.ndim != 3 or m.shape[0] != len(steps):
+                raise EarlyBirdError(f"observe_many(): {name} must be (steps, layers, n) with {len(steps)} steps; "
+                                     f"got {coefs[name].shape}")
+        inputs = {name: _per_step_inputs(self.detectors[name], masks[name]) for name in self.blocks}
+        drew = False
+        # Step by step across blocks so the combined draw step is exact.
+        for i, step in enumerate(steps):
+            for name, detector in self.detectors.items():
+                _feed_one(detector, step, inputs[name][i])
+            drew |= self._settle(step)
+        return drew
+
+    @property
+    def drawn(self) -> bool:
+        return self.draw_step is not None
+
+    def result(self, block: str | None = None) -> DetectionResult:
+        """The detection result of one block (the only one by default)."""
+        if block is None:
+            if len(self.blocks) > 1:
+                raise EarlyBirdError(f"several blocks are observed ({', '.join(self.blocks)}); name one")
+            block = self.blocks[0]
+        if block not in self.detectors:
+            raise EarlyBirdError(f"block {block!r} is not observed")
+        return self.detectors[block].result(block=block, ratio=self.ratio, scope=self.scope)

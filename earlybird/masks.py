@@ -1,0 +1,185 @@
+"""Pruning masks from slimming coefficients: the single place masks are computed.
+
+Every detector, plot and pruning path calls :func:`compute_mask`, so "the mask at step
+t" means the same thing everywhere.
+
+Rules (documented in docs/library.md):
+
+* importance is ``|coefficient|``; ``True`` in a mask means *kept*;
+* the number pruned is Python's ``round(ratio * n)`` (half to even: 0.5 * 5 -> 2);
+* ``layerwise``: each layer prunes exactly ``round(ratio * n)`` of its own smallest, capped
+  at ``n - 1`` because a model refuses to prune every head of a layer;
+* ``global``: ``round(ratio * L * n)`` smallest over all layers at once, but the largest of
+  each layer is always kept (so the count is capped at ``L * (n - 1)``);
+* ties break deterministically: among equal importances the lowest index is pruned first
+  (for ``global`` the index is the flattened layer-major one: layer 0 before layer 1).
+  Consequently the entry a layer protects under ``global`` is its largest with the highest
+  index among equal maxima.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import EarlyBirdError
+
+SCOPES = ("layerwise", "global")
+
+# Elements per block when a batch is processed in pieces: bounds temporaries (partition
+# copy, int32 cumsum, float64 SVD input) to a few tens of MB whatever the batch size.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _as_numpy(coefs) -> np.ndarray:
+    """Accept numpy arrays, lists and torch tensors (any device) without importing torch."""
+    if hasattr(coefs, "detach") and hasattr(coefs, "cpu"):
+        coefs = coefs.detach().cpu()
+        if str(coefs.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            coefs = coefs.float()
+        coefs = coefs.numpy()
+    return np.asarray(coefs)
+
+
+def check_ratio(ratio) -> float:
+    """Return ``ratio`` as a float if it lies in [0, 1), else raise EarlyBirdError."""
+    try:
+        value = float(ratio)
+    except (TypeError, ValueError):
+        raise EarlyBirdError(f"pruning ratio must be a number in [0, 1), got {ratio!r}") from None
+    if not (0.0 <= value < 1.0):
+        raise EarlyBirdError(f"pruning ratio must be in [0, 1), got {ratio!r}")
+    return value
+
+
+def check_scope(scope: str) -> str:
+    if scope not in SCOPES:
+        raise EarlyBirdError(f"scope must be one of {', '.join(SCOPES)}; got {scope!r}")
+    return scope
+
+
+def n_pruned(ratio: float, n: int) -> int:
+    """How many of ``n`` entries a ratio prunes, before the keep-one-per-layer cap."""
+    return int(round(check_ratio(ratio) * n))
+
+
+def _prune_k_smallest(rows: np.ndarray, k: int) -> np.ndarray:
+    """Boolean (R, n): True for the k smallest of each row, lowest index first among ties.
+
+    O(n) per row: the k-th smallest value comes from a partition; everything strictly
+    below it is pruned, and the remaining quota is filled with the first (lowest-index)
+    entries equal to it. Same result as a stable argsort, without the sort.
+    """
+    kth = np.partition(rows, k - 1, axis=1)[:, k - 1 : k]
+    below = rows < kth
+    quota = k - below.sum(axis=1, keepdims=True, dtype=np.int32)
+    equal = rows == kth
+    return below | (equal & (np.cumsum(equal, axis=1, dtype=np.int32) <= quota))
+
+
+def _mask_block(importance: np.ndarray, ratio: float, scope: str) -> np.ndarray:
+    """Masks for a (B, L, n) block of importances (float, finite, non-negative)."""
+    b, layers, n = importance.shape
+    if scope == "layerwise":
+        k = min(int(round(ratio * n)), n - 1)
+        if k <= 0:
+            return np.ones(importance.shape, dtype=bool)
+        pruned = _prune_k_smallest(importance.reshape(b * layers, n), k)
+        return ~pruned.reshape(b, layers, n)
+    k = min(int(round(ratio * layers * n)), layers * (n - 1))
+    if k <= 0:
+        return np.ones(importance.shape, dtype=bool)
+    # Protect each layer's largest (the highest index among equal maxima, which is the
+    # one a stable ascending order would put last) by making it +inf: k never exceeds
+    # the number of unprotected entries, so an inf is never among the k smallest.
+    protected = n - 1 - np.argmax(importance[:, :, ::-1], axis=2)
+    work = importance.copy()
+    np.put_along_axis(work, protected[:, :, None], np.inf, axis=2)
+    pruned = _prune_k_smallest(work.reshape(b, layers * n), k)
+    return ~pruned.reshape(b, layers, n)
+
+
+def compute_mask(coefs, ratio: float, scope: str = "layerwise") -> np.ndarray:
+    """Kept-entry mask (True = kept) for coefficients (L, N), or a batch (T, L, N)."""
+    ratio = check_ratio(ratio)
+    check_scope(scope)
+    array = _as_numpy(coefs)
+    if array.ndim not in (2, 3):
+        raise EarlyBirdError(
+            f"coefficients must have shape (layers, n) or (steps, layers, n); got shape {array.shape}"
+        )
+    if array.shape[-1] < 1 or array.shape[-2] < 1:
+        raise EarlyBirdError(f"coefficients must have at least one layer and one entry; got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float64)
+    batch = array if array.ndim == 3 else array[None]
+    steps, layers, n = batch.shape
+    out = np.empty(batch.shape, dtype=bool)
+    per_block = max(1, _BLOCK_ELEMENTS // (layers * n))
+    for start in range(0, steps, per_block):
+        block = batch[start : start + per_block]
+        if not np.isfinite(block).all():
+            raise EarlyBirdError("coefficients contain NaN or inf")
+        out[start : start + per_block] = _mask_block(np.abs(block), ratio, scope)
+    return out if array.ndim == 3 else out[0]
+
+
+def hamming_distance(a, b):
+    """Fraction of entries where two masks differ; broadcasts over leading axes."""
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    if a.shape[-2:] != b.shape[-2:]:
+        raise EarlyBirdError(f"masks have different shapes: {a.shape} and {b.shape}")
+    distance = np.not_equal(a, b).mean(axis=(-2, -1))
+    return float(distance) if np.ndim(distance) == 0 else distance
+
+
+def _singular_values_squared(masks: np.ndarray) -> np.ndarray:
+    """Eigenvalues of the small Gram matrix of each 0/1 mask in a (B, L, N) stack.
+
+    The Gram matrix (L x L, or N x N when N < L) of a 0/1 matrix holds co-occurrence counts,
+    exact in float32 up to 2^24, so it is computed exactly by one batched matmul; its
+    eigenvalues are the squared singular values. This is far cheaper than an SVD of each
+    L x N mask (12 x 3072 for BERT-base neurons) and needs no multithreaded LAPACK on tall
+    matrices, which is slow on busy small machines.
+    """
+    m = masks.astype(np.float32)
+    gram = m @ m.transpose(0, 2, 1) if m.shape[1] <= m.shape[2] else m.transpose(0, 2, 1) @ m
+    return np.linalg.eigvalsh(gram.astype(np.float64))
+
+
+def nuclear_norm(mask):
+    """Nuclear norm (sum of singular values) of a 0/1 mask (L, N), or of each of (T, L, N).
+
+    Singular values are the square roots of the Gram matrix's eigenvalues; eigenvalues
+    below a rank tolerance (the same as numpy.linalg.matrix_rank's, applied to squared
+    values) are exact zeros, so rank-deficient masks -- common, as layers often keep the same
+    entries -- carry no rounding noise. Agrees with ``numpy.linalg.norm(mask, "nuc")`` to
+    ~1e-9 relative. A mask equal to the one before it reuses that norm (masks often freeze).
+    """
+    array = np.asarray(mask)
+    if array.ndim not in (2, 3):
+        raise EarlyBirdError(f"mask must have shape (layers, n) or (steps, layers, n); got {array.shape}")
+    batch = array if array.ndim == 3 else array[None]
+    steps, layers, n = batch.shape
+    norms = np.empty(steps, dtype=np.float64)
+    if steps == 0:
+        return norms if array.ndim == 3 else 0.0
+    flat = batch.reshape(steps, layers * n)
+    changed = np.ones(steps, dtype=bool)
+    if steps > 1:
+        changed[1:] = (flat[1:] != flat[:-1]).any(axis=1)
+    fresh = np.flatnonzero(changed)
+    per_block = max(1, _BLOCK_ELEMENTS // (layers * n))
+    eps = np.finfo(np.float64).eps
+    for start in range(0, len(fresh), per_block):
+        idx = fresh[start : start + per_block]
+        squared = _singular_values_squared(batch[idx])
+        top = squared.max(axis=-1, keepdims=True)
+        # matrix_rank's tolerance is sigma_max * max(L, N) * eps on singular values; on their
+        # squares the rounding of the eigen-solver is ~ sigma_max^2 * max(L, N) * eps.
+        squared = np.where(squared > top * max(layers, n) * eps * 10, squared, 0.0)
+        norms[idx] = np.sqrt(squared).sum(axis=-1)
+    # Carry each computed norm forward over the run of identical masks that follows it.
+    owner = np.maximum.accumulate(np.where(changed, np.arange(steps), 0))
+    norms = norms[owner]
+    return norms if array.ndim == 3 else float(norms[0])
