@@ -1,0 +1,164 @@
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from earlybird.cli import SUBCOMMANDS, main
+from earlybird.detectors import detect, hamming_table
+from earlybird.plans import load_plan
+from earlybird.records import CoefficientRecorder, load_records
+from earlybird.synthetic import synthetic_coefficients
+
+CONSOLE_SCRIPT = Path(sys.executable).parent / "earlybird"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "run"
+    heads = synthetic_coefficients(1, layers=4, heads=6, steps=600, plateau=300)
+    neurons = synthetic_coefficients(2, layers=4, heads=16, steps=600, plateau=300)
+    with CoefficientRecorder(path, chunk=128, meta={"model_type": "synthetic"}) as recorder:
+        for step in range(600):
+            recorder.record(step, torch.from_numpy(heads[step]), torch.from_numpy(neurons[step]))
+    return path
+
+
+SMALL = ["--smooth", "20", "--window", "50", "--every", "25"]
+
+
+def run_main(capsys, argv):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_detect_prints_the_draw_step(capsys, run_dir):
+    for method, extra in (("hamming", ["--cached", "5", "--threshold", "0.1"]), ("mk", SMALL)):
+        code, out, err = run_main(capsys, ["detect", str(run_dir), "--ratio", "0.3", "--method", method] + extra)
+        assert code == 0 and err == ""
+        params = {"cached": 5, "threshold": 0.1} if method == "hamming" else {"smooth": 20, "window": 50, "every": 25}
+        expected = detect(run_dir, "msa", 0.3, "layerwise", method, **params).draw_step
+        assert out.strip() == ("none" if expected is None else str(expected))
+
+
+def test_detect_json(capsys, run_dir):
+    code, out, _ = run_main(capsys, ["detect", str(run_dir), "--block", "mlp", "--ratio", "0.5", "--scope", "global",
+                                     "--method", "slope", "--maxlags", "2", "--patience", "2", "--json"] + SMALL)
+    assert code == 0
+    data = json.loads(out)
+    expected = detect(run_dir, "mlp", 0.5, "global", "slope", maxlags=2, patience=2,
+                      smooth=20, window=50, every=25)
+    assert data["method"] == "slope" and data["draw_step"] == expected.draw_step
+    assert data["total_steps"] == 600 and isinstance(data["trace"], list) and data["trace"]
+    assert data["params"]["maxlags"] == 2 and data["params"]["patience"] == 2 and data["params"]["block"] == "mlp"
+
+
+def test_detect_none_when_never_drawn(capsys, run_dir):
+    code, out, _ = run_main(capsys, ["detect", str(run_dir), "--ratio", "0.3", "--method", "hamming",
+                                     "--cached", "500", "--threshold", "0.0001"])
+    assert code == 0 and out.strip() == "none"
+    code, out, _ = run_main(capsys, ["detect", str(run_dir), "--ratio", "0.3", "--method", "hamming",
+                                     "--cached", "500", "--threshold", "0.0001", "--json"])
+    assert json.loads(out)["draw_step"] is None
+
+
+def test_hamming_table_markdown_and_csv(capsys, run_dir):
+    argv = ["hamming-table", str(run_dir), "--ratios", "0.3", "0.8", "--cached", "5", "50", "200",
+            "--thresholds", "0.1", "0.01"]
+    expected = hamming_table(run_dir, "msa", (0.3, 0.8), (5, 50, 200), (0.1, 0.01))
+    code, out, _ = run_main(capsys, argv)
+    assert code == 0
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    assert lines[0] == "| cached masks | ratio 0.3, eps 0.1 | ratio 0.3, eps 0.01 | ratio 0.8, eps 0.1 | ratio 0.8, eps 0.01 |"
+    first = [cell.strip() for cell in lines[1].strip("|").split("|")]
+    assert first[0] == "5"
+    assert first[1:] == [str(expected[(r, 5, t)]) if expected[(r, 5, t)] is not None else "none"
+                         for r in (0.3, 0.8) for t in (0.1, 0.01)]
+    assert "Total steps: 600" in out
+
+    code, out, _ = run_main(capsys, argv + ["--csv"])
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0][0] == "cached" and len(rows) == 4
+    for row, cached in zip(rows[1:], (5, 50, 200)):
+        values = [expected[(r, cached, t)] for r in (0.3, 0.8) for t in (0.1, 0.01)]
+        assert row == [str(cached)] + ["" if v is None else str(v) for v in values]
+
+
+def test_plan_writes_a_valid_plan(capsys, run_dir, tmp_path):
+    out_path = tmp_path / "plan.json"
+    code, out, _ = run_main(capsys, ["plan", str(run_dir), "--step", "400", "--self-ratio", "0.5",
+                                     "--inter-ratio", "0.25", "--inter-scope", "global", "-o", str(out_path)])
+    assert code == 0 and str(out_path) in out
+    plan = load_plan(out_path)
+    assert plan["provenance"]["step"] == 400 and plan["provenance"]["inter_scope"] == "global"
+    assert all(len(v) == 3 for v in plan["pruned_heads"].values())
+    assert sum(len(v) for v in plan["pruned_intermediate"].values()) == 16
+    code, _, _ = run_main(capsys, ["plan", str(run_dir), "--step", "400", "--self-ratio", "0.5",
+                                   "--inter-ratio", "0.25", "--random", "3", "-o", str(tmp_path / "random.json")])
+    assert code == 0 and load_plan(tmp_path / "random.json")["provenance"]["random_seed"] == 3
+
+
+def test_subcommands_are_registered_in_one_place():
+    assert {"detect", "hamming-table", "plan"} <= set(SUBCOMMANDS)
+
+
+def make_bad_inputs(tmp_path, run_dir):
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "msa.npy").write_bytes(b"\x93NUMPY garbage")
+    (corrupt / "steps.npy").write_bytes(b"")
+    wrong = tmp_path / "wrong_shape"
+    wrong.mkdir()
+    np.save(wrong / "msa.npy", np.zeros((5, 4), np.float32))
+    np.save(wrong / "steps.npy", np.arange(5))
+    nan = tmp_path / "nan"
+    nan.mkdir()
+    values = np.ones((5, 2, 3), np.float32)
+    values[2, 1, 1] = np.nan
+    np.save(nan / "msa.npy", values)
+    np.save(nan / "steps.npy", np.arange(5))
+    run = str(run_dir)
+    return {
+        "missing file": ["detect", str(tmp_path / "nowhere"), "--ratio", "0.3", "--method", "mk"],
+        "corrupt file": ["detect", str(corrupt), "--ratio", "0.3", "--method", "mk"],
+        "wrong shape": ["detect", str(wrong), "--ratio", "0.3", "--method", "mk"],
+        "nan": ["detect", str(nan), "--ratio", "0.3", "--method", "mk"],
+        "ratio": ["detect", run, "--ratio", "1.5", "--method", "mk"],
+        "negative ratio": ["plan", run, "--step", "4", "--self-ratio", "-0.1", "--inter-ratio", "0", "-o", str(tmp_path / "p.json")],
+        "step not recorded": ["plan", run, "--step", "9999", "--self-ratio", "0.3", "--inter-ratio", "0", "-o", str(tmp_path / "p.json")],
+        "unknown method": ["detect", run, "--ratio", "0.3", "--method", "bogus"],
+        "option of another method": ["detect", run, "--ratio", "0.3", "--method", "slope", "--cached", "5"],
+        "not a number": ["detect", run, "--ratio", "abc", "--method", "mk"],
+        "missing option": ["detect", run, "--method", "mk"],
+        "no subcommand": [],
+        "table ratio": ["hamming-table", run, "--ratios", "1.2"],
+    }
+
+
+def test_bad_input_exits_2_with_one_line(capsys, tmp_path, run_dir):
+    for label, argv in make_bad_inputs(tmp_path, run_dir).items():
+        code, out, err = run_main(capsys, argv)
+        assert code == 2, label
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("earlybird: error: "), (label, err)
+        assert "Traceback" not in err and out == "", label
+
+
+def test_console_script(tmp_path, run_dir):
+    assert CONSOLE_SCRIPT.exists(), "install the project: pip install --no-deps -e ."
+    done = subprocess.run([str(CONSOLE_SCRIPT), "detect", str(run_dir), "--ratio", "0.3", "--method", "adf",
+                           "--json"] + SMALL, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["draw_step"] == detect(load_records(run_dir), "msa", 0.3, method="adf", smooth=20, window=50,
+                                       every=25).draw_step
+    done = subprocess.run([str(CONSOLE_SCRIPT), "detect", str(tmp_path / "nowhere"), "--ratio", "0.3",
+                           "--method", "mk"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("earlybird: error: missing")
