@@ -1,0 +1,86 @@
+"""Data helpers shared by the image and text pipelines: loading from anywhere, columns, splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EarlyBirdError
+
+VALIDATION_NAMES = ("validation", "valid", "val", "dev", "validation_matched")
+
+
+def load_dataset_any(name: str, cache_dir=None, builder: str | None = None, **kwargs):
+    """A DatasetDict from a `save_to_disk` directory, a local directory for `builder`, or the Hub."""
+    import datasets
+
+    path = Path(name)
+    if path.exists():
+        if not path.is_dir():
+            raise EarlyBirdError(f"--dataset {name}: not a directory")
+        try:
+            if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+                loaded = datasets.load_from_disk(str(path))
+            elif builder is not None:
+                loaded = datasets.load_dataset(builder, data_dir=str(path), cache_dir=cache_dir, **kwargs)
+            else:
+                loaded = datasets.load_dataset(str(path), cache_dir=cache_dir, **kwargs)
+        except EarlyBirdError:
+            raise
+        except Exception as err:  # datasets raises many types for a directory it cannot read
+            raise EarlyBirdError(f"--dataset {name}: cannot read this directory ({_short(err)})") from None
+    else:
+        try:
+            loaded = datasets.load_dataset(name, cache_dir=cache_dir, **kwargs)
+        except Exception as err:
+            raise EarlyBirdError(f"--dataset {name}: no such local directory, and loading it from the Hub failed "
+                                 f"({_short(err)})") from None
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict({"train": loaded})
+    return loaded
+
+
+def _short(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:200]}"
+
+
+def find_column(dataset, candidates, what: str, where: str) -> str:
+    for name in candidates:
+        if name in dataset.column_names:
+            return name
+    raise EarlyBirdError(f"{where}: no {what} column (expected one of {', '.join(candidates)}); "
+                         f"columns: {', '.join(dataset.column_names)}")
+
+
+def _has_labels(dataset, label_column: str) -> bool:
+    """Hub test splits (ImageNet, GLUE) carry -1 for every label: not usable for a final evaluation."""
+    if label_column not in dataset.column_names or len(dataset) == 0:
+        return False
+    labels = np.asarray(dataset.select(range(min(len(dataset), 1000)))[label_column])
+    return labels.dtype.kind not in "iu" or bool((labels >= 0).any())
+
+
+def resolve_splits(dd, label_column: str, where: str, seed: int = 0, holdout: float = 0.1) -> tuple[dict, str]:
+    """{"train", "validation", "test"} splits and the name of the one the final evaluation uses.
+
+    validation: a split named validation/valid/val/dev, else the test split, else a seeded 10% of train.
+    test: a labelled test split, else the validation split (then the final evaluation is "validation").
+    """
+    if "train" not in dd:
+        raise EarlyBirdError(f"{where}: no 'train' split; splits: {', '.join(dd) or 'none'}")
+    train = dd["train"]
+    validation = next((dd[n] for n in VALIDATION_NAMES if n in dd), None)
+    test = dd["test"] if "test" in dd and _has_labels(dd["test"], label_column) else None
+    if validation is None and test is not None:
+        validation = test
+    if validation is None:
+        parts = train.train_test_split(test_size=holdout, seed=seed)
+        train, validation = parts["train"], parts["test"]
+    splits = {"train": train, "validation": validation, "test": test if test is not None else validation}
+    return splits, ("test" if test is not None else "validation")
+
+
+def subset(dataset, limit: int | None):
+    return dataset if limit is None or limit >= len(dataset) else dataset.select(range(limit))

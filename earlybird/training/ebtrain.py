@@ -1,0 +1,126 @@
+"""EB-Train: run an early-bird detector while training with slimming, and prune in place when it draws.
+
+Feeding the detector. The coefficients of each recorded step stay on the device in a small buffer; the
+buffer goes to the detector (one host transfer) at the steps where the detector *checks* (its `every`
+clock, see earlybird.detectors), because a detector can only draw at a check. The draw is therefore
+seen at the very step it happens, with one sync per `every` steps instead of one per step (Hamming
+checks every step by default: that is one small sync per step, the method's own cost).
+
+The plan at the draw comes from the coefficients of the draw step with earlybird's mask function
+(`make_plan`), the same plan `earlybird plan` would write from the records at that step.
+
+Under several processes every process runs the same detector on the same (all-reduced) coefficients,
+and the main process's decision and plan are broadcast, so all prune at the same step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..detectors import OnlineEarlyBird
+from ..errors import EarlyBirdError
+from ..plans import make_plan
+from ..records import Records
+from .args import eb_params, eb_ratio
+
+
+class EBTrain:
+    def __init__(self, args, num_processes: int = 1):
+        blocks = ("msa", "mlp") if args.eb_block == "both" else (args.eb_block,)
+        self.blocks = blocks
+        self.ratio = eb_ratio(args)
+        self.detector = OnlineEarlyBird(block=blocks, ratio=self.ratio, scope=args.eb_scope,
+                                        method=args.eb_method, **eb_params(args))
+        self.every = next(iter(self.detector.detectors.values())).every
+        self.args = args
+        self.num_processes = num_processes
+        self._steps: list[int] = []
+        self._buffer: dict[str, list] = {b: [] for b in ("msa", "mlp")}
+        self._last_observed: int | None = None
+        self.draw_step: int | None = None
+        self.draw_coefficients: dict | None = None
+
+    @property
+    def drawn(self) -> bool:
+        return self.draw_step is not None
+
+    def _is_check(self, step: int) -> bool:
+        previous = step - 1 if self._last_observed is None else self._last_observed
+        return (step + 1) // self.every > (previous + 1) // self.every
+
+    def observe(self, step: int, msa, mlp) -> bool:
+        """Buffer one step's coefficients (device tensors); True at the step the early bird is drawn."""
+        if self.drawn:
+            return False
+        self._steps.append(int(step))
+        self._buffer["msa"].append(msa)
+        self._buffer["mlp"].append(mlp)
+        check = self._is_check(step)
+        self._last_observed = int(step)
+        # A cap keeps the buffer bounded whatever `every` is; feeding early changes nothing but timing.
+        if check or len(self._steps) >= 1024:
+            return self._feed()
+        return False
+
+    def _feed(self) -> bool:
+        stacks = {b: torch.stack(self._buffer[b]).float().cpu().numpy() for b in self.blocks}
+        steps = self._steps
+        drew = self.detector.observe_many(steps, **stacks)
+        if drew:
+            row = steps.index(self.detector.draw_step)
+            self.draw_coefficients = {b: None if self._buffer[b][row] is None else
+                                      self._buffer[b][row].float().cpu().numpy() for b in ("msa", "mlp")}
+        drew = self._agree(drew)
+        self._steps, self._buffer = [], {b: [] for b in ("msa", "mlp")}
+        return drew
+
+    def _agree(self, drew: bool) -> bool:
+        """Every process takes the main process's decision (and coefficients), so all prune together."""
+        if self.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            message = [self.detector.draw_step if drew else None, self.draw_coefficients if drew else None]
+            broadcast_object_list(message, from_process=0)
+            drew = message[0] is not None
+            if drew:
+                self.detector.draw_step = message[0]
+                self.draw_coefficients = message[1]
+        if drew:
+            self.draw_step = int(self.detector.draw_step)
+        return drew
+
+    def replay(self, records, up_to_step: int) -> None:
+        """On resume: feed the recorded coefficients up to the checkpoint again (the detector is deterministic)."""
+        keep = np.flatnonzero(records.steps <= up_to_step)
+        if not len(keep):
+            return
+        for b in self.blocks:
+            if getattr(records, b) is None:
+                raise EarlyBirdError(f"--resume: {records.path} hold no {b} coefficients for the detector")
+        stacks = {b: np.asarray(getattr(records, b)[keep]) for b in self.blocks}
+        steps = [int(s) for s in records.steps[keep]]
+        if self.detector.observe_many(steps, **stacks):
+            raise EarlyBirdError(f"--resume: the detector draws at step {self.detector.draw_step} on the records, "
+                                 "but the checkpoint is from before the draw: records and checkpoint disagree")
+        self._last_observed = steps[-1]
+
+    def plan(self, shape: dict, meta: dict) -> dict:
+        """The in-place pruning plan from the draw step's coefficients."""
+        arrays = {b: (self.draw_coefficients or {}).get(b) for b in ("msa", "mlp")}
+        records = Records.from_arrays(
+            msa=None if arrays["msa"] is None else arrays["msa"][None],
+            mlp=None if arrays["mlp"] is None else arrays["mlp"][None],
+            steps=np.array([self.draw_step], dtype=np.int64), meta=meta)
+        plan = make_plan(records, self.draw_step, self.args.self_pruning_ratio, self.args.inter_pruning_ratio,
+                         self.args.self_pruning_method, self.args.inter_pruning_method)
+        plan["shape"] = {**shape, **{k: v for k, v in plan["shape"].items() if v is not None}}
+        plan["provenance"]["ebtrain"] = {"method": self.args.eb_method, "block": self.args.eb_block,
+                                         "ratio": self.ratio, "scope": self.args.eb_scope}
+        return plan
+
+    def summary(self) -> dict:
+        results = {b: self.detector.result(b).to_dict() for b in self.blocks}
+        return {"method": self.args.eb_method, "block": self.args.eb_block, "ratio": self.ratio,
+                "scope": self.args.eb_scope, "params": next(iter(results.values()))["params"],
+                "draw_step": self.draw_step, "detectors": results}

@@ -1,0 +1,450 @@
+"""The one training loop, on accelerate, used by every entry point (slim, ticket, EB-Train).
+
+One optimizer step = `--gradient-accumulation-steps` micro-batches of `--per-device-train-batch-size`
+examples on each of the N processes, so the global batch is per-device x N x accumulation. Steps are
+counted from 1: "step S" is the state after S optimizer updates, step 0 the initial weights (init/).
+
+Data order is a pure function of (seed, epoch): each epoch is a seeded permutation cut into global
+micro-batches, and process r takes the r-th slice of each (the last incomplete global batch is
+dropped). Augmentations are seeded per (seed, epoch, example) by the datasets. Together with the saved
+RNG states this makes a resumed run repeat an uninterrupted one exactly (on CPU).
+
+Per step the loop does the forward/backward, the optimizer step, and -- on the device, without a host
+sync -- records the coefficients. Host syncs happen only to log (every --logging-steps), to evaluate,
+to checkpoint, and when the EB detector checks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..errors import EarlyBirdError
+from ..records import CoefficientRecorder, load_records
+from ..slimming import (apply_plan, encoder_flops_per_token, encoder_layers, fold_slimming, l1_penalty, model_shape,
+                        read_coefficients)
+from .rundir import RunDir
+
+
+def kept_sizes(model) -> dict:
+    """Heads and FFN neurons each layer still has (model_shape gives the unpruned sizes of the config)."""
+    heads, neurons = [], []
+    for layer in encoder_layers(model):
+        attention = layer.attention if hasattr(layer.attention, "num_attention_heads") else layer.attention.self
+        ffn = layer.mlp if hasattr(layer, "mlp") else layer.intermediate
+        heads.append(int(attention.num_attention_heads))
+        neurons.append(int(ffn.intermediate_size))
+    return {"heads": heads, "intermediate": neurons}
+
+
+class SimulatedCrash(RuntimeError):
+    """Raised by the test-only --debug-crash-at-step: the run stops as a kill would (nothing flushed)."""
+
+
+# --------------------------------------------------------------------------- optimizer and schedule
+
+
+def make_optimizer(model, args) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and slimming coefficients (decay would fight the L1)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or "norm" in name.lower() or "slimming_coef" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.learning_rate)
+
+
+def make_scheduler(optimizer, kind: str, warmup: int, total: int):
+    """Linear warm-up, then linear or cosine decay to 0 (or constant) over `total` steps.
+
+    Stepped by the loop itself once per optimizer step (accelerate's prepared scheduler would step
+    once per process per step).
+    """
+    from transformers import get_scheduler
+
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[kind]
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=max(total, 1))
+
+
+# --------------------------------------------------------------------------- data order
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def rank_batches(perm: np.ndarray, start: int, batches: int, per_device: int, world: int, rank: int):
+    """This process's slice of global micro-batches start..batches-1 of an epoch's permutation."""
+    global_batch = per_device * world
+    for b in range(start, batches):
+        chunk = perm[b * global_batch:(b + 1) * global_batch]
+        yield chunk[rank * per_device:(rank + 1) * per_device].tolist()
+
+
+def rank_eval_batches(n: int, per_device: int, world: int, rank: int):
+    """Eval order: consecutive global batches, padded at the end by repeating the last example.
+
+    Gathering a step's outputs concatenates the processes' slices in rank order, which restores
+    dataset order; the padding is cut off after the gather.
+    """
+    global_batch = per_device * world
+    padded = math.ceil(n / global_batch) * global_batch
+    for start in range(0, padded, global_batch):
+        first = start + rank * per_device
+        yield [min(i, n - 1) for i in range(first, first + per_device)]
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    def __init__(self, args, accelerator, run: RunDir, task, model, *, ebtrain=None, resume_from: Path | None = None,
+                 record: bool = True, log=print):
+        self.args = args
+        self.accelerator = accelerator
+        self.run = run
+        self.task = task
+        self.ebtrain = ebtrain
+        self.log = log
+        self.world = accelerator.num_processes
+        self.rank = accelerator.process_index
+        self.is_main = accelerator.is_main_process
+
+        n = len(task.train_dataset)
+        self.global_micro = args.per_device_train_batch_size * self.world
+        self.batches_per_epoch = n // self.global_micro
+        if self.batches_per_epoch == 0:
+            raise EarlyBirdError(
+                f"the training set has {n} examples, fewer than one global batch ({self.global_micro} = "
+                f"{args.per_device_train_batch_size} per device x {self.world} processes)")
+        accum = args.gradient_accumulation_steps
+        self.total_steps = args.max_steps or max(1, math.ceil(args.num_train_epochs * self.batches_per_epoch / accum))
+
+        self.step = 0
+        self.micro = 0  # micro-batches consumed (global count, the same on every process)
+        self.flops = {"before_draw": 0.0, "after_draw": 0.0}
+        self.wall = {"before_draw": 0.0, "after_draw": 0.0}
+        self.schedule = {"start": 0, "warmup": round(args.warmup_ratio * self.total_steps), "total": self.total_steps}
+        self.draw_state: dict | None = None
+
+        state = None
+        if resume_from is not None:
+            state = json.loads((resume_from / "state.json").read_text())
+            self._check_resumable(state)
+            self.step, self.micro = state["step"], state["micro"]
+            self.flops, self.wall, self.schedule = state["flops"], state["wall"], state["schedule"]
+            self.draw_state = state.get("draw")
+
+        self.model = model
+        self.optimizer = make_optimizer(model, args)
+        self.scheduler = make_scheduler(self.optimizer, args.lr_scheduler, self.schedule["warmup"], self.schedule["total"])
+        if resume_from is not None:
+            self.optimizer.load_state_dict(torch.load(resume_from / "optimizer.pt", weights_only=False))
+            self.scheduler.load_state_dict(torch.load(resume_from / "scheduler.pt", weights_only=False))
+        self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
+        if resume_from is not None and accelerator.scaler is not None and (resume_from / "scaler.pt").exists():
+            accelerator.scaler.load_state_dict(torch.load(resume_from / "scaler.pt", weights_only=False))
+
+        self.recorder = None
+        if record and any(c is not None for c in self._coefficients()):
+            self.recorder = CoefficientRecorder(
+                run.records_dir, every=args.record_every, chunk=args.record_chunk, is_main_process=self.is_main,
+                resume=resume_from is not None,
+                meta={"model": model_shape(self.unwrapped), "task": task.name, "seed": args.seed,
+                      "model_name_or_path": getattr(args, "model_name_or_path", None)})
+        if ebtrain is not None and resume_from is not None:
+            if self.draw_state is not None:
+                ebtrain.draw_step = self.draw_state["step"]
+            else:
+                ebtrain.replay(load_records(run.records_dir), self.step)
+        self._flops_cache: dict[int, int] = {}
+        self._resume_rng = torch.load(resume_from / f"rng-{self.rank}.pt", weights_only=False) if resume_from else None
+
+    # -- helpers --------------------------------------------------------------------------
+
+    @property
+    def unwrapped(self):
+        # Cached: unwrapping every step (for the penalty and the coefficients) is needless work.
+        if getattr(self, "_unwrapped_for", None) is not self.model:
+            self._unwrapped = self.accelerator.unwrap_model(self.model)
+            self._unwrapped_for = self.model
+        return self._unwrapped
+
+    def _coefficients(self):
+        try:
+            return read_coefficients(self.unwrapped)
+        except EarlyBirdError:
+            # A ticket pruned with a global scope has layers of different sizes: nothing to stack/record.
+            self.log("note: the coefficients differ in size across layers; they are not recorded")
+            return None, None
+
+    def _check_resumable(self, state: dict) -> None:
+        saved = state.get("global_batch")
+        now = [self.args.per_device_train_batch_size, self.world, self.args.gradient_accumulation_steps]
+        if saved != now:
+            raise EarlyBirdError(
+                f"--resume: the checkpoint was made with per-device batch x processes x accumulation = {saved}, "
+                f"this run has {now}; the data order would differ")
+
+    def _step_flops(self, batch: dict) -> float:
+        """Training FLOPs of one micro-batch on all processes: 3 x forward (forward + backward), from shapes."""
+        seq_len = int(self.task.tokens_per_example(batch))
+        per_token = self._flops_cache.get(seq_len)
+        if per_token is None:
+            per_token = self._flops_cache[seq_len] = encoder_flops_per_token(self.unwrapped, seq_len)
+        return 3.0 * per_token * seq_len * self.global_micro
+
+    def _micro_batches(self):
+        """Endless micro-batches for this process, from micro-batch `self.micro` on (epochs roll over)."""
+        args = self.args
+        n = len(self.task.train_dataset)
+        while True:
+            epoch, offset = divmod(self.micro, self.batches_per_epoch)
+            if hasattr(self.task.train_dataset, "set_epoch"):
+                self.task.train_dataset.set_epoch(epoch)
+            perm = epoch_permutation(n, args.seed, epoch)
+            sampler = list(rank_batches(perm, offset, self.batches_per_epoch, args.per_device_train_batch_size,
+                                        self.world, self.rank))
+            # Its own generator: creating the iterator must not draw from the global RNG (resume exactness).
+            loader = DataLoader(self.task.train_dataset, batch_sampler=sampler, collate_fn=self.task.collate_fn,
+                                num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available(),
+                                generator=torch.Generator().manual_seed(args.seed + epoch))
+            for batch in loader:
+                yield batch
+
+    def _loss(self, batch):
+        if self.task.compute_loss is not None:
+            return self.task.compute_loss(self.model, batch)
+        return self.model(**batch).loss
+
+    # -- evaluation -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict:
+        """Metrics of `split` (main process; the others return {}), computed on all processes' shards."""
+        eval_set = self.task.eval_sets[split]
+        n = len(eval_set.dataset)
+        if n == 0:
+            raise EarlyBirdError(f"the {split} split is empty")
+        was_training = self.model.training
+        self.model.eval()
+        loader = DataLoader(eval_set.dataset, collate_fn=eval_set.collate_fn,
+                            batch_sampler=list(rank_eval_batches(n, self.args.per_device_eval_batch_size,
+                                                                 self.world, self.rank)),
+                            num_workers=self.args.dataloader_num_workers)
+        gathered = defaultdict(list)
+        for batch in loader:
+            batch = to_device(batch, self.accelerator.device)
+            out = self.model(**batch)
+            for key, value in eval_set.outputs(out, batch).items():
+                gathered[key].append(self.accelerator.gather(value.contiguous()).cpu())
+        self.model.train(was_training)
+        if not self.is_main:
+            return {}
+        arrays = {k: torch.cat(v)[:n].numpy() for k, v in gathered.items()}
+        metrics = eval_set.compute(arrays)
+        return {k: float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v for k, v in metrics.items()}
+
+    # -- checkpoints and snapshots --------------------------------------------------------
+
+    def _state(self) -> dict:
+        return {"step": self.step, "micro": self.micro, "total_steps": self.total_steps, "flops": self.flops,
+                "wall": self.wall, "schedule": self.schedule, "draw": self.draw_state,
+                "global_batch": [self.args.per_device_train_batch_size, self.world,
+                                 self.args.gradient_accumulation_steps]}
+
+    def save_checkpoint(self) -> None:
+        """Atomic: everything goes to checkpoints/.tmp-step-S, renamed to step-S when complete."""
+        acc = self.accelerator
+        if self.recorder is not None:
+            self.recorder.flush()  # the records cover the checkpoint, so a resume leaves no gap
+        tmp = self.run.checkpoint_tmp(self.step)
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        torch.save(_rng_state(), tmp / f"rng-{self.rank}.pt")
+        if self.is_main:
+            self.unwrapped.save_pretrained(tmp / "model")
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            if acc.scaler is not None:
+                torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
+            (tmp / "state.json").write_text(json.dumps(self._state(), indent=2))
+        acc.wait_for_everyone()
+        if self.is_main:
+            self.run.commit_checkpoint(self.step, self.args.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    def save_weights(self, path: Path) -> None:
+        """save_pretrained of the unwrapped model, atomically (temporary directory, then rename)."""
+        if self.is_main:
+            tmp = path.with_name(f".tmp-{path.name}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.unwrapped.save_pretrained(tmp)
+            if self.task.save_extras is not None:
+                self.task.save_extras(tmp)
+            if path.exists():
+                shutil.rmtree(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.rename(path)
+        self.accelerator.wait_for_everyone()
+
+    def _snapshot_due(self, step: int) -> bool:
+        args = self.args
+        return step in args.save_steps or bool(args.save_every and step % args.save_every == 0)
+
+    # -- EB-Train ------------------------------------------------------------------------------
+
+    def _prune_in_place(self) -> dict:
+        """Prune the live model as the draw says, fold, and rebuild optimizer and schedule for what is left."""
+        acc = self.accelerator
+        model = acc.unwrap_model(self.model, keep_fp32_wrapper=False)
+        shape = model_shape(model)
+        before = kept_sizes(model)
+        plan = self.ebtrain.plan(shape, meta={"model": shape, "task": self.task.name})
+        apply_plan(model, plan)
+        fold_slimming(model)
+        if self.recorder is not None:  # the coefficients are folded away: the records end at the draw
+            self.recorder.close()
+            self.recorder = None
+        # Drop accelerate's references to the old model/optimizer, then prepare the pruned model afresh
+        # (under DDP this builds a new wrapper around the smaller parameters on every process).
+        del self.model, self.optimizer
+        acc.free_memory()
+        remaining = self.total_steps - self.step
+        self.schedule = {"start": self.step, "warmup": round(self.args.warmup_ratio * remaining), "total": remaining}
+        optimizer = make_optimizer(model, self.args)
+        self.scheduler = make_scheduler(optimizer, self.args.lr_scheduler, self.schedule["warmup"], remaining)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self._flops_cache.clear()
+        self.run.write_json("plan.json", plan)
+        self.draw_state = {"step": self.step, "shape_before": before, "shape_after": kept_sizes(model)}
+        return plan
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def fit(self) -> None:
+        args, acc = self.args, self.accelerator
+        from tqdm.auto import tqdm
+
+        if self.step == 0 and self.recorder is not None:
+            self.save_weights(self.run.init_dir)  # step-0 weights: what `--rewind init` starts tickets from
+        if self._snapshot_due(0):
+            self.save_weights(self.run.snapshot_dir(0))
+        if self._resume_rng is not None:
+            _set_rng_state(self._resume_rng)  # last, after everything that may draw random numbers
+        progress = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main or args.disable_tqdm,
+                        desc=self.task.name, dynamic_ncols=True)
+        batches = self._micro_batches()
+        accum = args.gradient_accumulation_steps
+        running_loss = torch.zeros((), device=acc.device)
+        running_count = 0
+        phase = "after_draw" if self.draw_state else "before_draw"
+        tic = time.perf_counter()
+        self.model.train()
+        while self.step < self.total_steps:
+            for i in range(accum):
+                batch = to_device(next(batches), acc.device)
+                self.flops[phase] += self._step_flops(batch)
+                sync = nullcontext() if i == accum - 1 else acc.no_sync(self.model)
+                with sync:
+                    loss = self._loss(batch)
+                    penalty = l1_penalty(self.unwrapped, args.l1_self, args.l1_inter)
+                    acc.backward((loss + penalty) / accum)
+                running_loss += loss.detach().float()
+                running_count += 1
+                self.micro += 1
+            if args.max_grad_norm:
+                acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+            self.optimizer.step()
+            if not acc.optimizer_step_was_skipped:  # fp16 overflow: the schedule does not advance either
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            progress.update(1)
+
+            # Coefficients: recorded and watched on the device (the recorder buffers, the detector chunks).
+            if self.recorder is not None or (self.ebtrain is not None and not self.ebtrain.drawn):
+                if self.step % args.record_every == 0:
+                    msa, mlp = read_coefficients(self.unwrapped)
+                    if self.recorder is not None and self.step > self.recorder.last_step:
+                        self.recorder.record(self.step, msa, mlp)
+                    if self.ebtrain is not None and self.ebtrain.observe(self.step, msa, mlp):
+                        now = time.perf_counter()
+                        self.wall[phase] += now - tic
+                        tic = now
+                        plan = self._prune_in_place()
+                        phase = "after_draw"
+                        self._log_line({"type": "draw", "step": self.step, "shape": self.draw_state["shape_after"],
+                                        "pruned_heads": sum(len(v) for v in plan["pruned_heads"].values()),
+                                        "pruned_neurons": sum(len(v) for v in plan["pruned_intermediate"].values())})
+                        self.log(f"EB-Train: early bird drawn at step {self.step}; pruned in place to "
+                                 f"{self.draw_state['shape_after']}")
+
+            if self.step % args.logging_steps == 0 or self.step == self.total_steps:
+                mean_loss = acc.reduce(running_loss, "mean").item() / max(running_count, 1)
+                running_loss.zero_()
+                running_count = 0
+                entry = {"type": "train", "step": self.step, "loss": mean_loss,
+                         "learning_rate": self.scheduler.get_last_lr()[0],
+                         "epoch": self.micro / self.batches_per_epoch, "elapsed": self._elapsed(tic, phase)}
+                self._log_line(entry)
+                progress.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+            if args.eval_every and self.step % args.eval_every == 0 and self.step != self.total_steps:
+                self._log_line({"type": "eval", "split": "validation", "step": self.step,
+                                "elapsed": self._elapsed(tic, phase), **self.evaluate("validation")})
+            if self._snapshot_due(self.step):
+                self.save_weights(self.run.snapshot_dir(self.step))
+            if args.checkpoint_every and self.step % args.checkpoint_every == 0:
+                now = time.perf_counter()
+                self.wall[phase] += now - tic
+                tic = now
+                self.save_checkpoint()
+            if args.debug_crash_at_step is not None and self.step == args.debug_crash_at_step:
+                progress.close()
+                raise SimulatedCrash(f"stopped at step {self.step} (--debug-crash-at-step)")
+        self.wall[phase] += time.perf_counter() - tic
+        progress.close()
+        if self.recorder is not None:
+            self.recorder.close()
+
+    def _elapsed(self, tic: float, phase: str) -> float:
+        done = self.wall["before_draw"] + self.wall["after_draw"]
+        return done + time.perf_counter() - tic
+
+    def _log_line(self, entry: dict) -> None:
+        self.run.append_metrics(entry)

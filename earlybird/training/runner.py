@@ -1,0 +1,169 @@
+"""`run(prog, args, build_task)`: what every entry point's main() does once its flags are parsed.
+
+Order matters: every check that can fail on bad input (flags, run directory, records, plan, data,
+model) runs before the run directory is touched and before any training step, and an EarlyBirdError
+becomes one line `<prog>: error: ...` with exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from ..errors import EarlyBirdError
+from ..slimming import encoder_layers, model_shape
+from .args import check_args, fail, ticket_mode
+from .ebtrain import EBTrain
+from .loop import SimulatedCrash, Trainer, kept_sizes
+from .rundir import RunDir
+from .tickets import build_ticket, resolve_plan, weights_dir
+
+
+def slimming_flags(args) -> dict:
+    return {"self_slimming": args.self_slimming, "inter_slimming": args.inter_slimming,
+            "slim_before": args.slim_before, "soft_by_one": args.soft_by_one}
+
+
+def _cpu_processes() -> bool:
+    """Several processes and no CUDA: run them on the CPU (gloo). accelerate 1.15 launches one process for
+    `--cpu --num_processes N`; N CPU processes come from `--multi_gpu --num_processes N` (torchrun), and
+    without this they would each run alone instead of together."""
+    import os
+
+    import torch
+
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _quiet_libraries(is_main: bool) -> None:
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards"
+    datasets.utils.logging.set_verbosity_error()
+    if not is_main:
+        datasets.utils.logging.disable_progress_bar()
+
+
+def _reset_accelerate(accelerator) -> None:
+    """Let the next in-process run (tests) build a fresh Accelerator; a launched process just exits."""
+    if accelerator is None or accelerator.num_processes > 1:
+        return
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def run(prog: str, args, build_task) -> int:
+    accelerator = None
+    rundir = None
+    try:
+        check_args(args)
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=_cpu_processes())
+        is_main = accelerator.is_main_process
+        _quiet_libraries(is_main)
+
+        def log(message: str) -> None:
+            if is_main:
+                print(message, flush=True)
+
+        rundir = RunDir(args.output_dir, is_main_process=is_main)
+        rundir.check(resume=args.resume, overwrite=args.overwrite_output_dir)
+        resume_from = rundir.latest_checkpoint() if args.resume else None
+        # Every process must look at the directory before the main process writes to it (a failed check
+        # fails on all processes alike, so no process is left waiting here).
+        accelerator.wait_for_everyone()
+        plan = resolve_plan(args) if ticket_mode(args) and resume_from is None else None
+
+        set_seed(args.seed)
+        task = build_task(args, accelerator)
+        if resume_from is not None:
+            model = task.model_class.from_pretrained(resume_from / "model")
+            log(f"resuming from {resume_from}")
+        elif plan is not None:
+            source = weights_dir(args, plan)
+            model = build_ticket(task.model_class, source, plan, where=args.prune_plan or f"--records {args.records}",
+                                 slimming={k: v for k, v in slimming_flags(args).items() if v})
+            log(f"ticket: {kept_sizes(model)} from {source}")
+        else:
+            model = task.build_model(slimming_flags(args))
+
+        rundir.open(overwrite=args.overwrite_output_dir)
+        accelerator.wait_for_everyone()
+        if resume_from is not None:
+            rundir.clean_temporaries()
+        rundir.write_json("args.json", vars(args))
+        if plan is not None:
+            rundir.write_json("plan.json", plan)
+
+        ebtrain = EBTrain(args, accelerator.num_processes) if args.eb_method else None
+        trainer = Trainer(args, accelerator, rundir, task, model, ebtrain=ebtrain, resume_from=resume_from, log=log)
+        if resume_from is not None:
+            rundir.truncate_metrics(trainer.step)
+        log(f"{task.name}: {trainer.total_steps} steps, global batch {trainer.global_micro * args.gradient_accumulation_steps}"
+            f" ({args.per_device_train_batch_size} per device x {accelerator.num_processes} processes x "
+            f"{args.gradient_accumulation_steps} accumulation), model {kept_sizes(trainer.unwrapped)}")
+        start = time.perf_counter()
+        trainer.fit()
+
+        metrics = trainer.evaluate(task.final_split)
+        trainer.save_weights(rundir.final_dir)
+        final_model = trainer.unwrapped
+        example = task.eval_sets[task.final_split]
+        results = {
+            "split": task.final_split, "step": trainer.step, **metrics,
+            "num_examples": len(example.dataset),
+            "model": model_shape(final_model),
+            "kept": kept_sizes(final_model),
+            "encoder_parameters": sum(p.numel() for p in encoder_layers(final_model).parameters()),
+            "train_flops": trainer.flops["before_draw"] + trainer.flops["after_draw"],
+            "train_wall_s": trainer.wall["before_draw"] + trainer.wall["after_draw"],
+            **task.info,
+        }
+        rundir.write_json("results.json", results)
+        rundir.append_metrics({"type": "final", **{k: v for k, v in results.items() if not isinstance(v, dict)}})
+        log(f"{task.final_split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+        if ebtrain is not None:
+            summary = _ebtrain_summary(ebtrain, trainer)
+            rundir.write_json("ebtrain.json", summary)
+            log(f"EB-Train: draw step {summary['draw_step']}; training FLOPs {summary['flops']['total']:.3e} "
+                f"({summary['flops']['before_draw']:.3e} before the draw, {summary['flops']['after_draw']:.3e} after); "
+                f"wall {summary['wall_s']['before_draw']:.1f}s + {summary['wall_s']['after_draw']:.1f}s")
+        log(f"done in {time.perf_counter() - start:.1f}s: {rundir.path}")
+        return 0
+    except EarlyBirdError as err:
+        return fail(prog, err, print_it=accelerator is None or accelerator.is_local_main_process)
+    except SimulatedCrash as err:
+        print(f"{prog}: {err}", file=sys.stderr, flush=True)
+        return 3
+    finally:
+        if rundir is not None:
+            rundir.close()
+        _reset_accelerate(accelerator)
+
+
+def _ebtrain_summary(ebtrain: EBTrain, trainer: Trainer) -> dict:
+    flops, wall = trainer.flops, trainer.wall
+    draw = trainer.draw_state or {}
+    summary = ebtrain.summary()
+    dense = None
+    if ebtrain.draw_step:
+        # What the whole budget would have cost unpruned, at the pre-draw rate per step.
+        dense = flops["before_draw"] / ebtrain.draw_step * trainer.total_steps
+    summary.update({
+        "drawn": ebtrain.drawn,
+        "total_steps": trainer.total_steps,
+        "flops": {"before_draw": flops["before_draw"], "after_draw": flops["after_draw"],
+                  "total": flops["before_draw"] + flops["after_draw"], "dense_equivalent": dense},
+        "wall_s": dict(wall),
+        "shape_before": draw.get("shape_before"),
+        "shape_after": draw.get("shape_after"),
+        "plan": "plan.json" if ebtrain.drawn else None,
+        "flops_note": "training FLOPs of the encoder layers: 3 x forward, from the shapes (encoder_flops_per_token)",
+    })
+    return summary

@@ -1,0 +1,299 @@
+"""The three tasks of the study, each as its extra flags + a `build_*_task(args, accelerator) -> Task`.
+
+* ViT fine-tuning for image classification (Finetuning/run_vit.py)
+* BERT on SQuAD v1.1 or GLUE-style classification (Finetuning/run_bert.py)
+* a small ViT trained from scratch on CIFAR-10 or the embedded digits (ViT_pretraining/main.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..data import common, images, text
+from ..errors import EarlyBirdError
+from .task import EvalSet, Task, classification_eval_set
+
+# --------------------------------------------------------------------------- shared
+
+
+def _load_config(path: str, expected: str, flag: str = "--model-name-or-path"):
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as err:  # OSError offline / missing, ValueError for unknown model types
+        raise EarlyBirdError(f"{flag} {path}: cannot load a model config ({' '.join(str(err).split())[:200]})") from None
+    if config.model_type != expected:
+        raise EarlyBirdError(f"{flag} {path}: a {config.model_type!r} model; this entry point trains {expected!r} models")
+    return config
+
+
+def _image_datasets(args, accelerator, where: str):
+    """Train / validation / test splits of an image data set, with their columns and label names."""
+    with accelerator.main_process_first():  # one process downloads / builds the cache, the others read it
+        if args.dataset == "digits":
+            from ..data.digits import load_digits_dataset
+
+            dd = load_digits_dataset()
+        else:
+            dd = common.load_dataset_any(args.dataset, cache_dir=args.cache_dir, builder="imagefolder")
+    first = next(iter(dd.values()))
+    image_column = common.find_column(first, images.IMAGE_COLUMNS, "image", where)
+    label_column = common.find_column(first, images.LABEL_COLUMNS, "label", where)
+    splits, final = common.resolve_splits(dd, label_column, where)
+    for name, split in splits.items():
+        for column in (image_column, label_column):
+            if column not in split.column_names:
+                raise EarlyBirdError(f"{where}: the {name} split has no {column!r} column")
+    names = images.label_names(splits["train"], label_column)
+    splits["train"] = common.subset(splits["train"], args.max_train_samples)
+    for name in ("validation", "test"):
+        splits[name] = common.subset(splits[name], args.max_eval_samples)
+    return splits, final, image_column, label_column, names
+
+
+def _image_task(name, args, splits, final, image_column, label_column, size, mean, std, train_transform,
+                build_model, tokens, compute_loss=None, info=None) -> Task:
+    from transformers import ViTForImageClassification
+    from transformers.models.vit import ViTImageProcessorPil
+
+    eval_transform = images.ImageTransform("eval", size, mean, std)
+    train = images.ImageClassificationDataset(splits["train"], image_column, label_column, train_transform, args.seed)
+    eval_sets = {k: classification_eval_set(
+        images.ImageClassificationDataset(splits[k], image_column, label_column, eval_transform), images.collate_images)
+        for k in ("validation", "test")}
+
+    def save_extras(path):
+        ViTImageProcessorPil(size={"height": size, "width": size}, image_mean=list(mean), image_std=list(std)).save_pretrained(path)
+
+    return Task(name=name, model_class=ViTForImageClassification, build_model=build_model, train_dataset=train,
+                collate_fn=images.collate_images, eval_sets=eval_sets, final_split=final,
+                tokens_per_example=lambda batch: tokens, compute_loss=compute_loss, save_extras=save_extras,
+                info={"dataset": args.dataset, "train_examples": len(train), **(info or {})})
+
+
+# --------------------------------------------------------------------------- ViT fine-tuning
+
+
+def add_vit_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("ViT fine-tuning")
+    g.add_argument("--model-name-or-path", default="google/vit-base-patch16-224-in21k",
+                   help="a hub id or a local directory of a pretrained ViT")
+    g.add_argument("--dataset", default="imagenet-1k",
+                   help="a hub data set (imagenet-1k, cifar10), an imagefolder directory, or a save_to_disk directory")
+
+
+def build_vit_task(args, accelerator) -> Task:
+    from transformers import ViTForImageClassification
+
+    config = _load_config(args.model_name_or_path, "vit")
+    splits, final, image_column, label_column, names = _image_datasets(args, accelerator, f"--dataset {args.dataset}")
+    size, mean, std = images.image_settings(args.model_name_or_path, config)
+    patch = config.patch_size
+
+    def build_model(overrides):
+        return ViTForImageClassification.from_pretrained(
+            args.model_name_or_path, num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True, image_size=size, **overrides)
+
+    return _image_task("vit", args, splits, final, image_column, label_column, size, mean, std,
+                       images.ImageTransform("train", size, mean, std), build_model, (size // patch) ** 2 + 1)
+
+
+# --------------------------------------------------------------------------- small ViT from scratch
+
+PRETRAIN_PRESETS = {
+    # scaled down so a few hundred steps run in well under a minute on 2 CPU cores (~93% test accuracy in
+    # 360 steps); no shifts or flips: an 8x8 digit is centred, and a 1-pixel shift costs ~25 points
+    "digits": dict(image_size=8, patch_size=2, num_layers=4, hidden_size=64, num_heads=4, intermediate_size=128,
+                   per_device_train_batch_size=64, num_train_epochs=20, learning_rate=1e-3, weight_decay=5e-5,
+                   crop_padding=0, flip=False, randaug_ops=0, randaug_magnitude=5),
+    # the study's small ViT on CIFAR-10 (7 layers, hidden 384, 12 heads, MLP 384, patch 4 on 32x32)
+    "cifar": dict(image_size=32, patch_size=4, num_layers=7, hidden_size=384, num_heads=12, intermediate_size=384,
+                  per_device_train_batch_size=128, num_train_epochs=200, learning_rate=1e-3, weight_decay=5e-5,
+                  crop_padding=4, flip=True, randaug_ops=2, randaug_magnitude=9),
+}
+
+
+def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("small ViT from scratch (defaults: the preset of the data set)")
+    g.add_argument("--dataset", default="digits",
+                   help="digits (embedded, the default), cifar10 (hub), or a local imagefolder / save_to_disk directory")
+    for flag in ("image-size", "patch-size", "num-layers", "hidden-size", "num-heads", "intermediate-size",
+                 "crop-padding", "randaug-ops", "randaug-magnitude"):
+        g.add_argument(f"--{flag}", type=int, default=None)
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
+    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--dropout", type=float, default=0.0, help="hidden and attention dropout")
+    # Budget and optimiser defaults come from the preset unless given.
+    parser.set_defaults(per_device_train_batch_size=None, num_train_epochs=None, learning_rate=None,
+                        weight_decay=None, warmup_ratio=0.025, lr_scheduler="cosine", per_device_eval_batch_size=256)
+
+
+def fill_pretrain_defaults(args) -> None:
+    preset = PRETRAIN_PRESETS["digits" if args.dataset == "digits" else "cifar"]
+    for key, value in preset.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.hidden_size % args.num_heads:
+        raise EarlyBirdError(f"--hidden-size {args.hidden_size} is not a multiple of --num-heads {args.num_heads}")
+    if args.image_size % args.patch_size:
+        raise EarlyBirdError(f"--image-size {args.image_size} is not a multiple of --patch-size {args.patch_size}")
+    if not 0.0 <= args.label_smoothing < 1.0:
+        raise EarlyBirdError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+
+
+def build_pretrain_task(args, accelerator) -> Task:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    splits, final, image_column, label_column, names = _image_datasets(args, accelerator, f"--dataset {args.dataset}")
+    size = args.image_size
+    mean = std = (0.5, 0.5, 0.5)
+
+    def build_model(overrides):
+        config = ViTConfig(
+            image_size=size, patch_size=args.patch_size, num_channels=3, hidden_size=args.hidden_size,
+            num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads,
+            intermediate_size=args.intermediate_size, hidden_dropout_prob=args.dropout,
+            attention_probs_dropout_prob=args.dropout, num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)}, **overrides)
+        return ViTForImageClassification(config)
+
+    def compute_loss(model, batch):
+        logits = model(pixel_values=batch["pixel_values"]).logits
+        return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], label_smoothing=args.label_smoothing)
+
+    train_transform = images.ImageTransform("cifar", size, mean, std, padding=args.crop_padding, flip=args.flip,
+                                            randaug_ops=args.randaug_ops, randaug_magnitude=args.randaug_magnitude)
+    return _image_task("vit-pretrain", args, splits, final, image_column, label_column, size, mean, std,
+                       train_transform, build_model, (size // args.patch_size) ** 2 + 1, compute_loss)
+
+
+# --------------------------------------------------------------------------- BERT
+
+
+def add_bert_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("BERT")
+    g.add_argument("--model-name-or-path", default="bert-base-uncased",
+                   help="a hub id or a local directory (with its tokenizer)")
+    g.add_argument("--task", choices=("squad", "glue"), default="squad")
+    g.add_argument("--glue-task", default=None, help="--task glue from the hub's `glue` (e.g. sst2)")
+    g.add_argument("--train-file", default=None, help="local training file (SQuAD JSON, or TSV/CSV/JSONL for glue)")
+    g.add_argument("--validation-file", default=None, help="glue: local validation file")
+    g.add_argument("--test-file", default=None, help="glue: local test file (the final evaluation)")
+    g.add_argument("--predict-file", default=None, help="squad: local evaluation file (SQuAD JSON)")
+    g.add_argument("--max-seq-length", type=int, default=None, help="default 384 (squad), 128 (glue)")
+    g.add_argument("--doc-stride", type=int, default=None,
+                   help="squad: overlap of the context windows (default 128, at most a third of --max-seq-length)")
+    g.add_argument("--n-best-size", type=int, default=20, help="squad: start/end candidates per window")
+    g.add_argument("--max-answer-length", type=int, default=30, help="squad: longest answer, in tokens")
+
+
+def _check_bert_args(args) -> None:
+    if args.task == "squad" and (args.validation_file or args.test_file or args.glue_task):
+        raise EarlyBirdError("--validation-file/--test-file/--glue-task go with --task glue; squad uses --predict-file")
+    if args.task == "glue" and args.predict_file:
+        raise EarlyBirdError("--predict-file goes with --task squad; glue uses --validation-file/--test-file")
+
+
+def build_bert_task(args, accelerator) -> Task:
+    from transformers import AutoTokenizer
+
+    _check_bert_args(args)
+    config = _load_config(args.model_name_or_path, "bert")
+    if args.max_seq_length is None:  # the usual default, within what the model can take
+        args.max_seq_length = min(384 if args.task == "squad" else 128, config.max_position_embeddings)
+    if args.doc_stride is None:
+        args.doc_stride = min(128, args.max_seq_length // 3)
+    if args.task == "squad" and not 0 < args.doc_stride < args.max_seq_length:
+        raise EarlyBirdError(f"--doc-stride must be in 1..{args.max_seq_length - 1}, got {args.doc_stride}")
+    if args.max_seq_length > config.max_position_embeddings:
+        raise EarlyBirdError(f"--max-seq-length {args.max_seq_length} exceeds the model's "
+                             f"max_position_embeddings {config.max_position_embeddings}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    except Exception as err:
+        raise EarlyBirdError(f"--model-name-or-path {args.model_name_or_path}: cannot load a tokenizer "
+                             f"({' '.join(str(err).split())[:200]})") from None
+    if args.task == "squad":
+        return _squad_task(args, accelerator, tokenizer)
+    return _glue_task(args, accelerator, tokenizer)
+
+
+def _glue_task(args, accelerator, tokenizer) -> Task:
+    from transformers import BertForSequenceClassification
+
+    files = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
+    where = f"--train-file {args.train_file}" if args.train_file else f"glue/{args.glue_task}"
+    with accelerator.main_process_first():
+        dd = text.load_classification(args.glue_task, files, cache_dir=args.cache_dir)
+        splits, final = common.resolve_splits(dd, "label", where)
+        columns = text.pick_text_columns(set(splits["train"].column_names), args.glue_task, where)
+        names = images.label_names(splits["train"], "label")
+        limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_eval_samples}
+        tokenized = {k: text.tokenize_classification(common.subset(v, limits[k]), tokenizer, columns, args.max_seq_length)
+                     for k, v in splits.items()}
+    collate = text.pad_collator(tokenizer)
+
+    def build_model(overrides):
+        return BertForSequenceClassification.from_pretrained(
+            args.model_name_or_path, num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True, **overrides)
+
+    eval_sets = {k: classification_eval_set(text.TokenizedDataset(tokenized[k]), collate) for k in ("validation", "test")}
+    return Task(name="bert-glue", model_class=BertForSequenceClassification, build_model=build_model,
+                train_dataset=text.TokenizedDataset(tokenized["train"]), collate_fn=collate, eval_sets=eval_sets,
+                final_split=final, tokens_per_example=lambda batch: batch["input_ids"].shape[1],
+                save_extras=tokenizer.save_pretrained,
+                info={"dataset": args.train_file or f"glue/{args.glue_task}", "train_examples": len(tokenized["train"])})
+
+
+def _squad_task(args, accelerator, tokenizer) -> Task:
+    from transformers import BertForQuestionAnswering, default_data_collator
+
+    if not tokenizer.is_fast:
+        raise EarlyBirdError("--task squad needs a fast tokenizer (offset mappings)")
+    where = f"--train-file {args.train_file}" if args.train_file else "squad"
+    with accelerator.main_process_first():
+        dd = text.load_squad(args.train_file, args.predict_file, cache_dir=args.cache_dir)
+        for name in ("train", "validation"):
+            if name not in dd:
+                raise EarlyBirdError(f"{where}: no {name!r} split; splits: {', '.join(dd)}")
+            text.check_squad_columns(dd[name], where)
+        train_examples = common.subset(dd["train"], args.max_train_samples)
+        eval_examples = common.subset(dd["validation"], args.max_eval_samples)
+        window = dict(tokenizer=tokenizer, max_seq_length=args.max_seq_length, doc_stride=args.doc_stride)
+        train_features = train_examples.map(text.prepare_train_features, batched=True, fn_kwargs=window,
+                                            remove_columns=train_examples.column_names, desc="train features")
+        eval_features = eval_examples.map(text.prepare_validation_features, batched=True, fn_kwargs=window,
+                                          remove_columns=eval_examples.column_names, desc="eval features")
+    inputs = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in eval_features.column_names]
+    # Postprocessing needs the windows' example ids and offsets, in feature order; the model does not.
+    post = {"example_id": eval_features["example_id"], "offset_mapping": eval_features["offset_mapping"]}
+    references = [{"id": ex["id"], "answers": ex["answers"]} for ex in eval_examples]
+    examples = {"id": eval_examples["id"], "context": eval_examples["context"]}
+
+    def outputs(out, batch):
+        return {"start_logits": out.start_logits.float(), "end_logits": out.end_logits.float()}
+
+    def compute(arrays):
+        from ..metrics import load_metric
+
+        predictions = text.postprocess_qa_predictions(examples, post, arrays["start_logits"], arrays["end_logits"],
+                                                      args.n_best_size, args.max_answer_length)
+        return load_metric("squad").compute(
+            predictions=[{"id": k, "prediction_text": v} for k, v in predictions.items()], references=references)
+
+    eval_set = EvalSet(text.TokenizedDataset(eval_features, inputs), default_data_collator, outputs, compute)
+
+    def build_model(overrides):
+        return BertForQuestionAnswering.from_pretrained(args.model_name_or_path, **overrides)
+
+    return Task(name="bert-squad", model_class=BertForQuestionAnswering, build_model=build_model,
+                train_dataset=text.TokenizedDataset(train_features), collate_fn=default_data_collator,
+                eval_sets={"validation": eval_set}, final_split="validation",
+                tokens_per_example=lambda batch: batch["input_ids"].shape[1], save_extras=tokenizer.save_pretrained,
+                info={"dataset": args.train_file or "squad", "train_examples": len(train_examples),
+                      "train_features": len(train_features), "eval_examples": len(eval_examples)})

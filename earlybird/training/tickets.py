@@ -1,0 +1,122 @@
+"""Building a ticket: the plan (given, or made from records), the weights it starts from, pruned and folded.
+
+A ticket is the slimming run's model with the plan's heads and neurons physically removed and the
+coefficients multiplied into the weights (`fold_slimming`): a plain smaller model, retrained with the
+same budget. `--rewind init` starts it from the slimming run's step-0 weights (the lottery ticket),
+`--rewind none` from its weights at the pruning step (a snapshot saved with --save-steps/--save-every).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from ..errors import EarlyBirdError
+from ..plans import load_plan, make_plan
+from ..records import load_records
+from ..slimming import apply_plan, fold_slimming, model_shape
+from .rundir import list_step_dirs, step_dir_name
+
+
+def resolve_plan(args) -> dict:
+    """The plan named by --prune-plan, or made from --records at --prune-step (EarlyBirdError if not)."""
+    if args.prune_plan:
+        return load_plan(args.prune_plan)
+    records = load_records(args.records)
+    try:
+        return make_plan(records, args.prune_step, args.self_pruning_ratio, args.inter_pruning_ratio,
+                         args.self_pruning_method, args.inter_pruning_method, random_seed=args.random_prune)
+    except EarlyBirdError as err:
+        raise EarlyBirdError(f"--records {args.records}: {err}") from None
+
+
+def plan_step(args, plan) -> int | None:
+    if args.prune_step is not None:
+        return args.prune_step
+    return (plan.get("provenance") or {}).get("step")
+
+
+def _slimming_run_dir(args, plan) -> Path | None:
+    records = args.records or (plan.get("provenance") or {}).get("records")
+    if not records:
+        return None
+    records = Path(records)
+    # A records *file* (msa.npy) sits in the records directory; the run directory is one up from that.
+    records_dir = records.parent if records.suffix == ".npy" else records
+    return records_dir.parent
+
+
+def weights_dir(args, plan) -> Path:
+    """Where the ticket's starting weights are: --init-checkpoint, else the slimming run's init/ or snapshot."""
+    if args.init_checkpoint:
+        path = Path(args.init_checkpoint)
+        if not path.is_dir():
+            raise EarlyBirdError(f"--init-checkpoint {path}: no such directory")
+        return path
+    run_dir = _slimming_run_dir(args, plan)
+    if run_dir is None:
+        raise EarlyBirdError("--prune-plan does not say which records it came from (no provenance.records): "
+                             "pass --init-checkpoint DIR with the weights to start the ticket from")
+    if args.rewind == "init":
+        path = run_dir / "init"
+        if not path.is_dir():
+            raise EarlyBirdError(f"--rewind init needs the slimming run's step-0 weights: {path} does not exist "
+                                 "(pass --init-checkpoint DIR)")
+        return path
+    step = plan_step(args, plan)
+    if step is None:
+        raise EarlyBirdError("--rewind none: the plan names no step; pass --prune-step or --init-checkpoint")
+    candidates = [run_dir / "snapshots" / step_dir_name(step), run_dir / "checkpoints" / step_dir_name(step) / "model"]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    saved = sorted(set(list_step_dirs(run_dir / "snapshots")) | set(list_step_dirs(run_dir / "checkpoints")))
+    raise EarlyBirdError(
+        f"--rewind none needs the weights at step {step}: {candidates[0]} does not exist "
+        f"(saved steps: {', '.join(map(str, saved)) or 'none'}); re-run the slimming run with "
+        f"--save-steps {step} (or --save-every N) or pass --init-checkpoint DIR"
+    )
+
+
+def _fit_plan(plan: dict) -> dict:
+    """apply_plan compares only the sizes the plan declares: drop the ones it leaves as null."""
+    plan = copy.deepcopy(plan)
+    plan["shape"] = {k: v for k, v in (plan.get("shape") or {}).items() if v is not None}
+    return plan
+
+
+def check_plan_matches(plan: dict, model, where: str) -> None:
+    shape = model_shape(model)
+    declared = plan.get("shape") or {}
+    for key in ("layers", "heads", "intermediate"):
+        if declared.get(key) is not None and int(declared[key]) != shape[key]:
+            raise EarlyBirdError(
+                f"{where} was made for a model with {declared.get('layers')} layers x {declared.get('heads')} heads x "
+                f"{declared.get('intermediate')} neurons but the model has {shape['layers']} x {shape['heads']} x "
+                f"{shape['intermediate']}: records or plan from a different model?"
+            )
+
+
+def build_ticket(model_class, path: Path, plan: dict, *, slimming: dict, where: str):
+    """Load the weights, prune them as the plan says and fold the coefficients (a plain smaller model).
+
+    `slimming` holds the slimming flags of the retraining: with any of them on, fresh coefficients at 1
+    are added back to the pruned model (tickets are otherwise trained as plain models).
+    """
+    try:
+        model = model_class.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise EarlyBirdError(f"cannot load the ticket's weights from {path}: {' '.join(str(err).split())[:300]}") from None
+    check_plan_matches(plan, model, where)
+    apply_plan(model, _fit_plan(plan))
+    fold_slimming(model)
+    if slimming.get("self_slimming") or slimming.get("inter_slimming"):
+        config = copy.deepcopy(model.config)
+        for key, value in slimming.items():
+            setattr(config, key, value)
+        slim = model_class(config)
+        missing, unexpected = slim.load_state_dict(model.state_dict(), strict=False)
+        if unexpected or any(not k.endswith("slimming_coef") for k in missing):
+            raise EarlyBirdError(f"re-adding slimming coefficients failed (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        model = slim
+    return model
