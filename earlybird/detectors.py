@@ -161,7 +161,7 @@ class HammingEB(Detector):
             raise EarlyBirdError(f"threshold must be a number in (0, 1]; got {threshold!r}") from None
         if not 0.0 < self.threshold <= 1.0:
             raise EarlyBirdError(f"threshold must be in (0, 1]; got {threshold!r}")
-        self._fifo: np.ndarray | None = None  # (cached, entries) bool ring buffer
+        self._fifo: np.ndarray | None = None  # (entries, cached) bool ring buffer
         self._distance = np.zeros(self.cached, dtype=np.int64)  # differing entries vs newest
         self._filled = 0
         self._newest = -1
@@ -174,20 +174,26 @@ class HammingEB(Detector):
         flat = np.asarray(mask, dtype=bool).reshape(-1)
         if self._fifo is None:
             self._shape = np.shape(mask)
-            self._fifo = np.zeros((self.cached, flat.size), dtype=bool)
+            # Entry-major (entries, cached): the entries a new mask flips are contiguous rows.
+            self._fifo = np.zeros((flat.size, self.cached), dtype=bool)
+            self._newest_mask = np.zeros(flat.size, dtype=bool)
         elif np.shape(mask) != self._shape:
             raise EarlyBirdError(f"mask shape changed from {self._shape} to {np.shape(mask)}")
         if self._filled:
-            newest = self._fifo[self._newest]
+            newest = self._newest_mask
             changed = np.flatnonzero(flat != newest)
             if changed.size:
-                rows = self._fifo[: self._filled]
                 # An entry that flipped adds 1 to the distance of every cached mask that agreed
                 # with the old newest there, and removes 1 from every one that did not.
-                agreed = (rows[:, changed] == newest[changed]).sum(axis=1)
+                was_kept = changed[newest[changed]]
+                was_pruned = changed[~newest[changed]]
+                cached = self._fifo[:, : self._filled]
+                agreed = cached[was_kept].sum(axis=0, dtype=np.int64)
+                agreed += was_pruned.size - cached[was_pruned].sum(axis=0, dtype=np.int64)
                 self._distance[: self._filled] += 2 * agreed - changed.size
         slot = (self._newest + 1) % self.cached
-        self._fifo[slot] = flat
+        self._fifo[:, slot] = flat
+        self._newest_mask[:] = flat
         self._distance[slot] = 0
         self._newest = slot
         self._filled = min(self._filled + 1, self.cached)
@@ -196,7 +202,7 @@ class HammingEB(Detector):
         """Max normalised distance between the newest and the other cached masks (FIFO full)."""
         if self._filled < self.cached:
             return None
-        return float(self._distance.max()) / self._fifo.shape[1]
+        return float(self._distance.max()) / self._fifo.shape[0]
 
     def update(self, step: int, mask) -> bool:
         if not self._observe_step(step):

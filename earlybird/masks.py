@@ -71,9 +71,16 @@ def _prune_k_smallest(rows: np.ndarray, k: int) -> np.ndarray:
     """
     kth = np.partition(rows, k - 1, axis=1)[:, k - 1 : k]
     below = rows < kth
-    quota = k - below.sum(axis=1, keepdims=True, dtype=np.int32)
     equal = rows == kth
-    return below | (equal & (np.cumsum(equal, axis=1, dtype=np.int32) <= quota))
+    quota = k - below.sum(axis=1, dtype=np.int32)
+    pruned = below | equal
+    # Only rows with more entries equal to the k-th value than the quota need the
+    # lowest-index selection (the cumulative count); with distinct values that is none.
+    tied = np.flatnonzero(equal.sum(axis=1, dtype=np.int32) > quota)
+    if tied.size:
+        first = np.cumsum(equal[tied], axis=1, dtype=np.int32) <= quota[tied, None]
+        pruned[tied] = below[tied] | (equal[tied] & first)
+    return pruned
 
 
 def _mask_block(importance: np.ndarray, ratio: float, scope: str) -> np.ndarray:

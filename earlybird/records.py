@@ -471,6 +471,10 @@ class CoefficientRecorder:
         if meta.get("every", self.every) != self.every:
             raise EarlyBirdError(f"{self.run_dir}: recorded with every={meta['every']}; cannot resume with every={self.every}")
         self.user_meta = {**{k: v for k, v in meta.items() if k not in _RESERVED_META}, **self.user_meta}
+        for info in infos.values():
+            if info.offset != HEADER_BYTES or info.fortran:
+                raise EarlyBirdError(f"{info.path}: not written by CoefficientRecorder (its header is not the "
+                                     f"fixed {HEADER_BYTES} bytes); cannot append to it")
         self._shapes = {name: tuple(infos[name].shape[1:]) for name in BLOCKS if name in infos}
         self.dtype = infos[next(iter(self._shapes))].dtype
         for name, shape in self._shapes.items():

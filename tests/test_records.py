@@ -154,6 +154,15 @@ def test_existing_records_need_resume(tmp_path):
         CoefficientRecorder(tmp_path / "run")
 
 
+def test_resume_refuses_files_it_cannot_append_to(tmp_path):
+    run = tmp_path / "run"
+    write_run(run, range(4))
+    np.save(run / "msa.npy", np.asfortranarray(np.load(run / "msa.npy")))  # not appendable row by row
+    np.testing.assert_array_equal(load_records(run).msa, np.stack([coefs(s)[0].numpy() for s in range(4)]))
+    with pytest.raises(EarlyBirdError, match="cannot append"):
+        CoefficientRecorder(run, resume=True)
+
+
 def test_non_main_process_writes_nothing(tmp_path):
     run = tmp_path / "run"
     with CoefficientRecorder(run, chunk=2, is_main_process=False) as recorder:
