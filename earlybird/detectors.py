@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import EarlyBirdError
-from .masks import _as_numpy, check_ratio, check_scope, compute_mask, nuclear_norm
+from .masks import as_numpy, check_ratio, check_scope, compute_mask, nuclear_norm
 from .records import Records, load_records
 
 # Steps per block in offline scans: bounds the mask/SVD temporaries whatever the record size.
@@ -246,7 +246,7 @@ class StationarityEB(Detector):
         return {"smooth": self.smooth, "window": self.window, "alpha": self.alpha, **super().params()}
 
     def update(self, step: int, mask) -> bool:
-        return self.update_value(step, nuclear_norm(_as_numpy(mask)))
+        return self.update_value(step, nuclear_norm(as_numpy(mask)))
 
     def update_value(self, step: int, value: float) -> bool:
         """Feed one step's nuclear norm directly (what ``update`` does after computing it)."""
@@ -505,7 +505,7 @@ class OnlineEarlyBird:
         missing = [name for name in self.blocks if given.get(name) is None]
         if missing:
             raise EarlyBirdError(f"observe(): missing coefficients for {', '.join(missing)}")
-        return {name: _as_numpy(given[name]) for name in self.blocks}
+        return {name: as_numpy(given[name]) for name in self.blocks}
 
     def _settle(self, step: int) -> bool:
         if self.draw_step is None and all(d.draw_step is not None for d in self.detectors.values()):

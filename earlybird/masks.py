@@ -30,7 +30,7 @@ SCOPES = ("layerwise", "global")
 _BLOCK_ELEMENTS = 1 << 22
 
 
-def _as_numpy(coefs) -> np.ndarray:
+def as_numpy(coefs) -> np.ndarray:
     """Accept numpy arrays, lists and torch tensors (any device) without importing torch."""
     if hasattr(coefs, "detach") and hasattr(coefs, "cpu"):
         coefs = coefs.detach().cpu()
@@ -109,7 +109,7 @@ def compute_mask(coefs, ratio: float, scope: str = "layerwise") -> np.ndarray:
     """Kept-entry mask (True = kept) for coefficients (L, N), or a batch (T, L, N)."""
     ratio = check_ratio(ratio)
     check_scope(scope)
-    array = _as_numpy(coefs)
+    array = as_numpy(coefs)
     if array.ndim not in (2, 3):
         raise EarlyBirdError(
             f"coefficients must have shape (layers, n) or (steps, layers, n); got shape {array.shape}"

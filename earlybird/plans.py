@@ -100,12 +100,18 @@ def save_plan(plan: dict, path) -> None:
     """Validate and write atomically: temporary file, fsync, rename."""
     validate_plan(plan, where=str(path))
     path = Path(path)
+    if not path.parent.is_dir():
+        raise EarlyBirdError(f"cannot write {path}: directory {path.parent} does not exist")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(format_plan(plan))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(format_plan(plan))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise EarlyBirdError(f"cannot write {path}: {exc.strerror or exc}") from None
     _fsync_dir(path.parent)
 
 

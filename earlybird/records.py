@@ -489,6 +489,8 @@ class CoefficientRecorder:
         shapes = self._shapes or {}
         some = next(iter(shapes.values()), (None,))
         return {
+            "model_type": None,  # filled from the caller's meta when given
+            "flags": {},
             **self.user_meta,
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,

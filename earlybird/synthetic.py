@@ -47,31 +47,23 @@ def measure_detectors(seeds, *, ratio: float = 0.3, scope: str = "layerwise", de
                       **generator_kwargs) -> dict:
     """False-positive rate and delay of detectors over synthetic runs.
 
-    For each seed the masks (and their nuclear norms) are computed once and fed to a fresh
-    detector per entry of ``detectors`` ({label: (method, params)}), stopping at its draw.
+    For each seed the masks are computed once and fed to a fresh detector per entry of ``detectors`` ({label: (method, params)}), stopping at its draw.
     Returns {label: {"draws": [...], "false_positive_rate": f, "draw_rate": d,
     "median_delay": m}} where a false positive is a draw before the plateau and the delay is
     ``draw_step - plateau`` over the runs that drew (None if none did).
     """
-    from .detectors import _feed_one, _per_step_inputs, make_detector
-    from .masks import compute_mask, nuclear_norm
+    from .detectors import feed, make_detector
+    from .masks import compute_mask
 
     detectors = DEFAULT_DETECTORS if detectors is None else detectors
     plateau = generator_kwargs.get("plateau", 1500)
     draws = {label: [] for label in detectors}
     for seed in seeds:
         masks = compute_mask(synthetic_coefficients(seed, **generator_kwargs), ratio, scope)
-        norms = None
+        steps = range(len(masks))
         for label, (method, params) in detectors.items():
             detector = make_detector(method, **params)
-            if detector.uses_norm:
-                norms = nuclear_norm(masks) if norms is None else norms
-                inputs = norms
-            else:
-                inputs = masks
-            for step, item in enumerate(inputs):
-                if _feed_one(detector, step, item):
-                    break
+            feed(detector, steps, masks, stop_at_draw=True)
             draws[label].append(detector.draw_step)
     summary = {}
     for label, steps in draws.items():

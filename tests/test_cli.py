@@ -138,6 +138,10 @@ def make_bad_inputs(tmp_path, run_dir):
         "missing option": ["detect", run, "--method", "mk"],
         "no subcommand": [],
         "table ratio": ["hamming-table", run, "--ratios", "1.2"],
+        "output is a directory": ["plan", run, "--step", "4", "--self-ratio", "0.3", "--inter-ratio", "0",
+                                  "-o", str(run_dir)],
+        "output directory missing": ["plan", run, "--step", "4", "--self-ratio", "0.3", "--inter-ratio", "0",
+                                     "-o", str(tmp_path / "no" / "such" / "dir" / "p.json")],
     }
 
 
