@@ -80,9 +80,10 @@ def records_of(path):
 
 @pytest.mark.parametrize("crash_at", [13, 17])
 def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, crash_at):
-    # checkpoints every 5 steps, records written every 4: crashing at 13 loses buffered rows 13; crashing at
-    # 17 leaves rows 16 on disk beyond the step-15 checkpoint. Both must resume without gaps or duplicates.
-    argv = [*BASE, *SLIM, "--max-steps", "24", "--checkpoint-every", "5", "--record-chunk", "4"]
+    # checkpoints every 6 steps, records written every 4: crashing at 13 loses buffered row 13; crashing at
+    # 17 leaves rows 13-16 on disk beyond the step-12 checkpoint. Both must resume without gaps or duplicates.
+    # (logging every 5 and checkpoints every 6: the loss logged after a resume spans the checkpoint)
+    argv = [*BASE, *SLIM, "--max-steps", "24", "--checkpoint-every", "6", "--record-chunk", "4"]
     assert pretrain.main(["--output-dir", str(tmp_path / "whole"), *argv]) == 0
     cut = tmp_path / "cut"
     assert pretrain.main(["--output-dir", str(cut), *argv, "--debug-crash-at-step", str(crash_at)]) == 3
@@ -95,7 +96,7 @@ def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, crash_at):
     losses = lambda p: [(l["step"], l["loss"]) for l in read_jsonl(p / "metrics.jsonl") if l["type"] == "train"]  # noqa: E731
     assert losses(tmp_path / "whole") == losses(cut)
     assert read_json(tmp_path / "whole" / "results.json")["accuracy"] == read_json(cut / "results.json")["accuracy"]
-    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step-15", "step-20"]
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step-18", "step-24"]
 
 
 def test_ebtrain_resumes_before_and_after_the_draw(tmp_path):

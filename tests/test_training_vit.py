@@ -119,7 +119,8 @@ def bad_run(capsys, argv):
     return code, err
 
 
-@pytest.mark.parametrize("case", ["dataset", "column", "step", "ratio", "rewind", "plan", "records", "model"])
+@pytest.mark.parametrize("case", ["dataset", "column", "step", "ratio", "rewind", "plan", "records", "bert-records",
+                                  "model"])
 def test_bad_input_fails_in_one_line_before_training(case, slim_run, workspace, tmp_path, capsys):
     import datasets
 
@@ -157,6 +158,13 @@ def test_bad_input_fails_in_one_line_before_training(case, slim_run, workspace, 
         argv += ["--records", str(other), "--prune-step", "1", "--self-pruning-ratio", "0.5",
                  "--init-checkpoint", str(slim_run / "init")]
         expected = "different model"
+    elif case == "bert-records":  # the same sizes, but recorded on a BERT
+        other = tmp_path / "bert" / "records"
+        with CoefficientRecorder(other, meta={"model": {"model_type": "bert", "layers": 2}}) as recorder:
+            recorder.record(1, torch.rand(2, 4), torch.rand(2, 37))
+        argv += ["--records", str(other), "--prune-step", "1", "--self-pruning-ratio", "0.5",
+                 "--init-checkpoint", str(slim_run / "init")]
+        expected = "came from a 'bert' model"
     else:
         argv[argv.index("--model-name-or-path") + 1] = str(tmp_path / "missing-model")
         expected = "cannot load a model config"

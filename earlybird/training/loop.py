@@ -159,6 +159,7 @@ class Trainer:
         self.wall = {"before_draw": 0.0, "after_draw": 0.0}
         self.schedule = {"start": 0, "warmup": round(args.warmup_ratio * self.total_steps), "total": self.total_steps}
         self.draw_state: dict | None = None
+        self._resume_running = [0.0, 0]
 
         state = None
         if resume_from is not None:
@@ -191,7 +192,10 @@ class Trainer:
             else:
                 ebtrain.replay(load_records(run.records_dir), self.step)
         self._flops_cache: dict[int, int] = {}
-        self._resume_rng = torch.load(resume_from / f"rng-{self.rank}.pt", weights_only=False) if resume_from else None
+        self._resume_rng = None
+        if resume_from is not None:
+            own = torch.load(resume_from / f"rng-{self.rank}.pt", weights_only=False)
+            self._resume_rng, self._resume_running = own["rng"], own["running_loss"]
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -296,7 +300,9 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        torch.save(_rng_state(), tmp / f"rng-{self.rank}.pt")
+        # Per process: its RNG state and its share of the loss since the last log line.
+        torch.save({"rng": _rng_state(), "running_loss": [float(self._running_loss.item()), self._running_count]},
+                   tmp / f"rng-{self.rank}.pt")
         if self.is_main:
             self.unwrapped.save_pretrained(tmp / "model")
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
@@ -371,8 +377,10 @@ class Trainer:
                         desc=self.task.name, dynamic_ncols=True)
         batches = self._micro_batches()
         accum = args.gradient_accumulation_steps
-        running_loss = torch.zeros((), device=acc.device)
-        running_count = 0
+        # The loss since the last log line, summed on the device (read only when logging). A checkpoint
+        # carries it, so a resumed run logs the same numbers as an uninterrupted one.
+        self._running_loss = torch.full((), float(self._resume_running[0]), device=acc.device)
+        self._running_count = self._resume_running[1]
         phase = "after_draw" if self.draw_state else "before_draw"
         tic = time.perf_counter()
         self.model.train()
@@ -385,8 +393,8 @@ class Trainer:
                     loss = self._loss(batch)
                     penalty = l1_penalty(self.unwrapped, args.l1_self, args.l1_inter)
                     acc.backward((loss + penalty) / accum)
-                running_loss += loss.detach().float()
-                running_count += 1
+                self._running_loss += loss.detach().float()
+                self._running_count += 1
                 self.micro += 1
             if args.max_grad_norm:
                 acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
@@ -416,17 +424,17 @@ class Trainer:
                                  f"{self.draw_state['shape_after']}")
 
             if self.step % args.logging_steps == 0 or self.step == self.total_steps:
-                mean_loss = acc.reduce(running_loss, "mean").item() / max(running_count, 1)
-                running_loss.zero_()
-                running_count = 0
+                mean_loss = acc.reduce(self._running_loss, "mean").item() / max(self._running_count, 1)
+                self._running_loss.zero_()
+                self._running_count = 0
                 entry = {"type": "train", "step": self.step, "loss": mean_loss,
                          "learning_rate": self.scheduler.get_last_lr()[0],
-                         "epoch": self.micro / self.batches_per_epoch, "elapsed": self._elapsed(tic, phase)}
+                         "epoch": self.micro / self.batches_per_epoch, "elapsed": self._elapsed(tic)}
                 self._log_line(entry)
                 progress.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
             if args.eval_every and self.step % args.eval_every == 0 and self.step != self.total_steps:
                 self._log_line({"type": "eval", "split": "validation", "step": self.step,
-                                "elapsed": self._elapsed(tic, phase), **self.evaluate("validation")})
+                                "elapsed": self._elapsed(tic), **self.evaluate("validation")})
             if self._snapshot_due(self.step):
                 self.save_weights(self.run.snapshot_dir(self.step))
             if args.checkpoint_every and self.step % args.checkpoint_every == 0:
@@ -442,7 +450,7 @@ class Trainer:
         if self.recorder is not None:
             self.recorder.close()
 
-    def _elapsed(self, tic: float, phase: str) -> float:
+    def _elapsed(self, tic: float) -> float:
         done = self.wall["before_draw"] + self.wall["after_draw"]
         return done + time.perf_counter() - tic
 

@@ -35,6 +35,14 @@ def _cpu_processes() -> bool:
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def _single_cpu_launch() -> bool:
+    """`accelerate launch --cpu --num_processes N>1` sets MASTER_ADDR but starts a single process."""
+    import os
+
+    return (os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+            and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ)
+
+
 def _quiet_libraries(is_main: bool) -> None:
     import datasets
     import transformers
@@ -72,6 +80,10 @@ def run(prog: str, args, build_task) -> int:
             if is_main:
                 print(message, flush=True)
 
+        if _single_cpu_launch():
+            print(f"{prog}: note: `accelerate launch --cpu --num_processes N` starts one process with accelerate 1.15;"
+                  " for N CPU processes run `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N`"
+                  " (see docs/training.md)", file=sys.stderr, flush=True)
         rundir = RunDir(args.output_dir, is_main_process=is_main)
         rundir.check(resume=args.resume, overwrite=args.overwrite_output_dir)
         resume_from = rundir.latest_checkpoint() if args.resume else None
@@ -114,10 +126,10 @@ def run(prog: str, args, build_task) -> int:
         metrics = trainer.evaluate(task.final_split)
         trainer.save_weights(rundir.final_dir)
         final_model = trainer.unwrapped
-        example = task.eval_sets[task.final_split]
         results = {
             "split": task.final_split, "step": trainer.step, **metrics,
-            "num_examples": len(example.dataset),
+            # SQuAD evaluates windows (features); the examples are what its metrics count
+            "num_examples": task.info.get("eval_examples", len(task.eval_sets[task.final_split].dataset)),
             "model": model_shape(final_model),
             "kept": kept_sizes(final_model),
             "encoder_parameters": sum(p.numel() for p in encoder_layers(final_model).parameters()),
