@@ -66,9 +66,8 @@ def test_stationarity_detector_draws_on_its_check_clock(tmp_path):
             "--self-pruning-ratio", "0.5"]
     assert pretrain.main(argv) == 0
     summary = read_json(tmp_path / "ebtrain.json")
-    if summary["drawn"]:
-        assert (summary["draw_step"] + 1) % 5 == 0 and summary["draw_step"] >= 10
-        assert summary["shape_after"]["heads"] == [2] * 4
+    assert summary["drawn"] and (summary["draw_step"] + 1) % 5 == 0 and summary["draw_step"] >= 10
+    assert summary["shape_after"]["heads"] == [2] * 4
     trace = summary["detectors"]["msa"]["trace"]
     assert trace and all((entry["step"] + 1) % 5 == 0 for entry in trace)
 
@@ -127,3 +126,20 @@ def test_pretrain_bad_input(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "main.py: error: --hidden-size 30 is not a multiple of --num-heads 4"
     assert pretrain.main(["--output-dir", str(tmp_path), "--dataset", str(tmp_path / "none")]) == 2
     assert "no such local directory" in capsys.readouterr().err
+
+
+def test_gradient_accumulation_is_the_same_global_batch(tmp_path):
+    common = ["--max-steps", "6", "--disable-tqdm", *SLIM]  # no dropout: the two runs see the same examples
+    assert pretrain.main(["--output-dir", str(tmp_path / "a"), "--per-device-train-batch-size", "32", *common]) == 0
+    assert pretrain.main(["--output-dir", str(tmp_path / "b"), "--per-device-train-batch-size", "16",
+                          "--gradient-accumulation-steps", "2", *common]) == 0
+    a, b = load_records(tmp_path / "a" / "records"), load_records(tmp_path / "b" / "records")
+    np.testing.assert_allclose(a.msa, b.msa, atol=1e-5)
+    np.testing.assert_allclose(a.mlp, b.mlp, atol=1e-5)
+
+
+def test_ebtrain_in_bf16(tmp_path):
+    assert pretrain.main(["--output-dir", str(tmp_path), "--max-steps", "8", *BASE, *SLIM, "--mixed-precision", "bf16",
+                          "--eb-method", "hamming", "--eb-threshold", "1.0", "--eb-cached", "2",
+                          "--self-pruning-ratio", "0.5"]) == 0
+    assert read_json(tmp_path / "ebtrain.json")["draw_step"] == 2

@@ -49,7 +49,9 @@ def test_slimming_run_writes_records_init_and_results(slim_run):
     assert records.steps.tolist() == list(range(1, STEPS + 1))
     assert records.msa.shape == (STEPS, 2, 4) and records.mlp.shape == (STEPS, 2, 37)
     assert not np.allclose(records.msa[-1], 1.0)  # the coefficients moved
-    assert records.meta["model"]["layers"] == 2
+    assert records.meta["model"]["layers"] == 2 and records.meta["model_type"] == "vit"
+    assert records.meta["flags"] == {"self_slimming": True, "inter_slimming": True, "slim_before": False,
+                                     "soft_by_one": False}
     for name in ("init", "snapshots/step-6", "final", "args.json", "results.json"):
         assert (slim_run / name).exists(), name
     lines = read_jsonl(slim_run / "metrics.jsonl")
@@ -160,7 +162,7 @@ def test_bad_input_fails_in_one_line_before_training(case, slim_run, workspace, 
         expected = "different model"
     elif case == "bert-records":  # the same sizes, but recorded on a BERT
         other = tmp_path / "bert" / "records"
-        with CoefficientRecorder(other, meta={"model": {"model_type": "bert", "layers": 2}}) as recorder:
+        with CoefficientRecorder(other, meta={"model_type": "bert"}) as recorder:
             recorder.record(1, torch.rand(2, 4), torch.rand(2, 37))
         argv += ["--records", str(other), "--prune-step", "1", "--self-pruning-ratio", "0.5",
                  "--init-checkpoint", str(slim_run / "init")]

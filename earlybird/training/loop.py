@@ -184,7 +184,8 @@ class Trainer:
             self.recorder = CoefficientRecorder(
                 run.records_dir, every=args.record_every, chunk=args.record_chunk, is_main_process=self.is_main,
                 resume=resume_from is not None,
-                meta={"model": model_shape(self.unwrapped), "task": task.name, "seed": args.seed,
+                meta={"model_type": self.unwrapped.config.model_type, "flags": self._slimming_flags(),
+                      "model": model_shape(self.unwrapped), "task": task.name, "seed": args.seed,
                       "model_name_or_path": getattr(args, "model_name_or_path", None)})
         if ebtrain is not None and resume_from is not None:
             if self.draw_state is not None:
@@ -214,6 +215,10 @@ class Trainer:
             # A ticket pruned with a global scope has layers of different sizes: nothing to stack/record.
             self.log("note: the coefficients differ in size across layers; they are not recorded")
             return None, None
+
+    def _slimming_flags(self) -> dict:
+        config = self.unwrapped.config
+        return {k: bool(getattr(config, k, False)) for k in ("self_slimming", "inter_slimming", "slim_before", "soft_by_one")}
 
     def _check_resumable(self, state: dict) -> None:
         saved = state.get("global_batch")

@@ -91,12 +91,15 @@ def build_vit_task(args, accelerator) -> Task:
     config = _load_config(args.model_name_or_path, "vit")
     splits, final, image_column, label_column, names = _image_datasets(args, accelerator, f"--dataset {args.dataset}")
     size, mean, std = images.image_settings(args.model_name_or_path, config)
+    if size != config.image_size:  # the position embeddings are made for config.image_size
+        raise EarlyBirdError(f"--model-name-or-path {args.model_name_or_path}: its image processor resizes to {size} "
+                             f"but the model takes {config.image_size}x{config.image_size} images")
     patch = config.patch_size
 
     def build_model(overrides):
         return ViTForImageClassification.from_pretrained(
             args.model_name_or_path, num_labels=len(names), id2label=dict(enumerate(names)),
-            label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True, image_size=size, **overrides)
+            label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True, **overrides)
 
     return _image_task("vit", args, splits, final, image_column, label_column, size, mean, std,
                        images.ImageTransform("train", size, mean, std), build_model, (size // patch) ** 2 + 1)

@@ -89,7 +89,8 @@ def check_plan_matches(plan: dict, model, where: str) -> None:
     shape = model_shape(model)
     declared = plan.get("shape") or {}
     # Records made by our runs name the model they came from: a ViT plan does not go on a BERT.
-    recorded = (((plan.get("provenance") or {}).get("model") or {}).get("model") or {}).get("model_type")
+    meta = (plan.get("provenance") or {}).get("model") or {}
+    recorded = meta.get("model_type") or (meta.get("model") or {}).get("model_type")
     if recorded and recorded != shape["model_type"]:
         raise EarlyBirdError(f"{where} came from a {recorded!r} model but this is a {shape['model_type']!r} model: "
                              "records or plan from a different model?")
