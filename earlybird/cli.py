@@ -174,6 +174,35 @@ register("hamming-table", "table of Hamming-rule draw steps (cached masks x rati
 register("plan", "write which heads and neurons to prune at a recorded step", _add_plan, _run_plan)
 
 
+# --------------------------------------------------------------------------- report
+
+
+def _add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", help="the slimming run (run directory, records directory or .npy) first, "
+                   "then any ticket / dense / EB-Train run directories")
+    p.add_argument("-o", "--output", help="output directory (default: <first run>/report)")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.8])
+    p.add_argument("--scope", choices=SCOPES, default="layerwise")
+    p.add_argument("--layer", type=int, default=0, help="layer whose coefficient trajectories are plotted")
+    p.add_argument("--no-scale", action="store_true",
+                   help="use the study's stationarity parameters as they are, even on a shorter run")
+    p.add_argument("--cached", type=int, nargs="+", default=None, help="Hamming grid: FIFO sizes")
+    p.add_argument("--thresholds", type=float, nargs="+", default=None, help="Hamming grid: thresholds")
+
+
+def _run_report(args) -> int:
+    from .report import build_report  # matplotlib is imported only for this subcommand
+
+    grid = {k: tuple(v) for k, v in (("cached", args.cached), ("thresholds", args.thresholds)) if v}
+    build_report(args.runs, args.output, ratios=args.ratios, scope=args.scope, layer=args.layer,
+                 scale=not args.no_scale, hamming_grid=grid, log=lambda line: print(line, file=sys.stderr))
+    return 0
+
+
+register("report", "the study's figures and tables (report.md + PNGs) for a slimming run and its tickets",
+         _add_report, _run_report)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
