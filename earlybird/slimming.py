@@ -87,34 +87,41 @@ def _int_keyed(mapping: Mapping | None, what: str) -> dict[int, list[int]]:
         try:
             out[int(key)] = [int(v) for v in values]
         except (TypeError, ValueError) as err:
-            raise EarlyBirdError(f"plan: {what} must map layer numbers to lists of integers ({err}).") from err
+            raise EarlyBirdError(f"plan: {what} must map layer numbers to lists of integers ({err}).") from None
     return out
 
 
-def check_plan_fits(plan: Mapping, model: nn.Module):
-    """Refuse a plan whose layer / head / neuron counts do not fit the model, with one clear message."""
+def check_plan_fits(plan: Mapping, model: nn.Module, where: str = "plan"):
+    """Refuse a plan whose model type or layer / head / neuron counts do not fit the model, with one clear message."""
     shape = model_shape(model)
+    # Plans made from our records name the model they came from: a ViT plan does not go on a BERT.
+    meta = (plan.get("provenance") or {}).get("model") or {}
+    recorded = meta.get("model_type")
+    if recorded and recorded != shape["model_type"]:
+        raise EarlyBirdError(f"{where} came from a {recorded!r} model but this is a {shape['model_type']!r} model: "
+                             "records or plan from a different model?")
     declared = plan.get("shape") or {}
     for key in ("layers", "heads", "intermediate"):
-        if key in declared and int(declared[key]) != shape[key]:
+        if declared.get(key) is not None and int(declared[key]) != shape[key]:  # None: block not recorded
             raise EarlyBirdError(
-                f"plan: made for {declared[key]} {key} but the model has {shape[key]} "
-                f"({shape['model_type']}, {shape['layers']} layers × {shape['heads']} heads × {shape['intermediate']} neurons)."
+                f"{where} was made for {declared[key]} {key} but the model has {shape[key]} "
+                f"({shape['model_type']}, {shape['layers']} layers x {shape['heads']} heads x "
+                f"{shape['intermediate']} neurons): records or plan from a different model?"
             )
     for what, limit in (("pruned_heads", shape["heads"]), ("pruned_intermediate", shape["intermediate"])):
         for layer, indices in _int_keyed(plan.get(what), what).items():
             if not 0 <= layer < shape["layers"]:
-                raise EarlyBirdError(f"plan: {what} names layer {layer}; the model has layers 0..{shape['layers'] - 1}.")
+                raise EarlyBirdError(f"{where}: {what} names layer {layer}; the model has layers 0..{shape['layers'] - 1}.")
             bad = [i for i in indices if not 0 <= i < limit]
             if bad:
-                raise EarlyBirdError(f"plan: {what}[{layer}] has indices {bad[:5]} outside 0..{limit - 1}.")
+                raise EarlyBirdError(f"{where}: {what}[{layer}] has indices {bad[:5]} outside 0..{limit - 1}.")
             if len(set(indices)) >= limit:
-                raise EarlyBirdError(f"plan: {what}[{layer}] removes all {limit}; at least one must remain.")
+                raise EarlyBirdError(f"{where}: {what}[{layer}] removes all {limit}; at least one must remain.")
 
 
-def apply_plan(model: nn.Module, plan: Mapping) -> nn.Module:
+def apply_plan(model: nn.Module, plan: Mapping, where: str = "plan") -> nn.Module:
     """Physically prune `model` in place as the plan says (original numbering) and return it."""
-    check_plan_fits(plan, model)
+    check_plan_fits(plan, model, where)
     model.prune_heads(_int_keyed(plan.get("pruned_heads"), "pruned_heads"))
     model.prune_intermediate(_int_keyed(plan.get("pruned_intermediate"), "pruned_intermediate"))
     return model

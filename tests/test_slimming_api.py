@@ -65,10 +65,13 @@ def test_apply_plan_prunes_and_refuses_what_does_not_fit():
         ({"pruned_heads": {"0": [4]}}, "outside 0..3"),
         ({"pruned_heads": {"1": [0, 1, 2, 3]}}, "at least one must remain"),
         ({"pruned_heads": {"1": ["x"]}}, "lists of integers"),
-        ({"shape": {"layers": 12}}, "12 layers"),
+        ({"shape": {"layers": 12}}, "made for 12 layers"),
+        ({"provenance": {"model": {"model_type": "bert"}}}, "came from a .bert. model"),
     ]:
         with pytest.raises(EarlyBirdError, match=message):
             apply_plan(tiny("vit"), bad)
+    # a block the records did not have is declared as None: nothing to compare
+    apply_plan(tiny("vit"), {"pruned_heads": {"0": [1]}, "shape": {"layers": 3, "heads": 4, "intermediate": None}})
 
 
 def test_flops_from_shapes_match_the_formula():

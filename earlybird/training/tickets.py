@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import EarlyBirdError
 from ..plans import load_plan, make_plan
 from ..records import load_records
-from ..slimming import apply_plan, fold_slimming, model_shape
+from ..slimming import apply_plan, fold_slimming
 from .rundir import list_step_dirs, step_dir_name
 
 
@@ -78,31 +78,6 @@ def weights_dir(args, plan) -> Path:
     )
 
 
-def _fit_plan(plan: dict) -> dict:
-    """apply_plan compares only the sizes the plan declares: drop the ones it leaves as null."""
-    plan = copy.deepcopy(plan)
-    plan["shape"] = {k: v for k, v in (plan.get("shape") or {}).items() if v is not None}
-    return plan
-
-
-def check_plan_matches(plan: dict, model, where: str) -> None:
-    shape = model_shape(model)
-    declared = plan.get("shape") or {}
-    # Records made by our runs name the model they came from: a ViT plan does not go on a BERT.
-    meta = (plan.get("provenance") or {}).get("model") or {}
-    recorded = meta.get("model_type") or (meta.get("model") or {}).get("model_type")
-    if recorded and recorded != shape["model_type"]:
-        raise EarlyBirdError(f"{where} came from a {recorded!r} model but this is a {shape['model_type']!r} model: "
-                             "records or plan from a different model?")
-    for key in ("layers", "heads", "intermediate"):
-        if declared.get(key) is not None and int(declared[key]) != shape[key]:
-            raise EarlyBirdError(
-                f"{where} was made for a model with {declared.get('layers')} layers x {declared.get('heads')} heads x "
-                f"{declared.get('intermediate')} neurons but the model has {shape['layers']} x {shape['heads']} x "
-                f"{shape['intermediate']}: records or plan from a different model?"
-            )
-
-
 def build_ticket(model_class, path: Path, plan: dict, *, slimming: dict, where: str):
     """Load the weights, prune them as the plan says and fold the coefficients (a plain smaller model).
 
@@ -113,8 +88,7 @@ def build_ticket(model_class, path: Path, plan: dict, *, slimming: dict, where: 
         model = model_class.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise EarlyBirdError(f"cannot load the ticket's weights from {path}: {' '.join(str(err).split())[:300]}") from None
-    check_plan_matches(plan, model, where)
-    apply_plan(model, _fit_plan(plan))
+    apply_plan(model, plan, where)
     fold_slimming(model)
     if slimming.get("self_slimming") or slimming.get("inter_slimming"):
         config = copy.deepcopy(model.config)
