@@ -1,0 +1,234 @@
+"""The whole study in one command, on the embedded default (scikit-learn's digits, the small ViT), offline, on a CPU.
+
+1. one slimming run (MSA and MLP slimming) recording the coefficients, and a dense run beside it;
+2. every detector on its records: the Hamming grid and slope / MK / ADF with the study's parameters scaled to the
+   run's length (the scaling is printed);
+3. tickets pruned at fixed fractions of training (0, 4, 7, 20, 44, 80% of the steps) for ratios 30% and 80%, each
+   retrained with the same budget; tickets at each detector's draw step; a random-pruning baseline per ratio; and an
+   EB-Train run;
+4. `report.md` with PNG figures (`earlybird.report`) in one output directory.
+
+Runs go to a small pool of worker processes (one thread each) that import the entry point once and call its
+`main(argv)` in-process: on a 2-core laptop that is what keeps the whole study within minutes. Each run's own output
+goes to `logs/<run>.log`; the terminal shows a progress bar and one line per finished run.
+
+    python -m earlybird.reproduce --entry ViT_pretraining/main.py [--out DIR] [--smoke] [--workers 2] -- --dataset digits
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .detectors import detect
+from .errors import EarlyBirdError
+from .records import load_records
+from .report import HAMMING_DEFAULT, STATIONARITY_METHODS, build_report, stationarity_params
+
+FRACTIONS = (0.0, 0.04, 0.07, 0.20, 0.44, 0.80)  # of the training steps, as in the study's table
+RATIOS = (0.3, 0.8)
+L1 = 1e-4  # L1 strength on both coefficient kinds
+DETECTOR_BLOCK = "msa"  # the study draws from the attention masks
+RANDOM_SEED = 0
+SMOKE_STEPS = 40
+
+_entry_main = None
+
+
+def _load_entry(path: str):
+    spec = importlib.util.spec_from_file_location("earlybird_reproduce_entry", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _worker_init(entry: str, threads: int):
+    global _entry_main
+    import torch
+
+    torch.set_num_threads(threads)
+    _entry_main = _load_entry(entry)
+
+
+def _run_one(job: tuple[str, list[str], str]) -> tuple[str, int, float]:
+    """Run one entry-point invocation with its output in its own log file (the terminal keeps a progress bar)."""
+    name, argv, log_path = job
+    start = time.perf_counter()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "w") as log_file:
+        os.dup2(log_file.fileno(), 1)
+        os.dup2(log_file.fileno(), 2)
+        try:
+            status = _entry_main(argv)
+        except BaseException as err:  # noqa: BLE001 - reported as the run's failure, with its log
+            print(f"{type(err).__name__}: {err}", file=sys.stderr)
+            status = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+    return name, status, time.perf_counter() - start
+
+
+def run_jobs(pool, jobs: dict[str, list[str]], logs: Path, log) -> None:
+    """Run named argv lists on the pool; stop at the first failure, showing the end of that run's log."""
+    from tqdm.auto import tqdm
+
+    work = [(name, argv, str(logs / f"{name}.log")) for name, argv in jobs.items()]
+    with tqdm(total=len(work), desc="runs", unit="run", leave=False) as bar:
+        for name, status, seconds in pool.imap_unordered(_run_one, work):
+            bar.update()
+            if status != 0:
+                tail = (logs / f"{name}.log").read_text().strip().splitlines()[-5:]
+                raise EarlyBirdError(f"reproduce: run {name!r} failed (status {status}); its log "
+                                     f"{logs / (name + '.log')} ends with: " + " | ".join(tail))
+            result = _read_result(logs.parent / "runs" / name)
+            bar.write(f"  {name:22s} {seconds:5.1f}s  {result}")
+
+
+def _read_result(run: Path) -> str:
+    try:
+        results = json.loads((run / "results.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return f"test accuracy {results['accuracy']:.3f}" if "accuracy" in results else ""
+
+
+def common_flags(steps: int | None, seed: int) -> list[str]:
+    flags = ["--seed", str(seed), "--disable-tqdm", "--logging-steps", "1000000"]
+    return flags + (["--max-steps", str(steps)] if steps else [])
+
+
+def slimming_flags() -> list[str]:
+    return ["--self-slimming", "--inter-slimming", "--l1-self", str(L1), "--l1-inter", str(L1)]
+
+
+def ticket_flags(records: Path, step: int, ratio: float) -> list[str]:
+    return ["--records", str(records), "--prune-step", str(step), "--self-pruning-ratio", str(ratio),
+            "--inter-pruning-ratio", str(ratio), "--rewind", "init"]
+
+
+def plan_tickets(records, total: int, fractions=FRACTIONS) -> tuple[dict, dict]:
+    """(step, ratio) of every ticket: fixed fractions and detector draws; and the detector draws themselves."""
+    recorded = [int(s) for s in records.steps]
+    first = recorded[0]
+    tickets = {}
+    for fraction in fractions:
+        step = max(first, int(round(fraction * total)))
+        for ratio in RATIOS:
+            tickets[(step, ratio)] = f"fraction {fraction:.0%}"
+    params, _ = stationarity_params(total)
+    draws = {}
+    for ratio in RATIOS:
+        draws[("hamming", ratio)] = detect(records, DETECTOR_BLOCK, ratio, "layerwise", "hamming",
+                                           **HAMMING_DEFAULT).draw_step
+        for method in STATIONARITY_METHODS:
+            draws[(method, ratio)] = detect(records, DETECTOR_BLOCK, ratio, "layerwise", method, **params).draw_step
+    for (method, ratio), step in draws.items():
+        if step is not None:
+            tickets.setdefault((step, ratio), f"{method} draw")
+    return tickets, draws
+
+
+def reproduce(entry: str, out: Path, data_flags: list[str], *, smoke: bool = False, steps: int | None = None,
+              workers: int = 2, seed: int = 42, fractions=FRACTIONS, random_baseline: bool = True,
+              ebtrain: bool = True, log=print) -> Path:
+    """Run the study with `entry` (an entry point's path) and `data_flags` (its model / data flags) into `out`."""
+    start = time.perf_counter()
+    if not Path(entry).is_file():
+        raise EarlyBirdError(f"--entry {entry}: no such entry point (expected ViT_pretraining/main.py)")
+    if out.exists():
+        shutil.rmtree(out)
+    runs, logs = out / "runs", out / "logs"
+    runs.mkdir(parents=True)
+    logs.mkdir()
+    steps = SMOKE_STEPS if smoke else steps  # None: the entry point's own budget
+    base = [*data_flags, *common_flags(steps, seed)]
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 2) // workers)
+    log(f"reproduce: {'smoke test, ' if smoke else ''}{workers} workers x {threads} thread(s), output {out}")
+    with context.Pool(workers, initializer=_worker_init, initargs=(entry, threads)) as pool:
+        log("1/4 slimming run and dense reference")
+        slim, dense = runs / "slim", runs / "dense"
+        run_jobs(pool, {"slim": [*base, "--output-dir", str(slim), *slimming_flags()],
+                        "dense": [*base, "--output-dir", str(dense)]}, logs, log)
+        records = load_records(slim / "records")
+        total = int(records.steps[-1])
+        params, factor = stationarity_params(total)
+        log(f"2/4 detectors on {total} steps: stationarity smooth/window/every = {params['smooth']}/{params['window']}/"
+            f"{params['every']} (the study's 200/300/100 x {factor:.4f} = {total}/14774 steps, with floors)")
+        tickets, draws = plan_tickets(records, total, fractions)
+        for (method, ratio), step in draws.items():
+            log(f"  {method:8s} ratio {ratio:.0%}: draw step {step}")
+        (out / "draws.json").write_text(json.dumps(
+            {f"{m}@{r}": s for (m, r), s in draws.items()} | {"stationarity_params": params, "scale": factor},
+            indent=2))
+        log(f"3/4 {len(tickets)} tickets" + (f", {len(RATIOS)} random baselines" if random_baseline else "")
+            + (" and EB-Train" if ebtrain else ""))
+        jobs = {}
+        for (step, ratio), why in sorted(tickets.items()):
+            jobs[f"ticket-s{step}-r{int(ratio * 100)}"] = [
+                *base, "--output-dir", str(runs / f"ticket-s{step}-r{int(ratio * 100)}"),
+                *ticket_flags(slim / "records", step, ratio)]
+        middle = max(int(records.steps[0]), int(round(0.2 * total)))
+        for ratio in RATIOS if random_baseline else ():
+            name = f"random-s{middle}-r{int(ratio * 100)}"
+            jobs[name] = [*base, "--output-dir", str(runs / name), *ticket_flags(slim / "records", middle, ratio),
+                          "--random-prune", str(RANDOM_SEED)]
+        if ebtrain:
+            jobs["ebtrain-slope"] = [
+                *base, "--output-dir", str(runs / "ebtrain-slope"), *slimming_flags(), "--eb-method", "slope",
+                "--eb-block", DETECTOR_BLOCK, "--eb-smooth", str(params["smooth"]), "--eb-window",
+                str(params["window"]), "--eb-every", str(params["every"]), "--self-pruning-ratio", str(RATIOS[0]),
+                "--inter-pruning-ratio", str(RATIOS[0])]
+        run_jobs(pool, jobs, logs, log)
+        pool.close()
+        pool.join()
+    log("4/4 report")
+    report = build_report([slim, *sorted(p for p in runs.iterdir() if p != slim)], out,
+                          log=lambda line: log("  " + line))
+    log(f"reproduce: done in {time.perf_counter() - start:.0f}s; report: {report}")
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="reproduce", description=__doc__.splitlines()[0],
+        epilog="Arguments after `--` go to every run (the model and data flags of the entry point).")
+    parser.add_argument("--entry", default="ViT_pretraining/main.py", help="the entry point to run")
+    parser.add_argument("--out", default="reproduce_out", help="output directory (replaced)")
+    parser.add_argument("--smoke", action="store_true", help=f"every run {SMOKE_STEPS} steps: a sub-minute check")
+    parser.add_argument("--steps", type=int, help="training steps of every run (default: the entry point's)")
+    parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS),
+                        help="fixed pruning steps, as fractions of training")
+    parser.add_argument("--no-random", action="store_true", help="skip the random-pruning baselines")
+    parser.add_argument("--no-ebtrain", action="store_true", help="skip the EB-Train run")
+    parser.add_argument("--workers", type=int, default=2, help="runs in parallel (default 2)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("data_flags", nargs=argparse.REMAINDER, help="-- then the entry point's model/data flags")
+    args = parser.parse_args(argv)
+    data_flags = args.data_flags[1:] if args.data_flags[:1] == ["--"] else args.data_flags
+    try:
+        reproduce(args.entry, Path(args.out), data_flags, smoke=args.smoke, steps=args.steps,
+                  workers=max(1, args.workers), seed=args.seed, fractions=tuple(args.fractions),
+                  random_baseline=not args.no_random, ebtrain=not args.no_ebtrain)
+    except EarlyBirdError as err:
+        print(f"reproduce: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
