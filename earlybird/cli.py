@@ -15,9 +15,9 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from .detectors import DETECTORS, detect, hamming_table
+from .detectors import DETECTORS, detect, hamming_table, make_detector, never_tests_message
 from .errors import EarlyBirdError
-from .masks import SCOPES
+from .masks import SCOPES, check_ratio
 from .plans import make_plan, save_plan
 from .records import BLOCKS, load_records
 
@@ -90,9 +90,25 @@ def _detector_params(args) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
+def _check_ratios(args, *flags) -> None:
+    """Name the flag in a bad ratio's message (the library's message names only the value)."""
+    for flag in flags:
+        try:
+            check_ratio(getattr(args, flag.lstrip("-").replace("-", "_")))
+        except EarlyBirdError as err:
+            raise EarlyBirdError(f"{flag}: {err}") from None
+
+
 def _run_detect(args) -> int:
     params = _detector_params(args)
-    result = detect(args.records, block=args.block, ratio=args.ratio, scope=args.scope, method=args.method,
+    _check_ratios(args, "--ratio")
+    records = load_records(args.records)
+    # A detector that can never test would print "none" as if it had looked and found nothing: refuse instead.
+    message = never_tests_message(make_detector(args.method, **params), records.steps,
+                                  f"{args.records} ({args.block})")
+    if message:
+        raise EarlyBirdError(message)
+    result = detect(records, block=args.block, ratio=args.ratio, scope=args.scope, method=args.method,
                     stop_at_draw=not args.full_trace, **params)
     if args.json:
         print(result.to_json())
@@ -159,6 +175,7 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
 
 
 def _run_plan(args) -> int:
+    _check_ratios(args, "--self-ratio", "--inter-ratio")
     plan = make_plan(args.records, args.step, args.self_ratio, args.inter_ratio, args.self_scope,
                      args.inter_scope, random_seed=args.random)
     save_plan(plan, args.output)

@@ -385,6 +385,50 @@ def make_detector(method: str, **params) -> Detector:
         raise EarlyBirdError(f"bad parameters for method {method!r}: {exc}") from None
 
 
+def first_test_step(detector: "Detector", steps) -> int | None:
+    """The first of ``steps`` (the observed steps, increasing) at which ``detector`` can run its test, or None.
+
+    A pure function of the detector's parameters (its state is not touched): Hamming tests once its FIFO
+    holds ``cached`` masks (one enters per check); a stationarity detector at the first check once
+    ``window`` smoothed values (one per observed step) exist. None means it can never draw on these steps.
+    """
+    previous = None
+    observed = checks = 0
+    for step in steps:
+        step = int(step)
+        before = step - 1 if previous is None else previous
+        is_check = (step + 1) // detector.every > (before + 1) // detector.every
+        previous = step
+        observed += 1
+        checks += is_check
+        if not is_check:
+            continue
+        if isinstance(detector, HammingEB) and checks >= detector.cached:
+            return step
+        if isinstance(detector, StationarityEB) and observed >= detector.window:
+            return step
+        if not isinstance(detector, (HammingEB, StationarityEB)):
+            return step
+    return None
+
+
+def never_tests_message(detector: "Detector", steps, what: str) -> str | None:
+    """One line explaining why ``detector`` can never test on ``steps`` (None when it can)."""
+    steps = np.asarray(steps).reshape(-1)
+    if first_test_step(detector, steps) is not None:
+        return None
+    span = f"steps {int(steps[0])}..{int(steps[-1])}" if len(steps) else "no steps"
+    if isinstance(detector, HammingEB):
+        need = (f"cached={detector.cached} masks in its FIFO, one per check every {detector.every} steps "
+                f"(at least {detector.cached * detector.every} steps)")
+        fix = "a smaller cached / every"
+    else:
+        need = f"window={detector.window} observed steps and then a check (every {detector.every} steps)"
+        fix = "a smaller window / every"
+    return (f"the {detector.method} detector can never test on {what} ({len(steps)} observed, {span}): it needs "
+            f"{need}; expected {fix} or a longer run")
+
+
 # --------------------------------------------------------------------------- offline
 
 

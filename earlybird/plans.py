@@ -122,11 +122,27 @@ def load_plan(path) -> dict:
         raise EarlyBirdError(f"missing plan file: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            plan = json.load(f)
+            plan = json.load(f, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as exc:
+        raise EarlyBirdError(f"{path}: {exc}; expected each key (e.g. each layer) once") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise EarlyBirdError(f"{path}: not readable JSON ({exc})") from None
     validate_plan(plan, where=str(path))
     return plan
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicate_keys(pairs) -> dict:
+    """json's object_pairs_hook: plain json.load keeps the last of two equal keys, silently dropping a layer."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(f"duplicate key {key!r} in a JSON object")
+        seen[key] = value
+    return seen
 
 
 def _is_int(value) -> bool:

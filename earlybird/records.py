@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import faults
 from .errors import EarlyBirdError
 
 BLOCKS = ("msa", "mlp")
@@ -120,7 +121,7 @@ def _check_finite(array: np.ndarray, path) -> None:
         part = array[start : start + per]
         if not np.isfinite(part).all():
             bad = start + int(np.argmax(~np.isfinite(part).reshape(part.shape[0], -1).all(axis=1)))
-            raise EarlyBirdError(f"{path}: contains NaN or inf (first at row {bad})")
+            raise EarlyBirdError(f"{path}: contains NaN or inf (first at row {bad}); expected finite coefficients")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -140,12 +141,16 @@ def write_json_atomic(obj, path) -> None:
     """Write JSON to a temporary file, fsync it, and rename it over ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:  # disk full...: `path` keeps its previous content
+        tmp.unlink(missing_ok=True)
+        raise _named(err, path) from None
     _fsync_dir(path.parent)
 
 
@@ -402,15 +407,21 @@ class _AppendableNpy:
 
     def append(self, data: np.ndarray) -> None:
         """Write rows after the committed ones; not visible until write_header()."""
-        self.file.seek(HEADER_BYTES + self.rows * self.row_bytes)
-        self.file.write(np.ascontiguousarray(data, dtype=self.dtype).tobytes())
+        try:
+            self.file.seek(HEADER_BYTES + self.rows * self.row_bytes)
+            self.file.write(np.ascontiguousarray(data, dtype=self.dtype).tobytes())
+            self._sync(self.file)
+        except OSError as err:
+            raise _named(err, self.path) from None
         self.rows += data.shape[0]
-        self._sync(self.file)
 
     def write_header(self) -> None:
-        self.file.seek(0)
-        self.file.write(_npy_header(self.dtype, (self.rows,) + self.row_shape))
-        self._sync(self.file)
+        try:
+            self.file.seek(0)
+            self.file.write(_npy_header(self.dtype, (self.rows,) + self.row_shape))
+            self._sync(self.file)
+        except OSError as err:
+            raise _named(err, self.path) from None
 
     def close(self) -> None:
         self.file.close()
@@ -454,6 +465,7 @@ class CoefficientRecorder:
         self._files: dict = {}
         self._steps_buffer = np.zeros(self.chunk, dtype=np.int64)
         self._closed = False
+        self._failed: OSError | None = None
         self._resumed_from = None
         if not self.active:
             return
@@ -576,23 +588,37 @@ class CoefficientRecorder:
         """Append the buffered rows to disk and commit them (one host transfer per block)."""
         if not self.active or self.pending == 0:
             return
+        if self._failed is not None:
+            raise self._failed  # a failed flush leaves the files as the last good one did: write nothing more
         n = self.pending
         host = {name: buf[:n].cpu().numpy() for name, buf in self._buffers.items()}
-        if not self._files:
-            self._create_files()
-        for name, data in host.items():
-            self._files[name].append(data)
-        self._files["steps"].append(self._steps_buffer[:n])
-        # Commit: block headers first, steps.npy last -- its row count marks what is valid.
-        for name in host:
-            self._files[name].write_header()
-        self._files["steps"].write_header()
+        try:
+            if not self._files:
+                self._create_files()
+            for name, data in host.items():
+                self._files[name].append(data)
+            self._files["steps"].append(self._steps_buffer[:n])
+            faults.hit("records-append", self._files["steps"].path)
+            # Commit: block headers first, steps.npy last -- its row count marks what is valid.
+            for name in host:
+                self._files[name].write_header()
+            faults.hit("records-commit", self._files["steps"].path)
+            self._files["steps"].write_header()
+        except OSError as err:
+            # Disk full, read-only... : the committed rows are untouched (steps.npy's header was not rewritten).
+            self._failed = _named(err, self.run_dir)
+            raise self._failed from None
         self.committed += n
         self.pending = 0
 
     def close(self) -> None:
         """Flush, finalise meta.json and close the files. Safe to call twice."""
         if not self.active or self._closed:
+            return
+        if self._failed is not None:  # keep the files as the last good flush left them
+            for f in self._files.values():
+                f.close()
+            self._closed = True
             return
         self.flush()
         if self._files:
@@ -612,6 +638,13 @@ class CoefficientRecorder:
     def steps_recorded(self) -> int:
         """Rows recorded so far, committed or buffered."""
         return self.committed + self.pending
+
+
+def _named(err: OSError, path) -> OSError:
+    """The same OSError, naming the file when the OS did not (a failed write() names none)."""
+    if getattr(err, "filename", None):
+        return err
+    return OSError(err.errno, err.strerror or str(err), str(path))
 
 
 _RESERVED_META = {"format", "format_version", "layers", "heads", "neurons", "blocks", "every", "dtype", "chunk"}

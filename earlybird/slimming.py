@@ -128,8 +128,24 @@ def apply_plan(model: nn.Module, plan: Mapping, where: str = "plan") -> nn.Modul
 
 
 def fold_slimming(model: nn.Module) -> nn.Module:
-    """Multiply the coefficients into the adjacent weights and remove them (a plain smaller model, same outputs)."""
+    """Multiply the coefficients into the adjacent weights and remove them (a plain smaller model, same outputs).
+
+    Refuses (EarlyBirdError naming the weight) a fold whose products overflow the weights' dtype -- a large
+    coefficient folded into a float16 weight -- rather than returning a model with inf weights.
+    """
+    def non_finite() -> dict:
+        return {name: param.dtype for name, param in model.named_parameters()
+                if param.is_floating_point() and not torch.isfinite(param).all()}
+
+    had_coefficients = bool(coefficient_parameters(model))
+    already = non_finite() if had_coefficients else {}
     model.fold_slimming()
+    if had_coefficients:
+        made = {name: dtype for name, dtype in non_finite().items() if name not in already}
+        if made:
+            name, dtype = next(iter(made.items()))
+            raise EarlyBirdError(f"folding the slimming coefficients made {name} non-finite ({dtype} overflow: a "
+                                 "coefficient too large for this dtype); expected finite products: fold in float32")
     return model
 
 

@@ -31,6 +31,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import faults  # test-only kill points (standard library, inert unless EARLYBIRD_FAULT is set)
+
 TRANSFORMERS_VERSION = "5.23.0"
 TARGETS = (
     "models/vit/configuration_vit.py",
@@ -149,8 +151,10 @@ def swap_in(package_dir: Path, staged: dict[str, Path], expected: dict[str, str]
 def finish_swap(package_dir: Path, entries: dict):
     for target, entry in entries.items():
         staged = Path(entry["staged"])
+        faults.hit("patch-swap")
         if staged.exists():
             os.replace(staged, package_dir / target)
+    faults.hit("patch-swap")
     (package_dir / JOURNAL).unlink(missing_ok=True)
     shutil.rmtree(package_dir / STAGING, ignore_errors=True)
 
@@ -201,10 +205,12 @@ def apply(package_dir: Path) -> str:
         if result.returncode != 0:
             shutil.rmtree(staging, ignore_errors=True)
             raise PatchError(f"{diff}: does not apply cleanly ({result.stdout.strip()}); nothing was changed.")
+        faults.hit("patch-stage")
     backup = package_dir / BACKUP
     for target in manifest["files"]:
         (backup / target).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(package_dir / target, backup / target)
+        faults.hit("patch-backup")
     swap_in(
         package_dir,
         {t: staging / t for t in manifest["files"]},

@@ -29,6 +29,13 @@ def load_dataset_any(name: str, cache_dir=None, builder: str | None = None, **kw
         except EarlyBirdError:
             raise
         except Exception as err:  # datasets raises many types for a directory it cannot read
+            empty = _empty_saved_splits(path)
+            if empty:  # datasets cannot reload a split saved with no rows (IndexError deep inside)
+                raise EarlyBirdError(f"--dataset {name}: the {', '.join(empty)} split is empty (no data files); "
+                                     "expected labelled examples") from None
+            if type(err).__name__ == "EmptyDatasetError":
+                raise EarlyBirdError(f"--dataset {name}: the directory holds no data files (an empty data set); "
+                                     "expected e.g. train/<class>/*.png") from None
             raise EarlyBirdError(f"--dataset {name}: cannot read this directory ({_short(err)})") from None
     else:
         try:
@@ -39,6 +46,20 @@ def load_dataset_any(name: str, cache_dir=None, builder: str | None = None, **kw
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
     return loaded
+
+
+def _empty_saved_splits(path: Path) -> list[str]:
+    """Splits of a save_to_disk directory that hold no data file (saved with zero rows)."""
+    import json
+
+    empty = []
+    for state in sorted(path.glob("*/state.json")) + ([path / "state.json"] if (path / "state.json").exists() else []):
+        try:
+            if not json.loads(state.read_text()).get("_data_files"):
+                empty.append(state.parent.name if state.parent != path else "train")
+        except (OSError, ValueError, AttributeError):
+            continue
+    return empty
 
 
 def _short(err: Exception) -> str:
@@ -71,6 +92,8 @@ def resolve_splits(dd, label_column: str, where: str, seed: int = 0, holdout: fl
     if "train" not in dd:
         raise EarlyBirdError(f"{where}: no 'train' split; splits: {', '.join(dd) or 'none'}")
     train = dd["train"]
+    if len(train) == 0:
+        raise EarlyBirdError(f"{where}: the train split is empty; expected labelled training examples")
     validation = next((dd[n] for n in VALIDATION_NAMES if n in dd), None)
     test = dd["test"] if "test" in dd and _has_labels(dd["test"], label_column) else None
     if validation is None and test is not None:
@@ -84,3 +107,28 @@ def resolve_splits(dd, label_column: str, where: str, seed: int = 0, holdout: fl
 
 def subset(dataset, limit: int | None):
     return dataset if limit is None or limit >= len(dataset) else dataset.select(range(limit))
+
+
+def label_values(dataset, label_column: str) -> np.ndarray:
+    """The label column as a numpy array, through Arrow (row-wise formatting would take seconds per million)."""
+    column = dataset.with_format("arrow")[label_column]
+    return np.asarray(column.to_numpy() if hasattr(column, "to_numpy") else column)
+
+
+def check_labels(splits: dict, label_column: str, num_labels: int, where: str) -> None:
+    """Every split used is non-empty with integer labels in 0..num_labels-1, and training sees >= 2 classes."""
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise EarlyBirdError(f"{where}: the {name} split is empty; expected labelled examples")
+        values = label_values(split, label_column)
+        if values.dtype.kind not in "iu":
+            raise EarlyBirdError(f"{where}: the {name} split's {label_column!r} column holds {values.dtype} values; "
+                                 "expected integer class indices")
+        bad = values[(values < 0) | (values >= num_labels)]
+        if bad.size:
+            raise EarlyBirdError(f"{where}: the {name} split has label {int(bad[0])} ({bad.size} such examples); "
+                                 f"expected labels in 0..{num_labels - 1}")
+    classes = np.unique(label_values(splits["train"], label_column))
+    if classes.size < 2:
+        raise EarlyBirdError(f"{where}: the train split has a single class (label {int(classes[0])}); expected at "
+                             "least 2 classes to learn from")

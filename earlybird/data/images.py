@@ -20,15 +20,19 @@ IMAGE_COLUMNS = ("image", "img")
 LABEL_COLUMNS = ("label", "labels", "fine_label")
 
 
-def label_names(dataset, label_column: str) -> list[str]:
+def label_names(dataset, label_column: str, where: str | None = None) -> list[str]:
     import datasets
 
     feature = dataset.features[label_column]
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
-    values = np.asarray(dataset[label_column])
+    from .common import label_values
+
+    values = label_values(dataset, label_column)
     if values.dtype.kind not in "iu" or (values < 0).any():
-        raise EarlyBirdError(f"column {label_column!r} must hold class indices 0..C-1; got {values[:5].tolist()}")
+        bad = values[values < 0][:5].tolist() if values.dtype.kind in "iu" else values[:5].tolist()
+        raise EarlyBirdError(f"{where + ': ' if where else ''}column {label_column!r} must hold class indices 0..C-1; "
+                             f"got {bad}")
     return [str(i) for i in range(int(values.max()) + 1)]
 
 

@@ -51,7 +51,7 @@ def read_table(path) -> list[dict]:
     except (OSError, UnicodeDecodeError, ValueError, csv.Error) as err:
         raise EarlyBirdError(f"{path}: cannot read it ({err})") from None
     if not rows:
-        raise EarlyBirdError(f"{path}: no rows")
+        raise EarlyBirdError(f"{path}: no rows (an empty data set); expected a header line and at least one example")
     return rows
 
 

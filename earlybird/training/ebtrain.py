@@ -41,6 +41,18 @@ class EBTrain:
         self.draw_step: int | None = None
         self.draw_coefficients: dict | None = None
 
+    def check_budget(self, total_steps: int) -> None:
+        """Refuse, before training, a detector that could never test in this run (e.g. a window longer than it)."""
+        from ..detectors import never_tests_message
+
+        observed = range(self.args.record_every, total_steps + 1, self.args.record_every)
+        for block, detector in self.detector.detectors.items():
+            message = never_tests_message(detector, observed, f"this run's {total_steps} steps "
+                                                              f"(recorded every {self.args.record_every})")
+            if message:
+                raise EarlyBirdError(f"--eb-method {self.args.eb_method}: {message} (--eb-window, --eb-cached, "
+                                     "--eb-every)")
+
     @property
     def drawn(self) -> bool:
         return self.draw_step is not None

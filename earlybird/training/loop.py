@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .. import faults
 from ..errors import EarlyBirdError
 from ..records import CoefficientRecorder, load_records
 from ..slimming import (apply_plan, encoder_flops_per_token, encoder_layers, fold_slimming, l1_penalty, model_shape,
                         read_coefficients)
-from .rundir import RunDir
+from .rundir import RunDir, write_failure
 
 
 def kept_sizes(model) -> dict:
@@ -49,6 +50,23 @@ def kept_sizes(model) -> dict:
 
 class SimulatedCrash(RuntimeError):
     """Raised by the test-only --debug-crash-at-step: the run stops as a kill would (nothing flushed)."""
+
+
+def step_budget(args, n_train: int, world: int) -> tuple[int, int, int]:
+    """(global micro-batch, micro-batches per epoch, optimizer steps in total) of a run.
+
+    EarlyBirdError when the training set cannot fill one global batch (an empty data set included):
+    the runner calls this before the run directory is touched.
+    """
+    global_micro = args.per_device_train_batch_size * world
+    batches_per_epoch = n_train // global_micro
+    if batches_per_epoch == 0:
+        what = "is empty" if n_train == 0 else f"has {n_train} examples, fewer than one global batch"
+        raise EarlyBirdError(
+            f"the training set {what} ({global_micro} = {args.per_device_train_batch_size} per device x {world} "
+            "processes); expected at least one global batch")
+    total = args.max_steps or max(1, math.ceil(args.num_train_epochs * batches_per_epoch / args.gradient_accumulation_steps))
+    return global_micro, batches_per_epoch, total
 
 
 # --------------------------------------------------------------------------- optimizer and schedule
@@ -143,15 +161,8 @@ class Trainer:
         self.rank = accelerator.process_index
         self.is_main = accelerator.is_main_process
 
-        n = len(task.train_dataset)
-        self.global_micro = args.per_device_train_batch_size * self.world
-        self.batches_per_epoch = n // self.global_micro
-        if self.batches_per_epoch == 0:
-            raise EarlyBirdError(
-                f"the training set has {n} examples, fewer than one global batch ({self.global_micro} = "
-                f"{args.per_device_train_batch_size} per device x {self.world} processes)")
-        accum = args.gradient_accumulation_steps
-        self.total_steps = args.max_steps or max(1, math.ceil(args.num_train_epochs * self.batches_per_epoch / accum))
+        self.global_micro, self.batches_per_epoch, self.total_steps = step_budget(args, len(task.train_dataset),
+                                                                                 self.world)
 
         self.step = 0
         self.micro = 0  # micro-batches consumed (global count, the same on every process)
@@ -296,26 +307,37 @@ class Trainer:
                                  self.args.gradient_accumulation_steps]}
 
     def save_checkpoint(self) -> None:
-        """Atomic: everything goes to checkpoints/.tmp-step-S, renamed to step-S when complete."""
+        """Atomic: everything goes to checkpoints/.tmp-step-S, is fsynced, and is renamed to step-S when complete.
+
+        A write that fails (disk full...) removes the temporary directory and raises OSError naming it; the
+        previous checkpoints are untouched.
+        """
         acc = self.accelerator
         if self.recorder is not None:
             self.recorder.flush()  # the records cover the checkpoint, so a resume leaves no gap
         tmp = self.run.checkpoint_tmp(self.step)
-        if self.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        # Per process: its RNG state and its share of the loss since the last log line.
-        torch.save({"rng": _rng_state(), "running_loss": [float(self._running_loss.item()), self._running_count]},
-                   tmp / f"rng-{self.rank}.pt")
-        if self.is_main:
-            self.unwrapped.save_pretrained(tmp / "model")
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            if acc.scaler is not None:
-                torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
-            (tmp / "state.json").write_text(json.dumps(self._state(), indent=2))
-        acc.wait_for_everyone()
+        try:
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            acc.wait_for_everyone()
+            # Per process: its RNG state and its share of the loss since the last log line.
+            torch.save({"rng": _rng_state(), "running_loss": [float(self._running_loss.item()), self._running_count]},
+                       tmp / f"rng-{self.rank}.pt")
+            if self.is_main:
+                self.unwrapped.save_pretrained(tmp / "model")
+                faults.hit("checkpoint-save", tmp / "optimizer.pt")
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+                if acc.scaler is not None:
+                    torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
+                (tmp / "state.json").write_text(json.dumps(self._state(), indent=2))
+            acc.wait_for_everyone()
+        except Exception as err:  # torch.save / safetensors report a full disk as RuntimeError & co
+            failure = write_failure(err, tmp)  # (measures the free space before the clean-up below)
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)  # frees the space; nothing refers to it
+            raise failure from None
         if self.is_main:
             self.run.commit_checkpoint(self.step, self.args.keep_checkpoints)
         acc.wait_for_everyone()
@@ -325,9 +347,14 @@ class Trainer:
         if self.is_main:
             tmp = path.with_name(f".tmp-{path.name}")
             shutil.rmtree(tmp, ignore_errors=True)
-            self.unwrapped.save_pretrained(tmp)
-            if self.task.save_extras is not None:
-                self.task.save_extras(tmp)
+            try:
+                self.unwrapped.save_pretrained(tmp)
+                if self.task.save_extras is not None:
+                    self.task.save_extras(tmp)
+            except Exception as err:
+                failure = write_failure(err, tmp)
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise failure from None
             if path.exists():
                 shutil.rmtree(path)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -387,6 +414,7 @@ class Trainer:
         self._running_loss = torch.full((), float(self._resume_running[0]), device=acc.device)
         self._running_count = self._resume_running[1]
         phase = "after_draw" if self.draw_state else "before_draw"
+        step_fault = faults.armed("step")  # test-only (earlybird.faults); read once, not per step
         tic = time.perf_counter()
         self.model.train()
         while self.step < self.total_steps:
@@ -409,6 +437,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             progress.update(1)
+            if step_fault:
+                faults.hit("step")
 
             # Coefficients: recorded and watched on the device (the recorder buffers, the detector chunks).
             if self.recorder is not None or (self.ebtrain is not None and not self.ebtrain.drawn):

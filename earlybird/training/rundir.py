@@ -1,7 +1,8 @@
 """The run directory: args.json, metrics.jsonl, results, snapshots and atomic, resumable checkpoints.
 
     <output-dir>/
-      .lock                 held by the main process while a run is going (a second run is refused)
+      .lock                 held by the main process while a run is going (flock; it holds the owner's pid): a
+                            second run is refused, a lock left by a dead run is taken over
       args.json             the flags of the run (rewritten at each start, resumes included)
       metrics.jsonl         one JSON object per log / evaluation line
       results.json          the final evaluation
@@ -18,18 +19,23 @@ Only the main process writes, except each process's RNG state in a checkpoint.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
+from .. import faults
 from ..errors import EarlyBirdError
-from ..records import write_json_atomic
+from ..records import _fsync_dir, write_json_atomic
 
 # What a run writes: what --overwrite-output-dir removes (nothing else in the directory is touched).
 RUN_ENTRIES = ("args.json", "metrics.jsonl", "results.json", "plan.json", "ebtrain.json", "init", "records",
                "snapshots", "checkpoints", "final")
 CHECKPOINT_PREFIX = "step-"
+LOCK_FILE = ".lock"
+TEMPORARY_PREFIXES = (".tmp-", ".old-")  # half-written and half-removed checkpoints: never resumed from
 
 
 def step_dir_name(step: int) -> str:
@@ -58,11 +64,63 @@ def list_step_dirs(parent: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def fsync_tree(path: Path) -> None:
+    """fsync every file under `path`, then the directories: the data is on disk before a rename publishes it."""
+    for root, dirs, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as handle:
+                os.fsync(handle.fileno())
+    for root, dirs, _ in os.walk(path, topdown=False):
+        for name in dirs:
+            _fsync_dir(Path(root) / name)
+    _fsync_dir(path)
+
+
+def _remove_tree(path: Path) -> None:
+    """Rename out of the way (atomic), then delete: a kill half-way never leaves a partial step-S behind."""
+    trash = path.with_name(f".old-{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def write_failure(err: BaseException, path: Path) -> OSError:
+    """An OSError naming what could not be written, whatever the writer raised.
+
+    A full disk reaches us as OSError(ENOSPC) from plain writes, but as RuntimeError from torch.save and
+    as SafetensorError from save_pretrained: those are turned into an OSError saying so, with the free space.
+    """
+    if isinstance(err, OSError):
+        return err if err.filename else OSError(err.errno, err.strerror or str(err), str(path))
+    reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return OSError(errno.EIO, reason, str(path))
+    if free < (1 << 20):  # what torch.save's "unexpected pos" and safetensors' IoError mean on a full disk
+        return OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free} bytes free; {reason})", str(path))
+    return OSError(errno.EIO, f"{reason} ({free} bytes free on that filesystem)", str(path))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RunDir:
     def __init__(self, path, *, is_main_process: bool = True):
         self.path = Path(path)
         self.is_main = is_main_process
         self._lock_file = None
+        self.stale_lock: str | None = None  # a message when the lock of a dead run was taken over
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -99,19 +157,65 @@ class RunDir:
         return self.path.is_dir() and any((self.path / e).exists() for e in RUN_ENTRIES)
 
     def check(self, *, resume: bool, overwrite: bool) -> None:
-        """Refuse to mix runs: an existing run needs --resume or --overwrite-output-dir (all processes call it)."""
+        """Refuse to mix runs, and an output directory that cannot be written (all processes call it).
+
+        An existing run needs --resume or --overwrite-output-dir; a run directory whose lock a live process
+        holds is refused whatever the flags; the directory (or its nearest existing parent) must accept a
+        new file -- tried for real, since permission bits say nothing to root.
+        """
         if self.path.exists() and not self.path.is_dir():
             raise EarlyBirdError(f"--output-dir {self.path} exists and is not a directory")
+        holder = self.lock_holder()
+        if holder is not None:
+            raise EarlyBirdError(f"--output-dir {self.path} is in use by another run (pid {holder} holds "
+                                 f"{self.path / LOCK_FILE}); wait for it to finish or stop it first")
         if resume:
             if self.latest_checkpoint() is None:
-                raise EarlyBirdError(f"--resume: no checkpoint in {self.checkpoints_dir} "
-                                     "(save them with --checkpoint-every N)")
+                why = ("it holds a run stopped before its first checkpoint: start it over with --overwrite-output-dir"
+                       if self.holds_run() else "save them with --checkpoint-every N")
+                raise EarlyBirdError(f"--resume: no checkpoint in {self.checkpoints_dir} ({why})")
         elif self.holds_run() and not overwrite:
             raise EarlyBirdError(f"--output-dir {self.path} already holds a run; pass --resume to continue it "
                                  "or --overwrite-output-dir to start over")
+        self._check_writable()
+
+    def _check_writable(self) -> None:
+        probe = self.path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise EarlyBirdError(f"--output-dir {self.path}: cannot be created, {probe} is a file, not a directory")
+        try:
+            handle, name = tempfile.mkstemp(prefix=".earlybird-write-test-", dir=probe)
+            os.close(handle)
+            os.unlink(name)
+        except OSError as err:
+            raise EarlyBirdError(f"--output-dir {self.path} is not writable: cannot create a file in {probe} "
+                                 f"({err.strerror}); expected a writable directory") from None
+
+    def lock_holder(self) -> str | None:
+        """The pid (as written in the lock file) of the live process holding the lock; None when it is free."""
+        import fcntl
+
+        path = self.path / LOCK_FILE
+        if not path.is_file():
+            return None
+        try:
+            handle = open(path, "rb")
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return handle.read().decode(errors="replace").strip() or "unknown"
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return None
+        finally:
+            handle.close()
 
     def open(self, *, overwrite: bool) -> None:
-        """Main process: clear a previous run if asked, create the directory and take the lock."""
+        """Main process: take the lock, then clear a previous run if asked (never someone else's live run)."""
         if not self.is_main:
             return
         self.path.mkdir(parents=True, exist_ok=True)
@@ -127,18 +231,37 @@ class RunDir:
     def _take_lock(self) -> None:
         import fcntl
 
-        self._lock_file = open(self.path / ".lock", "w")
+        # "a+": opening must not truncate the pid of a live owner before we know we hold the lock.
+        self._lock_file = open(self.path / LOCK_FILE, "a+")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "unknown"
             self._lock_file.close()
             self._lock_file = None
-            raise EarlyBirdError(f"--output-dir {self.path} is in use by another run (it holds {self.path / '.lock'})") from None
+            raise EarlyBirdError(f"--output-dir {self.path} is in use by another run (pid {holder} holds "
+                                 f"{self.path / LOCK_FILE}); wait for it to finish or stop it first") from None
+        self._lock_file.seek(0)
+        previous = self._lock_file.read().strip()
+        if previous and previous != str(os.getpid()):
+            state = ("no longer running" if not previous.isdigit() or not _pid_alive(int(previous))
+                     else "running but not holding the lock")
+            self.stale_lock = (f"took over the stale lock {self.path / LOCK_FILE} of pid {previous} ({state}: "
+                               "a run that was killed)")
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
         self._lock_file.write(str(os.getpid()))
         self._lock_file.flush()
 
     def close(self) -> None:
         if self._lock_file is not None:
+            try:  # a clean exit empties .lock: a pid left in it means its run was killed
+                self._lock_file.seek(0)
+                self._lock_file.truncate()
+                self._lock_file.flush()
+            except OSError:
+                pass
             self._lock_file.close()  # closing releases the flock
             self._lock_file = None
 
@@ -177,20 +300,24 @@ class RunDir:
         return self.checkpoints_dir / f".tmp-{step_dir_name(step)}"
 
     def commit_checkpoint(self, step: int, keep: int) -> Path:
-        """Main process: rename the finished temporary directory into place, then drop the oldest."""
+        """Main process: fsync the finished temporary directory, rename it into place, then drop the oldest."""
+        tmp = self.checkpoint_tmp(step)
         final = self.checkpoints_dir / step_dir_name(step)
+        fsync_tree(tmp)
         if final.exists():
-            shutil.rmtree(final)
-        os.replace(self.checkpoint_tmp(step), final)
+            _remove_tree(final)
+        os.replace(tmp, final)
+        _fsync_dir(self.checkpoints_dir)
+        faults.hit("checkpoint-commit", final)
         found = list_step_dirs(self.checkpoints_dir)
         for old in list(found)[:-keep]:
-            shutil.rmtree(found[old], ignore_errors=True)
+            _remove_tree(found[old])
         return final
 
     def clean_temporaries(self) -> None:
-        """Main process: remove half-written checkpoints a kill left behind."""
+        """Main process: remove half-written (or half-removed) checkpoints a kill left behind."""
         if not self.is_main or not self.checkpoints_dir.is_dir():
             return
         for path in self.checkpoints_dir.iterdir():
-            if path.name.startswith(".tmp-"):
+            if path.name.startswith(TEMPORARY_PREFIXES):
                 shutil.rmtree(path, ignore_errors=True)

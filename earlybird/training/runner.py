@@ -14,7 +14,7 @@ from ..errors import EarlyBirdError
 from ..slimming import encoder_layers, model_shape
 from .args import check_args, fail, ticket_mode
 from .ebtrain import EBTrain
-from .loop import SimulatedCrash, Trainer, kept_sizes
+from .loop import SimulatedCrash, Trainer, kept_sizes, step_budget
 from .rundir import RunDir
 from .tickets import build_ticket, resolve_plan, weights_dir
 
@@ -64,9 +64,52 @@ def _reset_accelerate(accelerator) -> None:
     GradientState._reset_state()
 
 
+def check_model_fits_data(task, model) -> None:
+    """The data's labels must fit the model's classifier and its tokens the model's embeddings (a ticket or a
+    resumed model keeps the head and vocabulary it was made with)."""
+    config = model.config
+    if task.num_labels is not None and task.num_labels > getattr(config, "num_labels", task.num_labels):
+        raise EarlyBirdError(
+            f"the training data ({task.info.get('dataset')}) has labels 0..{task.num_labels - 1} but the model's "
+            f"classifier has {config.num_labels} outputs (labels 0..{config.num_labels - 1}); expected data with "
+            "the classes the model was made for")
+    side = getattr(config, "image_size", None)
+    if task.image_size is not None and side is not None and task.image_size != side:
+        raise EarlyBirdError(f"the images are prepared at {task.image_size}x{task.image_size} but the model takes "
+                             f"{side}x{side} (its config.image_size): expected --image-size {side}")
+    vocab = getattr(config, "vocab_size", None)
+    if task.vocab_size is not None and vocab is not None and task.vocab_size > vocab:
+        raise EarlyBirdError(
+            f"the tokenizer has {task.vocab_size} tokens but the model's embeddings hold {vocab} (config.vocab_size): "
+            "a tokenizer from another model? expected len(tokenizer) <= vocab_size")
+
+
+def _io_failure(prog: str, err: OSError, rundir, trainer) -> int:
+    """A write failed mid-run (disk full, read-only, ...): say which file, what is intact, and how to go on."""
+    where = err.filename or (rundir.path if rundir is not None else "the output directory")
+    intact = []
+    if rundir is not None:
+        from ..records import load_records
+
+        try:
+            steps = load_records(rundir.records_dir).steps
+            intact.append(f"records to step {int(steps[-1])}" if len(steps) else "no records yet")
+        except Exception:  # no records in this run
+            pass
+        latest = rundir.latest_checkpoint()
+        intact.append(f"checkpoint {latest}" if latest is not None else "no checkpoint yet")
+    at = f" at step {trainer.step}" if trainer is not None else ""
+    print(f"{prog}: error: cannot write {where}: {err.strerror or err}. The run stopped{at}; what was written before "
+          f"is intact ({', '.join(intact)}): free some space (or fix the directory) and continue with --resume",
+          file=sys.stderr, flush=True)
+    return 1
+
+
 def run(prog: str, args, build_task) -> int:
     accelerator = None
     rundir = None
+    trainer = None
+    opened = False
     try:
         check_args(args)
         from accelerate import Accelerator
@@ -105,7 +148,17 @@ def run(prog: str, args, build_task) -> int:
         else:
             model = task.build_model(slimming_flags(args))
 
+        # The last checks that need the data and the model, still before the run directory is touched.
+        _, _, total_steps = step_budget(args, len(task.train_dataset), accelerator.num_processes)
+        check_model_fits_data(task, model)
+        ebtrain = EBTrain(args, accelerator.num_processes) if args.eb_method else None
+        if ebtrain is not None:
+            ebtrain.check_budget(total_steps)
+
+        opened = True
         rundir.open(overwrite=args.overwrite_output_dir)
+        if rundir.stale_lock:
+            log(f"note: {rundir.stale_lock}")
         accelerator.wait_for_everyone()
         if resume_from is not None:
             rundir.clean_temporaries()
@@ -113,7 +166,6 @@ def run(prog: str, args, build_task) -> int:
         if plan is not None:
             rundir.write_json("plan.json", plan)
 
-        ebtrain = EBTrain(args, accelerator.num_processes) if args.eb_method else None
         trainer = Trainer(args, accelerator, rundir, task, model, ebtrain=ebtrain, resume_from=resume_from, log=log)
         if resume_from is not None:
             rundir.truncate_metrics(trainer.step)
@@ -150,6 +202,13 @@ def run(prog: str, args, build_task) -> int:
         return 0
     except EarlyBirdError as err:
         return fail(prog, err, print_it=accelerator is None or accelerator.is_local_main_process)
+    except OSError as err:
+        if accelerator is not None and not accelerator.is_main_process:
+            raise
+        if not opened:  # before anything was written: a plain one-line error
+            where = f"{err.filename}: " if err.filename else ""
+            return fail(prog, f"{where}{err.strerror or err}")
+        return _io_failure(prog, err, rundir, trainer)
     except SimulatedCrash as err:
         print(f"{prog}: {err}", file=sys.stderr, flush=True)
         return 3

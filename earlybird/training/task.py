@@ -43,6 +43,9 @@ class Task:
     compute_loss: Callable | None = None  # (model, batch) -> loss; default: the model's own `.loss`
     save_extras: Callable[[Path], None] | None = None  # tokenizer / image processor beside the weights
     info: dict = field(default_factory=dict)  # what results.json should say about the data
+    num_labels: int | None = None  # classes of the data (classification): the model's head must have as many
+    vocab_size: int | None = None  # len(tokenizer) (text): the model's embeddings must hold as many
+    image_size: int | None = None  # the side the transforms produce (images): the model's config must take it
 
 
 def classification_eval_set(dataset, collate_fn) -> EvalSet:

@@ -47,15 +47,16 @@ def _image_datasets(args, accelerator, where: str):
         for column in (image_column, label_column):
             if column not in split.column_names:
                 raise EarlyBirdError(f"{where}: the {name} split has no {column!r} column")
-    names = images.label_names(splits["train"], label_column)
+    names = images.label_names(splits["train"], label_column, where)
     splits["train"] = common.subset(splits["train"], args.max_train_samples)
     for name in ("validation", "test"):
         splits[name] = common.subset(splits[name], args.max_eval_samples)
+    common.check_labels(splits, label_column, len(names), where)
     return splits, final, image_column, label_column, names
 
 
 def _image_task(name, args, splits, final, image_column, label_column, size, mean, std, train_transform,
-                build_model, tokens, compute_loss=None, info=None) -> Task:
+                build_model, tokens, compute_loss=None, info=None, num_labels=None) -> Task:
     from transformers import ViTForImageClassification
     from transformers.models.vit import ViTImageProcessorPil
 
@@ -71,7 +72,8 @@ def _image_task(name, args, splits, final, image_column, label_column, size, mea
     return Task(name=name, model_class=ViTForImageClassification, build_model=build_model, train_dataset=train,
                 collate_fn=images.collate_images, eval_sets=eval_sets, final_split=final,
                 tokens_per_example=lambda batch: tokens, compute_loss=compute_loss, save_extras=save_extras,
-                info={"dataset": args.dataset, "train_examples": len(train), **(info or {})})
+                info={"dataset": args.dataset, "train_examples": len(train), **(info or {})}, num_labels=num_labels,
+                image_size=size)
 
 
 # --------------------------------------------------------------------------- ViT fine-tuning
@@ -102,7 +104,8 @@ def build_vit_task(args, accelerator) -> Task:
             label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True, **overrides)
 
     return _image_task("vit", args, splits, final, image_column, label_column, size, mean, std,
-                       images.ImageTransform("train", size, mean, std), build_model, (size // patch) ** 2 + 1)
+                       images.ImageTransform("train", size, mean, std), build_model, (size // patch) ** 2 + 1,
+                       num_labels=len(names))
 
 
 # --------------------------------------------------------------------------- small ViT from scratch
@@ -171,7 +174,8 @@ def build_pretrain_task(args, accelerator) -> Task:
     train_transform = images.ImageTransform("cifar", size, mean, std, padding=args.crop_padding, flip=args.flip,
                                             randaug_ops=args.randaug_ops, randaug_magnitude=args.randaug_magnitude)
     return _image_task("vit-pretrain", args, splits, final, image_column, label_column, size, mean, std,
-                       train_transform, build_model, (size // args.patch_size) ** 2 + 1, compute_loss)
+                       train_transform, build_model, (size // args.patch_size) ** 2 + 1, compute_loss,
+                       num_labels=len(names))
 
 
 # --------------------------------------------------------------------------- BERT
@@ -220,6 +224,10 @@ def build_bert_task(args, accelerator) -> Task:
     except Exception as err:
         raise EarlyBirdError(f"--model-name-or-path {args.model_name_or_path}: cannot load a tokenizer "
                              f"({' '.join(str(err).split())[:200]})") from None
+    if len(tokenizer) > config.vocab_size:
+        raise EarlyBirdError(f"--model-name-or-path {args.model_name_or_path}: its tokenizer has {len(tokenizer)} "
+                             f"tokens but the model's embeddings hold {config.vocab_size} (config.vocab_size): a "
+                             "tokenizer from another model? expected len(tokenizer) <= vocab_size")
     if args.task == "squad":
         return _squad_task(args, accelerator, tokenizer)
     return _glue_task(args, accelerator, tokenizer)
@@ -234,9 +242,11 @@ def _glue_task(args, accelerator, tokenizer) -> Task:
         dd = text.load_classification(args.glue_task, files, cache_dir=args.cache_dir)
         splits, final = common.resolve_splits(dd, "label", where)
         columns = text.pick_text_columns(set(splits["train"].column_names), args.glue_task, where)
-        names = images.label_names(splits["train"], "label")
+        names = images.label_names(splits["train"], "label", where)
         limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_eval_samples}
-        tokenized = {k: text.tokenize_classification(common.subset(v, limits[k]), tokenizer, columns, args.max_seq_length)
+        splits = {k: common.subset(v, limits[k]) for k, v in splits.items()}
+        common.check_labels(splits, "label", len(names), where)
+        tokenized = {k: text.tokenize_classification(v, tokenizer, columns, args.max_seq_length)
                      for k, v in splits.items()}
     collate = text.pad_collator(tokenizer)
 
@@ -250,7 +260,8 @@ def _glue_task(args, accelerator, tokenizer) -> Task:
                 train_dataset=text.TokenizedDataset(tokenized["train"]), collate_fn=collate, eval_sets=eval_sets,
                 final_split=final, tokens_per_example=lambda batch: batch["input_ids"].shape[1],
                 save_extras=tokenizer.save_pretrained,
-                info={"dataset": args.train_file or f"glue/{args.glue_task}", "train_examples": len(tokenized["train"])})
+                info={"dataset": args.train_file or f"glue/{args.glue_task}", "train_examples": len(tokenized["train"])},
+                num_labels=len(names), vocab_size=len(tokenizer))
 
 
 def _squad_task(args, accelerator, tokenizer) -> Task:
@@ -299,4 +310,5 @@ def _squad_task(args, accelerator, tokenizer) -> Task:
                 eval_sets={"validation": eval_set}, final_split="validation",
                 tokens_per_example=lambda batch: batch["input_ids"].shape[1], save_extras=tokenizer.save_pretrained,
                 info={"dataset": args.train_file or "squad", "train_examples": len(train_examples),
-                      "train_features": len(train_features), "eval_examples": len(eval_examples)})
+                      "train_features": len(train_features), "eval_examples": len(eval_examples)},
+                vocab_size=len(tokenizer))

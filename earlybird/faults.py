@@ -1,0 +1,78 @@
+"""Test-only fault injection: make this process die (SIGKILL) or fail a write (ENOSPC) at a named point.
+
+    EARLYBIRD_FAULT="records-append:kill@2"            # SIGKILL in the middle of the 2nd records flush
+    EARLYBIRD_FAULT="checkpoint-save:enospc@1,step:kill@9"
+
+Each entry is `point:action@n`: at the n-th time this process reaches `point` (counted from 1), do
+`action` -- `kill` (os.kill(getpid(), SIGKILL): nothing after it runs, no cleanup, no flush) or `enospc`
+(raise OSError(ENOSPC) naming the file being written, as a full disk would). The points:
+
+| point | where |
+|---|---|
+| `records-append` | a records flush: the new rows are written, no header is updated yet |
+| `records-commit` | a records flush: the block headers are updated, `steps.npy`'s (the commit marker) is not |
+| `checkpoint-save` | a checkpoint save: the model is in `checkpoints/.tmp-step-S`, optimizer and state are not |
+| `checkpoint-commit` | a checkpoint save: renamed to `step-S`, older checkpoints not yet removed |
+| `step` | after optimizer step S, before its coefficients are recorded |
+| `patch-stage`, `patch-backup`, `patch-swap` | `transformers_patch apply`: after each staged / backed-up / swapped file |
+
+The variable is read once, when this module is imported (`configure()` re-reads it, e.g. in a forked
+child); unset, `FAULTS` is empty and `hit()` returns at once. Standard library only (the patch tool uses it).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+ENV = "EARLYBIRD_FAULT"
+ACTIONS = ("kill", "enospc")
+
+FAULTS: dict[str, tuple[str, int]] = {}
+_counts: dict[str, int] = {}
+
+
+def parse(spec: str | None) -> dict[str, tuple[str, int]]:
+    plan = {}
+    for entry in (spec or "").replace(";", ",").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        try:
+            point, rest = entry.split(":", 1)
+            action, _, nth = rest.partition("@")
+            nth = int(nth or 1)
+        except ValueError:
+            raise ValueError(f"{ENV}: bad entry {entry!r}; expected point:action@n") from None
+        if action not in ACTIONS or nth < 1:
+            raise ValueError(f"{ENV}: bad entry {entry!r}; action is one of {', '.join(ACTIONS)}, n >= 1")
+        plan[point.strip()] = (action, nth)
+    return plan
+
+
+def configure(spec: str | None = None) -> None:
+    """(Re)read the fault plan: from `spec`, else from the environment."""
+    FAULTS.clear()
+    FAULTS.update(parse(os.environ.get(ENV) if spec is None else spec))
+    _counts.clear()
+
+
+def armed(point: str) -> bool:
+    return point in FAULTS
+
+
+def hit(point: str, path=None) -> None:
+    """The fault planned for `point`, if this is its n-th hit; nothing otherwise."""
+    if not FAULTS or point not in FAULTS:
+        return
+    _counts[point] = count = _counts.get(point, 0) + 1
+    action, nth = FAULTS[point]
+    if count != nth:
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), None if path is None else str(path))
+
+
+configure()
