@@ -231,3 +231,17 @@ def test_a_live_run_keeps_its_directory_and_a_dead_ones_lock_is_taken_over(serve
     assert records_of(run)[0] == list(range(1, STEPS + 1))
     again = server.run("pretrain", ["--output-dir", run, *RUN, "--resume"])
     assert again.code == 0 and "stale lock" not in again.output, again
+
+
+def test_the_fault_hook_is_inert_unless_set():
+    from earlybird import faults
+
+    assert "EARLYBIRD_FAULT" not in __import__("os").environ and faults.FAULTS == {}
+    for _ in range(3):
+        faults.hit("records-append")  # nothing happens, nothing is counted
+    assert faults._counts == {} and not faults.armed("step")
+    assert faults.parse("records-append:kill@2, step:enospc") == {"records-append": ("kill", 2),
+                                                                  "step": ("enospc", 1)}
+    for bad in ("records-append", "step:explode@1", "step:kill@0", "step:kill@x"):
+        with pytest.raises(ValueError, match="EARLYBIRD_FAULT: bad entry"):
+            faults.parse(bad)

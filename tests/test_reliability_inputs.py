@@ -77,6 +77,16 @@ def truncated_records(ws):
     return target
 
 
+def run_with_truncated_records(ws):
+    target = ws / "bad" / "run-truncated"
+    if not target.exists():
+        shutil.copytree(ws / "slim", target)
+        shutil.rmtree(target / "checkpoints" / "step-6")  # so that the resume has steps left to do
+        with open(target / "records" / "msa.npy", "r+b") as f:
+            f.truncate(HEADER_BYTES + 2 * 16 * 4 + 20)
+    return target
+
+
 def plan_file(ws, name, text):
     path = ws / "bad" / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,6 +234,11 @@ CASES = {
     "EB-Train window longer than the run": ("main.py", lambda ws: [
         "--output-dir", ws / "victim", "--overwrite-output-dir", *SLIM, "--eb-method", "mk", "--eb-window", "40",
         "--eb-every", "2", "--self-pruning-ratio", "0.5"], "can never test on this run's 6 steps"),
+    "--resume with another global batch": ("main.py", lambda ws: [
+        "--output-dir", ws / "victim", "--resume", *SLIM, "--per-device-train-batch-size", "16"],
+        "the checkpoint was made with per-device batch x processes x accumulation = [32, 1, 1], this run has [16, 1, 1]"),
+    "--resume onto records cut mid-array": ("main.py", lambda ws: [
+        "--output-dir", run_with_truncated_records(ws), "--resume", *SLIM], "truncated or corrupt .npy"),
     "ticket images of another size": ("main.py", lambda ws: ticket_from(ws, ws / "slim" / "records", "3",
                                                                         "--image-size", "16"),
                                       "the images are prepared at 16x16 but the model takes 8x8"),
@@ -235,7 +250,7 @@ PROGRAMS = {"earlybird": cli.main, "main.py": pretrain.main, "run_bert.py": run_
 def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, ws, capsys):
     program, build, expected = CASES[case]
     argv = [str(a) for a in build(ws)]
-    before = {name: digests(ws / name) for name in ("slim", "victim")}
+    before = {name: digests(ws / name) for name in ("slim", "victim", "bad")}
     capsys.readouterr()
     code = PROGRAMS[program](argv)
     out, err = capsys.readouterr()
@@ -244,7 +259,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, ws, capsys):
     assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), err
     assert expected in lines[0], lines[0]
     assert "Traceback" not in err
-    assert {name: digests(ws / name) for name in ("slim", "victim")} == before  # byte for byte
+    assert {name: digests(ws / name) for name in ("slim", "victim", "bad")} == before  # byte for byte
 
 
 def test_mixed_image_modes_and_sizes_are_converted_not_refused(tmp_path):

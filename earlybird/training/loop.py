@@ -69,6 +69,25 @@ def step_budget(args, n_train: int, world: int) -> tuple[int, int, int]:
     return global_micro, batches_per_epoch, total
 
 
+def read_checkpoint_state(checkpoint: Path) -> dict:
+    """state.json of a checkpoint (EarlyBirdError naming it when unreadable)."""
+    path = Path(checkpoint) / "state.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise EarlyBirdError(f"--resume: {path} is not readable ({err}); expected a complete checkpoint") from None
+
+
+def check_resumable(state: dict, args, world: int) -> None:
+    """A resume must keep the global batch: the data order is a function of it."""
+    saved = state.get("global_batch")
+    now = [args.per_device_train_batch_size, world, args.gradient_accumulation_steps]
+    if saved != now:
+        raise EarlyBirdError(
+            f"--resume: the checkpoint was made with per-device batch x processes x accumulation = {saved}, "
+            f"this run has {now}; the data order would differ")
+
+
 # --------------------------------------------------------------------------- optimizer and schedule
 
 
@@ -174,7 +193,7 @@ class Trainer:
 
         state = None
         if resume_from is not None:
-            state = json.loads((resume_from / "state.json").read_text())
+            state = read_checkpoint_state(resume_from)
             self._check_resumable(state)
             self.step, self.micro = state["step"], state["micro"]
             self.flops, self.wall, self.schedule = state["flops"], state["wall"], state["schedule"]
@@ -232,12 +251,7 @@ class Trainer:
         return {k: bool(getattr(config, k, False)) for k in ("self_slimming", "inter_slimming", "slim_before", "soft_by_one")}
 
     def _check_resumable(self, state: dict) -> None:
-        saved = state.get("global_batch")
-        now = [self.args.per_device_train_batch_size, self.world, self.args.gradient_accumulation_steps]
-        if saved != now:
-            raise EarlyBirdError(
-                f"--resume: the checkpoint was made with per-device batch x processes x accumulation = {saved}, "
-                f"this run has {now}; the data order would differ")
+        check_resumable(state, self.args, self.world)
 
     def _step_flops(self, batch: dict) -> float:
         """Training FLOPs of one micro-batch on all processes: 3 x forward (forward + backward), from shapes."""

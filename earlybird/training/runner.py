@@ -14,7 +14,7 @@ from ..errors import EarlyBirdError
 from ..slimming import encoder_layers, model_shape
 from .args import check_args, fail, ticket_mode
 from .ebtrain import EBTrain
-from .loop import SimulatedCrash, Trainer, kept_sizes, step_budget
+from .loop import SimulatedCrash, Trainer, check_resumable, kept_sizes, read_checkpoint_state, step_budget
 from .rundir import RunDir
 from .tickets import build_ticket, resolve_plan, weights_dir
 
@@ -154,6 +154,12 @@ def run(prog: str, args, build_task) -> int:
         ebtrain = EBTrain(args, accelerator.num_processes) if args.eb_method else None
         if ebtrain is not None:
             ebtrain.check_budget(total_steps)
+        if resume_from is not None:  # what the resume will read: its global batch, and records it can append to
+            check_resumable(read_checkpoint_state(resume_from), args, accelerator.num_processes)
+            if any((rundir.records_dir / name).exists() for name in ("msa.npy", "mlp.npy", "steps.npy")):
+                from ..records import load_records
+
+                load_records(rundir.records_dir)
 
         opened = True
         rundir.open(overwrite=args.overwrite_output_dir)
