@@ -4,7 +4,7 @@ Same config and weights, forward + backward + AdamW step, measured alternately i
 the ratio of medians is the figure. Also the eager-attention ratio, which is what a slimming implementation that needs
 the attention probabilities costs.
 
-    .venv/bin/python bench/slimming_overhead.py [--quick] [--repeats N] [--out results.md]
+    .venv/bin/python bench/slimming_overhead.py [--quick] [--repeats N] [--threads N] [--out results.md]
 """
 
 from __future__ import annotations
@@ -93,7 +93,10 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny configs, a sub-minute pass")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per variant (default 10, quick 3)")
     parser.add_argument("--out", help="also write the markdown table to this file")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 is steadiest on a shared machine")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 10)
     rows = [measure(case, attn, repeats) for case in cases(args.quick) for attn in ("sdpa", "eager")]
     lines = [

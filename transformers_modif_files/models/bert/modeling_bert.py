@@ -415,14 +415,12 @@ class BertIntermediate(nn.Module):
             self.intermediate_act_fn = ACT2FN[config.hidden_act]
         else:
             self.intermediate_act_fn = config.hidden_act
-        # network slimming: one coefficient per intermediate neuron
+        # network slimming: one coefficient per intermediate neuron, applied by `BertOutput` to its dense
         self.inter_slimming_coef = nn.Parameter(torch.ones(self.intermediate_size)) if config.inter_slimming else None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = self.dense(hidden_states)
         hidden_states = self.intermediate_act_fn(hidden_states)
-        if self.inter_slimming_coef is not None:
-            hidden_states = hidden_states * self.inter_slimming_coef.to(hidden_states.dtype)
         return hidden_states
 
 
@@ -433,8 +431,16 @@ class BertOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.dense(hidden_states)
+    def forward(
+        self, hidden_states: torch.Tensor, input_tensor: torch.Tensor, inter_slimming_coef: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if inter_slimming_coef is None:
+            hidden_states = self.dense(hidden_states)
+        else:
+            # the intermediate neurons' coefficients (`BertIntermediate.inter_slimming_coef`): scaling neuron j by c_j
+            # is scaling column j of this dense, without a (batch, seq, neurons) product nor its saved activation
+            weight = self.dense.weight * inter_slimming_coef.to(self.dense.weight.dtype)
+            hidden_states = nn.functional.linear(hidden_states, weight, self.dense.bias)
         hidden_states = self.dropout(hidden_states)
         hidden_states = self.LayerNorm(hidden_states + input_tensor)
         return hidden_states
@@ -502,7 +508,7 @@ class BertLayer(GradientCheckpointingLayer):
 
     def feed_forward_chunk(self, attention_output):
         intermediate_output = self.intermediate(attention_output)
-        layer_output = self.output(intermediate_output, attention_output)
+        layer_output = self.output(intermediate_output, attention_output, self.intermediate.inter_slimming_coef)
         return layer_output
 
     def prune_intermediate(self, neurons: Iterable[int]):

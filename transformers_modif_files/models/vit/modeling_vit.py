@@ -333,9 +333,13 @@ class ViTMLP(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = self.fc1(hidden_states)
         hidden_states = self.activation_fn(hidden_states)
-        if self.inter_slimming_coef is not None:
-            hidden_states = hidden_states * self.inter_slimming_coef.to(hidden_states.dtype)
-        hidden_states = self.fc2(hidden_states)
+        if self.inter_slimming_coef is None:
+            hidden_states = self.fc2(hidden_states)
+        else:
+            # scaling neuron j by c_j is scaling column j of fc2: the same output without a (batch, seq, neurons)
+            # product, nor its saved activation
+            weight = self.fc2.weight * self.inter_slimming_coef.to(self.fc2.weight.dtype)
+            hidden_states = nn.functional.linear(hidden_states, weight, self.fc2.bias)
 
         return hidden_states
 
