@@ -134,7 +134,7 @@ def sst2_suite(workdir: Path, sst2: Path, model: Path, train_samples: int, steps
     base = ["--model-name-or-path", str(model), "--task", "glue", "--train-file", str(sst2 / "train.tsv"),
             "--validation-file", str(sst2 / "dev.tsv"), "--test-file", str(sst2 / "test.tsv"),
             "--max-seq-length", "64", "--max-train-samples", str(train_samples), "--max-steps", str(steps),
-            "--per-device-train-batch-size", "16", "--per-device-eval-batch-size", "64", "--learning-rate", "5e-5",
+            "--per-device-train-batch-size", "16", "--per-device-eval-batch-size", "64", "--learning-rate", "1e-4",
             "--warmup-ratio", "0.1", "--logging-steps", "1000"]
     every = max(2, steps // 20)
     slope = ["--eb-smooth", str(every), "--eb-window", str(max(10, 2 * every)), "--eb-every", str(every)]
@@ -197,8 +197,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's; quick: 1)")
     parser.add_argument("--sst2-dir", type=Path, default=None, help="directory with SST-2 train.tsv, dev.tsv, test.tsv")
     parser.add_argument("--bert-model", type=Path, default=None, help="local BERT model directory (config + weights + tokenizer)")
-    parser.add_argument("--sst2-train-samples", type=int, default=640)
-    parser.add_argument("--sst2-steps", type=int, default=40)
+    parser.add_argument("--sst2-train-samples", type=int, default=1280)
+    parser.add_argument("--sst2-steps", type=int, default=80, help="SST-2 budget in steps of batch 16 (default 80)")
     parser.add_argument("--only-sst2", action="store_true", help="skip the digits part (needs --sst2-dir, --bert-model)")
     parser.add_argument("--sst2-ratios", type=float, nargs="+", default=[0.5], help="pruning ratios on SST-2 (default 0.5)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the runs here (default: a temporary directory)")
@@ -218,7 +218,8 @@ def main(argv=None) -> int:
             suites.append(sst2_suite(workdir, args.sst2_dir, args.bert_model, args.sst2_train_samples, args.sst2_steps,
                                      args.verbose))
             notes.append(f"SST-2: {args.bert_model}, {args.sst2_train_samples} training sentences, "
-                         f"{args.sst2_steps} steps at batch 16, sequence 64; test = the labelled test.tsv.")
+                         f"{args.sst2_steps} steps at batch 16 (sequences cut at 64 tokens), learning rate 1e-4; slope "
+                         "parameters scaled to the run; test = the labelled test.tsv (872 sentences).")
         else:
             notes.append("SST-2 part skipped: pass --sst2-dir and --bert-model to run it.")
         for suite in suites:

@@ -6,7 +6,7 @@
 #
 # Environment: PYTHON (default .venv/bin/python), THREADS (torch threads for the timed scripts, default 1: on a
 # shared 2-core machine one thread is steadier than two), OUT (results directory, default bench/results),
-# SST2_DIR and BERT_MODEL (optional: the SST-2 part of ebtrain_savings), SCRATCH (where the recorder and detector
+# SST2_DIR and BERT_MODEL (optional: the SST-2 part of ebtrain_savings, its own ebtrain_savings_sst2.md), SCRATCH (where the recorder and detector
 # benchmarks write their temporary records, default the system tmp), SLIM_REPEATS (slimming_overhead, default 3).
 set -euo pipefail
 
@@ -24,10 +24,7 @@ fi
 mkdir -p "$OUT"
 SCRATCH_ARGS=()
 if [[ -n "${SCRATCH:-}" ]]; then SCRATCH_ARGS=(--dir "$SCRATCH"); fi
-SST2_ARGS=()
-if [[ -n "${SST2_DIR:-}" && -n "${BERT_MODEL:-}" && ${#QUICK[@]} -eq 0 ]]; then
-  SST2_ARGS=(--sst2-dir "$SST2_DIR" --bert-model "$BERT_MODEL")
-fi
+NAMES=(pruned_speed recorder_cost detector_cost ebtrain_savings slimming_overhead)
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
 
 declare -A SECONDS_TAKEN
@@ -46,9 +43,13 @@ if [[ ${#QUICK[@]} -eq 0 ]]; then SLIM_REPEATS_ARGS=(--repeats "${SLIM_REPEATS:-
 run pruned_speed "$PYTHON" bench/pruned_speed.py "${QUICK[@]}" --threads "$THREADS"
 run recorder_cost "$PYTHON" bench/recorder_cost.py "${QUICK[@]}" --threads "$THREADS" "${SCRATCH_ARGS[@]}"
 run detector_cost "$PYTHON" bench/detector_cost.py "${QUICK[@]}" "${SCRATCH_ARGS[@]}"
-run ebtrain_savings "$PYTHON" bench/ebtrain_savings.py "${QUICK[@]}" --threads "$THREADS" "${SST2_ARGS[@]}"
-# slimming_overhead.py has no --threads: OMP_NUM_THREADS gives it the same thread count as the others.
-run slimming_overhead env OMP_NUM_THREADS="$THREADS" "$PYTHON" bench/slimming_overhead.py "${QUICK[@]}" "${SLIM_REPEATS_ARGS[@]}"
+run ebtrain_savings "$PYTHON" bench/ebtrain_savings.py "${QUICK[@]}" --threads "$THREADS"
+if [[ -n "${SST2_DIR:-}" && -n "${BERT_MODEL:-}" && ${#QUICK[@]} -eq 0 ]]; then  # optional, ~10 minutes more
+  run ebtrain_savings_sst2 "$PYTHON" bench/ebtrain_savings.py --only-sst2 --threads "$THREADS" \
+    --sst2-dir "$SST2_DIR" --bert-model "$BERT_MODEL"
+  NAMES+=(ebtrain_savings_sst2)
+fi
+run slimming_overhead "$PYTHON" bench/slimming_overhead.py "${QUICK[@]}" --threads "$THREADS" "${SLIM_REPEATS_ARGS[@]}"
 
 {
   echo "# Benchmark results"
@@ -66,10 +67,10 @@ run slimming_overhead env OMP_NUM_THREADS="$THREADS" "$PYTHON" bench/slimming_ov
   echo
   echo "| benchmark | seconds |"
   echo "|---|---:|"
-  for name in pruned_speed recorder_cost detector_cost ebtrain_savings slimming_overhead; do
+  for name in "${NAMES[@]}"; do
     echo "| $name | ${SECONDS_TAKEN[$name]} |"
   done
-  for name in pruned_speed recorder_cost detector_cost ebtrain_savings slimming_overhead; do
+  for name in "${NAMES[@]}"; do
     echo
     echo "## $name"
     echo
