@@ -125,7 +125,12 @@ def per_check_rows(quick: bool) -> list[dict]:
 
 
 def write_records(directory: Path, steps: int, layers: int, heads: int, neurons: int) -> float:
+    import torch
+
     from earlybird.records import CoefficientRecorder
+
+    # record() is a small torch copy: one thread, or a busy two-core machine makes it wait for a second core
+    torch.set_num_threads(1)
 
     start = time.perf_counter()
     plateau = steps // 2

@@ -52,6 +52,10 @@ def peak_rss() -> int:
 def run_scenario(spec: dict) -> dict:
     """One measurement, in this process: {'time_s', 'bytes', 'rss_growth', 'record_us' ...}."""
     layers, heads, neurons, steps = spec["layers"], spec["heads"], spec["neurons"], spec["steps"]
+    if spec.get("threads"):
+        # record() is a torch copy of 37k elements, which torch splits over its threads: on a busy shared machine
+        # two threads turn a 15 us copy into milliseconds of waiting for a core.
+        torch.set_num_threads(spec["threads"])
     generator = torch.Generator().manual_seed(0)
     pool = [(torch.rand(layers, heads, generator=generator), torch.rand(layers, neurons, generator=generator))
             for _ in range(POOL)]
@@ -186,7 +190,7 @@ def main(argv=None) -> int:
     parser.add_argument("--step-seconds", type=float, default=None,
                         help="reference training-step time (default: measure a BERT-base step here)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads for the reference step (default 0: torch's default; 1 with --quick)")
+                        help="torch threads for the recording and the reference step (default 0: torch's; quick: 1)")
     parser.add_argument("--dir", default=None, help="where to write the temporary records (default: the system tmp)")
     parser.add_argument("--out", help="also write the markdown to this file")
     parser.add_argument("--scenario", help=argparse.SUPPRESS)  # internal: run one scenario, print JSON
@@ -202,6 +206,7 @@ def main(argv=None) -> int:
     for index, spec in enumerate(scenarios):
         if args.dir:
             spec["dir"] = args.dir
+        spec["threads"] = torch.get_num_threads() if (args.threads or args.quick) else 0
         if spec.get("extrapolated"):
             continue
         # --quick: only the first scenario in its own process (seconds of imports each); RSS is then not isolated.
