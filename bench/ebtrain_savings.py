@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -51,13 +50,9 @@ SLIM = ["--self-slimming", "--inter-slimming", *L1]
 
 
 def load_entry(relative: str, name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    from earlybird.training.entrypoints import load_entry_point
+
+    return load_entry_point(ROOT / relative, name)
 
 
 def read_json(path: Path):

@@ -15,11 +15,13 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from .detectors import DETECTORS, detect, hamming_table, make_detector, never_tests_message
+from .blocks import BLOCK_NAMES
+from .detectors import (DETECTORS, add_param_arguments, check_applicable, detect, given_params, hamming_table,
+                        make_detector, never_tests_message)
 from .errors import EarlyBirdError
 from .masks import SCOPES, check_ratio
 from .plans import make_plan, save_plan
-from .records import BLOCKS, load_records
+from .records import load_records
 
 PROG = "earlybird"
 
@@ -52,42 +54,21 @@ def register(name: str, help: str, add_arguments, run) -> None:
 
 # --------------------------------------------------------------------------- detect
 
-_HAMMING_ONLY = ("cached", "threshold")
-_STATIONARITY_ONLY = ("smooth", "window", "alpha")
-
-
 def _add_detect(p: argparse.ArgumentParser) -> None:
     p.add_argument("records", help="records directory or .npy file (ours or the original layout)")
-    p.add_argument("--block", choices=BLOCKS, default="msa", help="msa (heads) or mlp (neurons); default msa")
+    p.add_argument("--block", choices=BLOCK_NAMES, default="msa", help="msa (heads) or mlp (neurons); default msa")
     p.add_argument("--ratio", type=float, required=True, help="pruning ratio in [0, 1)")
     p.add_argument("--scope", choices=SCOPES, default="layerwise", help="default layerwise")
     p.add_argument("--method", required=True, metavar="{" + ",".join(DETECTORS) + "}", help="detector")
-    h = p.add_argument_group("hamming")
-    h.add_argument("--cached", type=int, help="masks in the FIFO (default 5)")
-    h.add_argument("--threshold", type=float, help="distance threshold eps (default 0.1)")
-    s = p.add_argument_group("slope, mk, adf")
-    s.add_argument("--smooth", type=int, help="moving-average length (default 200)")
-    s.add_argument("--window", type=int, help="smoothed values tested (default 300)")
-    s.add_argument("--alpha", type=float, help="p-value threshold (default 0.2; adf 0.05)")
-    s.add_argument("--maxlags", type=int, help="slope only: HAC lags (default floor(4 (window/100)^(2/9)))")
-    p.add_argument("--every", type=int, help="check every E training steps (default hamming 1, others 100)")
-    p.add_argument("--patience", type=int, help="consecutive passing checks needed (default 1)")
     p.add_argument("--full-trace", action="store_true", help="keep checking after the draw (for plots)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the draw step")
+    add_param_arguments(p)
 
 
 def _detector_params(args) -> dict:
-    method = args.method
-    if method not in DETECTORS:
-        raise EarlyBirdError(f"unknown method {method!r}; choose one of {', '.join(DETECTORS)}")
-    wrong = _STATIONARITY_ONLY + ("maxlags",) if method == "hamming" else _HAMMING_ONLY
-    if method not in ("slope", "hamming"):
-        wrong = wrong + ("maxlags",)
-    for name in wrong:
-        if getattr(args, name) is not None:
-            raise EarlyBirdError(f"--{name} does not apply to --method {method}")
-    names = ("cached", "threshold", "smooth", "window", "alpha", "maxlags", "every", "patience")
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    params = given_params(args)
+    check_applicable(args.method, params)
+    return params
 
 
 def _check_ratios(args, *flags) -> None:
@@ -125,7 +106,7 @@ def _add_hamming_table(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.8])
     p.add_argument("--cached", type=int, nargs="+", default=[5, 50, 100, 500, 2000])
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.01])
-    p.add_argument("--block", choices=BLOCKS, default="msa")
+    p.add_argument("--block", choices=BLOCK_NAMES, default="msa")
     p.add_argument("--scope", choices=SCOPES, default="layerwise")
     p.add_argument("--every", type=int, default=1, help="check every E training steps (default 1)")
     p.add_argument("--csv", action="store_true", help="CSV instead of a markdown table")

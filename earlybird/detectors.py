@@ -22,7 +22,7 @@ import json
 import math
 import warnings
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -70,49 +70,125 @@ def _json_safe(value):
     return value
 
 
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise EarlyBirdError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
+# --------------------------------------------------------------------------- parameters
 
 
-def _probability(name: str, value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise EarlyBirdError(f"{name} must be a number in (0, 1); got {value!r}") from None
-    if not 0.0 < value < 1.0:
-        raise EarlyBirdError(f"{name} must be in (0, 1); got {value!r}")
-    return value
+@dataclass(frozen=True)
+class Param:
+    """One detector parameter, declared next to the detector that takes it.
+
+    Everything else derives from the declaration: the detector's keyword and its validation, the `earlybird detect`
+    option `--<name>`, the training flag `--eb-<name>`, the help texts, and -- for parameters counted in training
+    steps (`steps=True`) -- how the study's values are scaled down to a shorter run.
+    """
+
+    name: str
+    kind: type  # int, float or str
+    default: object
+    help: str
+    minimum: int | None = None  # ints: the smallest valid value
+    interval: str | None = None  # floats: "(0, 1)", "(0, 1]", ...
+    choices: tuple | None = None  # strs
+    optional: bool = False  # None is a valid value (the detector then uses a rule, see its help)
+    steps: bool = False  # counted in training steps: scaled to shorter runs (scaled_params)
+    floor: int = 1  # the smallest value a scaled parameter takes
+
+    def check(self, value):
+        """The validated value; EarlyBirdError naming the parameter and what was expected."""
+        if value is None and self.optional:
+            return None
+        if self.kind is int:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < self.minimum:
+                raise EarlyBirdError(f"{self.name} must be an integer >= {self.minimum}; got {value!r}")
+            return int(value)
+        if self.kind is float:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise EarlyBirdError(f"{self.name} must be a number in {self.interval}; got {value!r}") from None
+            low, high = (float(v) for v in self.interval[1:-1].split(","))
+            above = number >= low if self.interval[0] == "[" else number > low
+            below = number <= high if self.interval[-1] == "]" else number < high
+            if not (above and below):
+                raise EarlyBirdError(f"{self.name} must be in {self.interval}; got {value!r}")
+            return number
+        if value not in self.choices:
+            raise EarlyBirdError(f"{self.name} must be one of {', '.join(map(str, self.choices))}; got {value!r}")
+        return value
+
+    def parse(self, text: str):
+        """A command-line value: 'none' is None for optional parameters."""
+        if self.optional and text.lower() == "none":
+            return None
+        return self.kind(text)
+
+    def describe(self) -> str:
+        return f"{self.help} (default {self.default})"
+
+
+def _param(name, kind, default, help, **more) -> Param:
+    return Param(name, kind, default, help, **more)
+
+
+EVERY = _param("every", int, 1, "check every E training steps", minimum=1)
+PATIENCE = _param("patience", int, 1, "consecutive passing checks needed to draw", minimum=1)
+
+
+def is_check(step: int, previous: int | None, every: int) -> bool:
+    """The check clock shared by every detector (see the module docstring): does observing `step`, after `previous`
+    (None for the first observation), complete a new multiple of `every` training steps?"""
+    before = step - 1 if previous is None else previous
+    return (step + 1) // every > (before + 1) // every
 
 
 class Detector:
-    """Base: step bookkeeping, the check clock, patience and the trace."""
+    """Base: parameters from the declaration, step bookkeeping, the check clock, patience and the trace.
+
+    A detector declares `method` (its registry name), `title` (a format string over its parameters, for reports)
+    and `PARAMS` (its parameters, in the order `params()` reports them), implements `update(step, mask)`, and is
+    added to the registry with `@register`.
+    """
 
     method = ""
-    uses_norm = False  # stationarity detectors consume the mask's nuclear norm only
+    title = ""
+    uses_norm = False  # consumes the mask's nuclear norm only (update_value): masks are reduced before feeding
+    PARAMS: tuple[Param, ...] = (EVERY, PATIENCE)
 
-    def __init__(self, *, every: int, patience: int = 1):
-        self.every = _positive_int("every", every)
-        self.patience = _positive_int("patience", patience)
+    def __init__(self, **params):
+        spec = self.param_spec()
+        unknown = sorted(set(params) - set(spec))
+        if unknown:
+            raise TypeError(f"unexpected parameter {unknown[0]!r} (it takes {', '.join(spec)})")
+        for name, param in spec.items():
+            setattr(self, name, param.check(params.get(name, param.default)))
         self.draw_step: int | None = None
         self.trace: list = []
         self.observed = 0
+        self.checks = 0
         self._previous_step: int | None = None
         self._streak = 0
 
+    @classmethod
+    def param_spec(cls) -> dict[str, Param]:
+        return {p.name: p for p in cls.PARAMS}
+
     def params(self) -> dict:
-        return {"every": self.every, "patience": self.patience}
+        return {name: getattr(self, name) for name in self.param_spec()}
+
+    def describe(self) -> str:
+        """The title with this detector's parameters filled in."""
+        return self.title.format(**self.params())
 
     def _observe_step(self, step) -> bool:
         """Validate the step and say whether it is a check."""
         step = int(step)
-        previous = step - 1 if self._previous_step is None else self._previous_step
         if self._previous_step is not None and step <= self._previous_step:
             raise EarlyBirdError(f"steps must increase: got step {step} after {self._previous_step}")
+        check = is_check(step, self._previous_step, self.every)
         self._previous_step = step
         self.observed += 1
-        return (step + 1) // self.every > (previous + 1) // self.every
+        self.checks += check
+        return check
 
     def _conclude(self, step: int, passed: bool) -> bool:
         self._streak = self._streak + 1 if passed else 0
@@ -123,6 +199,14 @@ class Detector:
 
     def update(self, step: int, mask) -> bool:
         raise NotImplementedError
+
+    def can_test(self, observed: int, checks: int) -> bool:
+        """Whether a check after `observed` observations, the `checks`-th, can run the test (not just warm up)."""
+        return True
+
+    def needs(self) -> tuple[str, str]:
+        """(what a test needs, which parameters to lower): the explanation when it can never test."""
+        return f"a check (every {self.every} steps)", "a smaller every"
 
     def result(self, total_steps: int | None = None, **extra_params) -> DetectionResult:
         return DetectionResult(
@@ -139,6 +223,83 @@ class Detector:
         return detect(records, block=block, ratio=ratio, scope=scope, method=cls.method, **params)
 
 
+DETECTORS: dict[str, type[Detector]] = {}
+
+
+def register(cls: type[Detector]) -> type[Detector]:
+    """Add a detector class to the registry (a class decorator): the CLI, the training flags, EB-Train, the report
+    and the benchmarks all take their detectors from `DETECTORS`."""
+    if not cls.method:
+        raise ValueError(f"{cls.__name__} has no method name")
+    DETECTORS[cls.method] = cls
+    return cls
+
+
+def detector_class(method: str) -> type[Detector]:
+    try:
+        return DETECTORS[method]
+    except (KeyError, TypeError):
+        raise EarlyBirdError(f"unknown method {method!r}; choose one of {', '.join(DETECTORS)}") from None
+
+
+def all_params() -> dict[str, dict[str, Param]]:
+    """{parameter name: {method: its declaration}} over the registry, in declaration order."""
+    table: dict[str, dict[str, Param]] = {}
+    for method, cls in DETECTORS.items():
+        for name, param in cls.param_spec().items():
+            table.setdefault(name, {})[method] = param
+    return table
+
+
+def add_param_arguments(parser, prefix: str = "", flag_prefix: str = "") -> None:
+    """One option per detector parameter of the registry (`--{flag_prefix}{name}`, dest `{prefix}{name}`), grouped by
+    the methods that take it, with help and defaults from the declarations. An option not given leaves no attribute
+    (the method's own default applies), so 'none' can be a value of its own."""
+    import argparse
+
+    groups = {}
+    for name, by_method in all_params().items():
+        methods = tuple(by_method)
+        if methods not in groups:
+            title = "every method" if len(methods) == len(DETECTORS) else ", ".join(methods)
+            groups[methods] = parser.add_argument_group(f"{'EB-Train ' if flag_prefix else ''}detector parameters: {title}")
+        first = next(iter(by_method.values()))
+        defaults = {str(p.default) for p in by_method.values()}
+        default = (defaults.pop() if len(defaults) == 1 else
+                   "; ".join(f"{method} {p.default}" for method, p in by_method.items()))
+        groups[methods].add_argument(f"--{flag_prefix}{name.replace('_', '-')}", dest=f"{prefix}{name}",
+                                     type=first.parse, default=argparse.SUPPRESS, metavar=name.upper(),
+                                     help=f"{first.help} (default {default})")
+
+
+def given_params(args, prefix: str = "") -> dict:
+    """The detector parameters given on the command line (dest `{prefix}{name}`), by name."""
+    return {name: getattr(args, f"{prefix}{name}") for name in all_params() if hasattr(args, f"{prefix}{name}")}
+
+
+def check_applicable(method: str, given: dict, flag=lambda name: f"--{name}", method_flag: str = "--method") -> None:
+    """Refuse a parameter the method does not take, naming the flag (`given`: name -> value)."""
+    spec = detector_class(method).param_spec()
+    for name in given:
+        if name not in spec:
+            raise EarlyBirdError(f"{flag(name)} does not apply to {method_flag} {method}")
+
+
+# The case study's run: ViT-Base fine-tuned on ImageNet-1k for 14,774 steps. Parameters counted in steps (smoothing,
+# windows, check period) were chosen for that length; a shorter run gets them scaled down (never up).
+STUDY_STEPS = 14774
+
+
+def scaled_params(method: str, total_steps: int, scale: bool = True) -> tuple[dict, float]:
+    """The method's step-counted parameters, scaled from the study's run length to `total_steps` (never up), with
+    the declared floors; and the factor (1.0 when the run is as long as the study's or `scale` is off)."""
+    factor = min(1.0, total_steps / STUDY_STEPS) if scale else 1.0
+    params = {name: max(p.floor, int(round(p.default * factor)))
+              for name, p in detector_class(method).param_spec().items() if p.steps}
+    return params, factor
+
+
+@register
 class HammingEB(Detector):
     """You et al. (2020): draw when the newest mask is within ``threshold`` of every cached one.
 
@@ -151,16 +312,13 @@ class HammingEB(Detector):
     """
 
     method = "hamming"
+    title = "Hamming (N={cached}, ε={threshold})"
+    PARAMS = (_param("cached", int, 5, "masks in the FIFO", minimum=2),
+              _param("threshold", float, 0.1, "distance threshold eps", interval="(0, 1]"),
+              EVERY, PATIENCE)
 
-    def __init__(self, *, cached: int = 5, threshold: float = 0.1, every: int = 1, patience: int = 1):
-        super().__init__(every=every, patience=patience)
-        self.cached = _positive_int("cached", cached, minimum=2)
-        try:
-            self.threshold = float(threshold)
-        except (TypeError, ValueError):
-            raise EarlyBirdError(f"threshold must be a number in (0, 1]; got {threshold!r}") from None
-        if not 0.0 < self.threshold <= 1.0:
-            raise EarlyBirdError(f"threshold must be in (0, 1]; got {threshold!r}")
+    def __init__(self, **params):
+        super().__init__(**params)
         self._fifo: np.ndarray | None = None  # (entries, cached) bool ring buffer
         self._distance = np.zeros(self.cached, dtype=np.int64)  # differing entries vs newest
         self._filled = 0
@@ -216,6 +374,34 @@ class HammingEB(Detector):
         return self._conclude(step, passed)
 
 
+    def can_test(self, observed: int, checks: int) -> bool:
+        return checks >= self.cached  # one mask enters the FIFO per check
+
+    def needs(self) -> tuple[str, str]:
+        return (f"cached={self.cached} masks in its FIFO, one per check every {self.every} steps "
+                f"(at least {self.cached * self.every} steps)", "a smaller cached / every")
+
+
+def smooth_series(values, width: int) -> np.ndarray:
+    """The stationarity detectors' smoothing over a whole series: at each step the mean of the last
+    min(width, available) values, each mean an exact `math.fsum` (see StationarityEB)."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.array([_trailing_mean(values[max(0, i + 1 - width):i + 1]) for i in range(len(values))])
+
+
+def _trailing_mean(values) -> float:
+    return math.fsum(values) / len(values)
+
+
+STATIONARITY_PARAMS = (
+    _param("smooth", int, 200, "moving-average length", minimum=1, steps=True, floor=5),
+    _param("window", int, 300, "smoothed values tested", minimum=10, steps=True, floor=30),
+    _param("alpha", float, 0.2, "p-value threshold", interval="(0, 1)"),
+    replace(EVERY, default=100, steps=True, floor=5),
+    PATIENCE,
+)
+
+
 class StationarityEB(Detector):
     """Draw when the smoothed nuclear norm of the mask looks stationary.
 
@@ -229,34 +415,34 @@ class StationarityEB(Detector):
     stationary (no trend): it draws, without calling the test.
     """
 
-    alpha_default = 0.2
     constant_p_value = 1.0
     uses_norm = True
+    PARAMS = STATIONARITY_PARAMS
 
-    def __init__(self, *, smooth: int = 200, window: int = 300, every: int = 100, alpha: float | None = None,
-                 patience: int = 1):
-        super().__init__(every=every, patience=patience)
-        self.smooth = _positive_int("smooth", smooth)
-        self.window = _positive_int("window", window, minimum=10)
-        self.alpha = _probability("alpha", self.alpha_default if alpha is None else alpha)
+    def __init__(self, **params):
+        super().__init__(**params)
         self._raw: deque = deque(maxlen=self.smooth)
         self._smoothed: deque = deque(maxlen=self.window)
 
-    def params(self) -> dict:
-        return {"smooth": self.smooth, "window": self.window, "alpha": self.alpha, **super().params()}
+    def can_test(self, observed: int, checks: int) -> bool:
+        return observed >= self.window  # one smoothed value per observed step
+
+    def needs(self) -> tuple[str, str]:
+        return (f"window={self.window} observed steps and then a check (every {self.every} steps)",
+                "a smaller window / every")
 
     def update(self, step: int, mask) -> bool:
         return self.update_value(step, nuclear_norm(as_numpy(mask)))
 
     def update_value(self, step: int, value: float) -> bool:
         """Feed one step's nuclear norm directly (what ``update`` does after computing it)."""
-        is_check = self._observe_step(step)
+        check = self._observe_step(step)
         value = float(value)
         if not math.isfinite(value):
             raise EarlyBirdError(f"nuclear norm at step {step} is not finite: {value}")
         self._raw.append(value)
-        self._smoothed.append(math.fsum(self._raw) / len(self._raw))
-        if not is_check or len(self._smoothed) < self.window:
+        self._smoothed.append(_trailing_mean(self._raw))
+        if not check or len(self._smoothed) < self.window:
             return False
         window = np.fromiter(self._smoothed, dtype=np.float64, count=self.window)
         if window.min() == window.max():
@@ -286,15 +472,15 @@ def default_maxlags(n: int) -> int:
     return int(math.floor(4.0 * (n / 100.0) ** (2.0 / 9.0)))
 
 
+@register
 class SlopeEB(StationarityEB):
     """OLS of the window on time (0..window-1) with Newey-West (HAC) standard errors; draw when
     the slope's p-value > alpha (0.2). ``maxlags=None`` uses :func:`default_maxlags`."""
 
     method = "slope"
-
-    def __init__(self, *, maxlags: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.maxlags = None if maxlags is None else _positive_int("maxlags", maxlags, minimum=0)
+    title = "sliding-window regression (HAC p-value)"
+    PARAMS = STATIONARITY_PARAMS + (
+        _param("maxlags", int, None, "HAC lags (default: floor(4 (window/100)^(2/9)))", minimum=0, optional=True),)
 
     def params(self) -> dict:
         return {**super().params(), "maxlags": self.maxlags if self.maxlags is not None else default_maxlags(self.window)}
@@ -308,11 +494,13 @@ class SlopeEB(StationarityEB):
         return float(fit.params[1]), float(fit.pvalues[1])
 
 
+@register
 class MannKendallEB(StationarityEB):
     """Mann-Kendall trend test (pymannkendall.original_test); draw when p > alpha (0.2).
     The trace statistic is the test's z."""
 
     method = "mk"
+    title = "Mann-Kendall trend test"
 
     def test(self, window):
         import pymannkendall
@@ -321,26 +509,20 @@ class MannKendallEB(StationarityEB):
         return float(outcome.z), float(outcome.p)
 
 
+@register
 class ADFEB(StationarityEB):
     """Augmented Dickey-Fuller unit-root test (statsmodels adfuller); draw when p < alpha
     (0.05): a rejected unit root means stationary. A constant window gets p = 0.0."""
 
     method = "adf"
-    alpha_default = 0.05
+    title = "ADF unit-root test"
     constant_p_value = 0.0
-
-    def __init__(self, *, regression: str = "c", autolag: str | None = "AIC", maxlag: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        if regression not in ("c", "ct", "ctt", "n"):
-            raise EarlyBirdError(f"regression must be one of c, ct, ctt, n; got {regression!r}")
-        if autolag not in ("AIC", "BIC", "t-stat", None):
-            raise EarlyBirdError(f"autolag must be AIC, BIC, t-stat or None; got {autolag!r}")
-        self.regression = regression
-        self.autolag = autolag
-        self.maxlag = None if maxlag is None else _positive_int("maxlag", maxlag, minimum=0)
-
-    def params(self) -> dict:
-        return {**super().params(), "regression": self.regression, "autolag": self.autolag, "maxlag": self.maxlag}
+    PARAMS = tuple(replace(p, default=0.05) if p.name == "alpha" else p for p in STATIONARITY_PARAMS) + (
+        _param("regression", str, "c", "adfuller's deterministic terms", choices=("c", "ct", "ctt", "n")),
+        _param("autolag", str, "AIC", "adfuller's lag selection (none: maxlag lags)", choices=("AIC", "BIC", "t-stat"),
+               optional=True),
+        _param("maxlag", int, None, "adfuller's largest lag (default: its rule of thumb)", minimum=0, optional=True),
+    )
 
     def passes(self, p_value: float) -> bool:
         return bool(p_value < self.alpha)
@@ -365,20 +547,9 @@ class ADFEB(StationarityEB):
         return float(outcome.statistic), float(outcome.pvalue)
 
 
-DETECTORS = {
-    "hamming": HammingEB,
-    "slope": SlopeEB,
-    "mk": MannKendallEB,
-    "adf": ADFEB,
-}
-
-
 def make_detector(method: str, **params) -> Detector:
     """A fresh detector from the registry; EarlyBirdError for unknown methods or parameters."""
-    try:
-        cls = DETECTORS[method]
-    except (KeyError, TypeError):
-        raise EarlyBirdError(f"unknown method {method!r}; choose one of {', '.join(DETECTORS)}") from None
+    cls = detector_class(method)
     try:
         return cls(**params)
     except TypeError as exc:
@@ -388,26 +559,19 @@ def make_detector(method: str, **params) -> Detector:
 def first_test_step(detector: "Detector", steps) -> int | None:
     """The first of ``steps`` (the observed steps, increasing) at which ``detector`` can run its test, or None.
 
-    A pure function of the detector's parameters (its state is not touched): Hamming tests once its FIFO
-    holds ``cached`` masks (one enters per check); a stationarity detector at the first check once
-    ``window`` smoothed values (one per observed step) exist. None means it can never draw on these steps.
+    A pure function of the detector's parameters (its state is not touched): the check clock, and the detector's
+    own `can_test` (Hamming once its FIFO is full, a stationarity test once it has a window). None means it can
+    never draw on these steps.
     """
     previous = None
     observed = checks = 0
     for step in steps:
         step = int(step)
-        before = step - 1 if previous is None else previous
-        is_check = (step + 1) // detector.every > (before + 1) // detector.every
+        check = is_check(step, previous, detector.every)
         previous = step
         observed += 1
-        checks += is_check
-        if not is_check:
-            continue
-        if isinstance(detector, HammingEB) and checks >= detector.cached:
-            return step
-        if isinstance(detector, StationarityEB) and observed >= detector.window:
-            return step
-        if not isinstance(detector, (HammingEB, StationarityEB)):
+        checks += check
+        if check and detector.can_test(observed, checks):
             return step
     return None
 
@@ -418,13 +582,7 @@ def never_tests_message(detector: "Detector", steps, what: str) -> str | None:
     if first_test_step(detector, steps) is not None:
         return None
     span = f"steps {int(steps[0])}..{int(steps[-1])}" if len(steps) else "no steps"
-    if isinstance(detector, HammingEB):
-        need = (f"cached={detector.cached} masks in its FIFO, one per check every {detector.every} steps "
-                f"(at least {detector.cached * detector.every} steps)")
-        fix = "a smaller cached / every"
-    else:
-        need = f"window={detector.window} observed steps and then a check (every {detector.every} steps)"
-        fix = "a smaller window / every"
+    need, fix = detector.needs()
     return (f"the {detector.method} detector can never test on {what} ({len(steps)} observed, {span}): it needs "
             f"{need}; expected {fix} or a longer run")
 

@@ -14,17 +14,16 @@ Every layer of a block present in the plan has a key (an empty list when nothing
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
+from .blocks import BLOCKS
 from .errors import EarlyBirdError
+from .fileio import write_text_atomic
 from .masks import check_ratio, check_scope, compute_mask
-from .records import Records, _fsync_dir, load_records
-
-PLAN_KEYS = {"pruned_heads": ("msa", "heads"), "pruned_intermediate": ("mlp", "intermediate")}
+from .records import Records, load_records
 
 
 def _pruned_lists(kept: np.ndarray) -> dict:
@@ -42,49 +41,58 @@ def _random_like(kept: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def make_plan(records, step: int, self_ratio: float, inter_ratio: float, self_scope: str = "layerwise",
               inter_scope: str = "layerwise", random_seed: int | None = None) -> dict:
-    """The plan for the masks at recorded training step ``step``.
-
-    ``random_seed`` gives the random baseline: per layer the same number pruned as the real
-    mask at that step, chosen with ``numpy.random.default_rng(random_seed)`` (heads first,
-    then neurons, layer by layer). A ratio of 0 gives empty lists; a ratio > 0 for a block
-    the records lack is an error.
-    """
+    """The plan for the masks at recorded training step ``step`` (see :func:`plan_from_coefficients`)."""
     records = records if isinstance(records, Records) else load_records(records)
-    ratios = {"msa": check_ratio(self_ratio), "mlp": check_ratio(inter_ratio)}
-    scopes = {"msa": check_scope(self_scope), "mlp": check_scope(inter_scope)}
     try:
         step = int(step)
     except (TypeError, ValueError):
         raise EarlyBirdError(f"step must be an integer; got {step!r}") from None
     row = records.index_of_step(step)
+    coefficients = {name: None if getattr(records, name) is None else getattr(records, name)[row] for name in BLOCKS}
+    source = None if records.path is None else str(Path(records.path).resolve())
+    return plan_from_coefficients(coefficients, step, {"msa": self_ratio, "mlp": inter_ratio},
+                                  {"msa": self_scope, "mlp": inter_scope}, random_seed=random_seed, source=source,
+                                  layers=records.layers, meta=records.meta, where=records.path or "the records")
+
+
+def plan_from_coefficients(coefficients: dict, step: int, ratios: dict, scopes: dict, *, random_seed=None,
+                           source: str | None = None, layers: int | None = None, meta: dict | None = None,
+                           where: str = "the coefficients") -> dict:
+    """The plan for one step's coefficients {"msa": (L, H) or None, "mlp": (L, I) or None}.
+
+    ``ratios`` and ``scopes`` are per block. ``random_seed`` gives the random baseline: per layer the same number
+    pruned as the real mask, chosen with ``numpy.random.default_rng(random_seed)`` (heads first, then neurons, layer
+    by layer). A ratio of 0 gives empty lists; a ratio > 0 for a block without coefficients is an error.
+    ``source`` (the records' path) and ``meta`` (the records' meta) go into the provenance.
+    """
+    ratios = {name: check_ratio(ratios[name]) for name in BLOCKS}
+    scopes = {name: check_scope(scopes[name]) for name in BLOCKS}
     rng = None if random_seed is None else np.random.default_rng(random_seed)
-    plan = {"pruned_heads": {}, "pruned_intermediate": {}}
-    for key, (block, _) in PLAN_KEYS.items():
-        coefs = getattr(records, block)
+    plan = {block.plan_key: {} for block in BLOCKS.values()}
+    shape = {"layers": layers}
+    for name, block in BLOCKS.items():
+        coefs = coefficients.get(name)
+        shape[block.shape_key] = None if coefs is None else int(np.shape(coefs)[-1])
         if coefs is None:
-            if ratios[block] > 0:
-                raise EarlyBirdError(f"{records.path or 'the records'} holds no {block} coefficients but its ratio is "
-                                     f"{ratios[block]}; use 0 for a block that was not recorded")
+            if ratios[name] > 0:
+                raise EarlyBirdError(f"{where} holds no {name} coefficients but its ratio is {ratios[name]}; use 0 "
+                                     "for a block that was not recorded")
             continue
-        kept = compute_mask(coefs[row], ratios[block], scopes[block])
+        shape["layers"] = int(np.shape(coefs)[0])
+        kept = compute_mask(coefs, ratios[name], scopes[name])
         if rng is not None:
             kept = _random_like(kept, rng)
-        plan[key] = _pruned_lists(kept)
-    meta = records.meta
-    plan["shape"] = {
-        "layers": records.layers,
-        "heads": None if records.msa is None else int(records.msa.shape[2]),
-        "intermediate": None if records.mlp is None else int(records.mlp.shape[2]),
-    }
+        plan[block.plan_key] = _pruned_lists(kept)
+    plan["shape"] = shape
     plan["provenance"] = {
-        "records": None if records.path is None else str(Path(records.path).resolve()),
-        "step": step,
+        "records": source,
+        "step": int(step),
         "self_ratio": ratios["msa"],
         "inter_ratio": ratios["mlp"],
         "self_scope": scopes["msa"],
         "inter_scope": scopes["mlp"],
         "random_seed": random_seed,
-        "model": {k: v for k, v in meta.items() if k not in ("blocks",)},
+        "model": {k: v for k, v in (meta or {}).items() if k not in ("blocks",)},
     }
     return plan
 
@@ -102,17 +110,10 @@ def save_plan(plan: dict, path) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise EarlyBirdError(f"cannot write {path}: directory {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(format_plan(plan))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_text_atomic(format_plan(plan), path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise EarlyBirdError(f"cannot write {path}: {exc.strerror or exc}") from None
-    _fsync_dir(path.parent)
 
 
 def load_plan(path) -> dict:
@@ -150,14 +151,19 @@ def _is_int(value) -> bool:
 
 
 def validate_plan(plan, where: str = "plan") -> None:
-    """Layer keys are ints in range; indices are ints in range, unique, and never a whole layer."""
+    """Layer keys are ints in range; indices are ints in range, unique, and never a whole layer.
+
+    The one check of a plan's structure: plan files (load_plan, save_plan) and models (slimming.check_plan_fits,
+    which first makes the plan's shape the model's) both go through it.
+    """
     if not isinstance(plan, dict):
         raise EarlyBirdError(f"{where}: a plan must be a JSON object")
     shape = plan.get("shape")
     if not isinstance(shape, dict) or not _is_int(shape.get("layers")) or shape["layers"] < 1:
         raise EarlyBirdError(f"{where}: missing or bad 'shape' (expected {{'layers': L, 'heads': H, 'intermediate': I}})")
     layers = shape["layers"]
-    for key, (_, size_key) in PLAN_KEYS.items():
+    for block in BLOCKS.values():
+        key, size_key = block.plan_key, block.shape_key
         if key not in plan:
             raise EarlyBirdError(f"{where}: missing '{key}'")
         entries = plan[key]
@@ -174,14 +180,16 @@ def validate_plan(plan, where: str = "plan") -> None:
             except (TypeError, ValueError):
                 raise EarlyBirdError(f"{where}: '{key}' has layer key {layer_key!r}; expected an integer") from None
             if str(layer) != str(layer_key).strip() or not 0 <= layer < layers:
-                raise EarlyBirdError(f"{where}: '{key}' has layer key {layer_key!r}; expected an integer in 0..{layers - 1}")
+                raise EarlyBirdError(f"{where}: '{key}' has layer key {layer_key!r}; expected an integer in "
+                                     f"0..{layers - 1} (there is no layer {layer})")
             if not isinstance(indices, list) or not all(_is_int(i) for i in indices):
-                raise EarlyBirdError(f"{where}: '{key}'['{layer_key}'] must be a list of integers")
+                raise EarlyBirdError(f"{where}: '{key}'['{layer_key}'] holds {indices!r}; a plan maps layer numbers "
+                                     "to lists of integers")
             bad = [i for i in indices if not 0 <= i < size]
             if bad:
                 raise EarlyBirdError(f"{where}: '{key}'['{layer_key}'] has index {bad[0]} outside 0..{size - 1}")
             if len(set(indices)) != len(indices):
                 raise EarlyBirdError(f"{where}: '{key}'['{layer_key}'] lists an index twice")
             if len(indices) == size:
-                raise EarlyBirdError(f"{where}: '{key}'['{layer_key}'] prunes all {size} {size_key} of layer {layer}; "
-                                     "at least one must be kept")
+                raise EarlyBirdError(f"{where}: '{key}'['{layer_key}'] prunes all {size} {block.units} of layer "
+                                     f"{layer}; at least one must remain")

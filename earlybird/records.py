@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from . import faults
+from .blocks import BLOCKS
 from .errors import EarlyBirdError
+from .fileio import fsync_dir, named, write_json_atomic
+from .layout import META_FILE, STEPS_FILE, block_file
 
-BLOCKS = ("msa", "mlp")
 FORMAT_NAME = "earlybird-records"
 FORMAT_VERSION = 1
 HEADER_BYTES = 128
-STEPS_FILE = "steps.npy"
-META_FILE = "meta.json"
 
 # The research code's file names; those arrays are layer-major (L, T, n) with no steps file.
 ORIGINAL_FILES = {
@@ -44,7 +44,6 @@ ORIGINAL_FILES = {
     "msa_slimming_coefs.npy": ("msa", "original-pretraining"),
     "mlp_slimming_coefs.npy": ("mlp", "original-pretraining"),
 }
-_SIZE_KEY = {"msa": "heads", "mlp": "neurons"}
 # Rows per slice when scanning for NaN/inf: bounds memory for records of any length.
 _SCAN_ELEMENTS = 1 << 24
 
@@ -124,36 +123,6 @@ def _check_finite(array: np.ndarray, path) -> None:
             raise EarlyBirdError(f"{path}: contains NaN or inf (first at row {bad}); expected finite coefficients")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(obj, path) -> None:
-    """Write JSON to a temporary file, fsync it, and rename it over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:  # disk full...: `path` keeps its previous content
-        tmp.unlink(missing_ok=True)
-        raise _named(err, path) from None
-    _fsync_dir(path.parent)
-
-
 # --------------------------------------------------------------------------- loading
 
 
@@ -218,7 +187,7 @@ class Records:
                 continue
             array = np.asarray(array)
             if array.ndim != 3:
-                raise EarlyBirdError(f"{where}: {name} must be 3-D (steps, layers, {_SIZE_KEY[name]}); got shape {array.shape}")
+                raise EarlyBirdError(f"{where}: {name} must be 3-D (steps, layers, {BLOCKS[name].records_key}); got shape {array.shape}")
             if not np.issubdtype(array.dtype, np.floating):
                 raise EarlyBirdError(f"{where}: {name} must hold floats; got dtype {array.dtype}")
             _check_finite(array, f"{where} ({name})")
@@ -242,17 +211,19 @@ class Records:
         if len(steps) > 1 and not (np.diff(steps) > 0).all():
             raise EarlyBirdError(f"{where}: steps must be strictly increasing")
         steps = steps.astype(np.int64, copy=False)
-        derived = _derived_meta(arrays["msa"], arrays["mlp"])
+        derived = derived_meta(arrays["msa"], arrays["mlp"])
         full_meta = {**derived, **(meta or {}), "blocks": derived["blocks"]}
         return cls(arrays["msa"], arrays["mlp"], steps, full_meta, None if path is None else str(path), layout)
 
 
-def _derived_meta(msa, mlp) -> dict:
+def derived_meta(msa, mlp) -> dict:
+    """What the arrays say about themselves: layers, size per layer of each block, the blocks present. The arrays
+    may be one step (L, n) or a stack (T, L, n)."""
     some = msa if msa is not None else mlp
     return {
-        "layers": int(some.shape[1]),
-        "heads": None if msa is None else int(msa.shape[2]),
-        "neurons": None if mlp is None else int(mlp.shape[2]),
+        "layers": int(some.shape[-2]),
+        "heads": None if msa is None else int(msa.shape[-1]),
+        "neurons": None if mlp is None else int(mlp.shape[-1]),
         "blocks": [n for n, a in (("msa", msa), ("mlp", mlp)) if a is not None],
     }
 
@@ -275,8 +246,8 @@ def _committed_rows(directory: Path) -> tuple[dict, int]:
     """Header infos of an earlybird run directory and its committed row count."""
     infos = {}
     for name in BLOCKS:
-        if (directory / f"{name}.npy").exists():
-            infos[name] = _read_npy_info(directory / f"{name}.npy")
+        if (directory / block_file(name)).exists():
+            infos[name] = _read_npy_info(directory / block_file(name))
     if not infos:
         raise EarlyBirdError(f"{directory}: no msa.npy or mlp.npy")
     steps_path = directory / STEPS_FILE
@@ -289,7 +260,7 @@ def _committed_rows(directory: Path) -> tuple[dict, int]:
     committed = steps_info.shape[0]
     for name, info in infos.items():
         if len(info.shape) != 3:
-            raise EarlyBirdError(f"{info.path}: expected a 3-D array (steps, layers, {_SIZE_KEY[name]}); got shape {info.shape}")
+            raise EarlyBirdError(f"{info.path}: expected a 3-D array (steps, layers, {BLOCKS[name].records_key}); got shape {info.shape}")
         if info.shape[0] < committed:
             # steps.npy's header is written last, so a block can never lag it legitimately.
             raise EarlyBirdError(
@@ -304,12 +275,12 @@ def _load_earlybird_dir(directory: Path, only: str | None = None) -> Records:
     infos, committed = _committed_rows(directory)
     arrays = {name: _map_rows(infos[name], committed) for name in BLOCKS if name in infos and (only in (None, name))}
     if only is not None and only not in arrays:
-        raise EarlyBirdError(f"{directory / (only + '.npy')}: missing file")
+        raise EarlyBirdError(f"{directory / block_file(only)}: missing file")
     meta = _read_meta(directory)
     for name, array in arrays.items():
-        expected = meta.get(_SIZE_KEY[name])
+        expected = meta.get(BLOCKS[name].records_key)
         if expected is not None and array.shape[2] != expected:
-            raise EarlyBirdError(f"{directory / (name + '.npy')}: has {array.shape[2]} {_SIZE_KEY[name]} per layer "
+            raise EarlyBirdError(f"{directory / block_file(name)}: has {array.shape[2]} {BLOCKS[name].records_key} per layer "
                                  f"but meta.json says {expected}")
     steps = _map_rows(infos["steps"], committed)
     return Records.from_arrays(arrays.get("msa"), arrays.get("mlp"), steps, meta, path=str(directory), layout="earlybird")
@@ -321,7 +292,7 @@ def _load_original(files: dict, where: Path) -> Records:
     for name, path in files.items():
         info = _read_npy_info(path)
         if len(info.shape) != 3:
-            raise EarlyBirdError(f"{path}: expected a 3-D layer-major array (layers, steps, {_SIZE_KEY[name]}); "
+            raise EarlyBirdError(f"{path}: expected a 3-D layer-major array (layers, steps, {BLOCKS[name].records_key}); "
                                  f"got shape {info.shape}")
         arrays[name] = _map_rows(info).transpose(1, 0, 2)
         layouts.add(ORIGINAL_FILES[path.name][1])
@@ -345,7 +316,7 @@ def load_records(path) -> Records:
     if not path.exists():
         raise EarlyBirdError(f"missing file or directory: {path}")
     if path.is_dir():
-        if any((path / f"{name}.npy").exists() for name in BLOCKS):
+        if any((path / block_file(name)).exists() for name in BLOCKS):
             return _load_earlybird_dir(path)
         found = {n: path / n for n in ORIGINAL_FILES if (path / n).exists()}
         if found:
@@ -368,7 +339,7 @@ def load_records(path) -> Records:
             return _load_earlybird_dir(path.parent, only=block)
         info = _read_npy_info(path)
         if len(info.shape) != 3:
-            raise EarlyBirdError(f"{path}: expected a 3-D array (steps, layers, {_SIZE_KEY[block]}); got shape {info.shape}")
+            raise EarlyBirdError(f"{path}: expected a 3-D array (steps, layers, {BLOCKS[block].records_key}); got shape {info.shape}")
         kwargs = {block: _map_rows(info)}
         return Records.from_arrays(**kwargs, meta={"steps_note": "no steps.npy; steps are 0..T-1"}, path=str(path))
     raise EarlyBirdError(
@@ -412,7 +383,7 @@ class _AppendableNpy:
             self.file.write(np.ascontiguousarray(data, dtype=self.dtype).tobytes())
             self._sync(self.file)
         except OSError as err:
-            raise _named(err, self.path) from None
+            raise named(err, self.path) from None
         self.rows += data.shape[0]
 
     def write_header(self) -> None:
@@ -421,7 +392,7 @@ class _AppendableNpy:
             self.file.write(_npy_header(self.dtype, (self.rows,) + self.row_shape))
             self._sync(self.file)
         except OSError as err:
-            raise _named(err, self.path) from None
+            raise named(err, self.path) from None
 
     def close(self) -> None:
         self.file.close()
@@ -469,7 +440,7 @@ class CoefficientRecorder:
         self._resumed_from = None
         if not self.active:
             return
-        if any((self.run_dir / f"{n}.npy").exists() for n in BLOCKS) or (self.run_dir / STEPS_FILE).exists():
+        if any((self.run_dir / block_file(n)).exists() for n in BLOCKS) or (self.run_dir / STEPS_FILE).exists():
             if not resume:
                 raise EarlyBirdError(f"{self.run_dir} already holds records; pass resume=True to append to them "
                                      "or choose another directory")
@@ -533,9 +504,9 @@ class CoefficientRecorder:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self._meta(), self.run_dir / META_FILE)
         for name, shape in self._shapes.items():
-            self._files[name] = _AppendableNpy(self.run_dir / f"{name}.npy", self.dtype, shape, 0, True, self.fsync)
+            self._files[name] = _AppendableNpy(self.run_dir / block_file(name), self.dtype, shape, 0, True, self.fsync)
         self._files["steps"] = _AppendableNpy(self.run_dir / STEPS_FILE, np.int64, (), 0, True, self.fsync)
-        _fsync_dir(self.run_dir)
+        fsync_dir(self.run_dir)
 
     # -- public API ---------------------------------------------------------------------
 
@@ -606,7 +577,7 @@ class CoefficientRecorder:
             self._files["steps"].write_header()
         except OSError as err:
             # Disk full, read-only... : the committed rows are untouched (steps.npy's header was not rewritten).
-            self._failed = _named(err, self.run_dir)
+            self._failed = named(err, self.run_dir)
             raise self._failed from None
         self.committed += n
         self.pending = 0
@@ -638,13 +609,6 @@ class CoefficientRecorder:
     def steps_recorded(self) -> int:
         """Rows recorded so far, committed or buffered."""
         return self.committed + self.pending
-
-
-def _named(err: OSError, path) -> OSError:
-    """The same OSError, naming the file when the OS did not (a failed write() names none)."""
-    if getattr(err, "filename", None):
-        return err
-    return OSError(err.errno, err.strerror or str(err), str(path))
 
 
 _RESERVED_META = {"format", "format_version", "layers", "heads", "neurons", "blocks", "every", "dtype", "chunk"}

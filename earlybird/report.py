@@ -16,39 +16,22 @@ Every number in the report is computed here from the files it names.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .detectors import DETECTORS, detect, hamming_table
+from .blocks import BLOCKS
+from .detectors import (DETECTORS, STATIONARITY_PARAMS, STUDY_STEPS, detect, hamming_table, scaled_params,
+                        smooth_series)
 from .errors import EarlyBirdError
+from .fileio import write_text_atomic
+from .layout import REPORT, RUN_KINDS, Run, RunLayout, read_run, records_path
 from .masks import compute_mask, hamming_distance, nuclear_norm
 from .records import Records, load_records
 
-# The case study's run: ViT-Base fine-tuned on ImageNet-1k for 14,774 steps, with a moving average of 200 steps,
-# windows of 300 and a check every 100 steps.
-PAPER_STEPS = 14774
-PAPER_STATIONARITY = {"smooth": 200, "window": 300, "every": 100}
+# The study's Figure 2 table: FIFO sizes x thresholds of the Hamming rule.
 PAPER_HAMMING_GRID = {"cached": (5, 50, 100, 500, 2000), "thresholds": (0.1, 0.01)}
-HAMMING_DEFAULT = {"cached": 5, "threshold": 0.1}
-STATIONARITY_METHODS = ("slope", "mk", "adf")
-METHOD_TITLES = {"hamming": "Hamming (N=5, ε=0.1)", "slope": "sliding-window regression (HAC p-value)",
-                 "mk": "Mann-Kendall trend test", "adf": "ADF unit-root test"}
-# smallest windows the tests are meaningful on (ADF's lag selection needs a few dozen observations)
-MIN_STATIONARITY = {"smooth": 5, "window": 30, "every": 5}
-
-
-def stationarity_params(total_steps: int, scale: bool = True) -> tuple[dict, float]:
-    """The case study's smoothing / window / check period, scaled down to a shorter run (never up).
-
-    Returns (params, factor); factor is 1.0 when the run is as long as the study's or `scale` is off.
-    """
-    factor = min(1.0, total_steps / PAPER_STEPS) if scale else 1.0
-    params = {k: max(MIN_STATIONARITY[k], int(round(v * factor))) for k, v in PAPER_STATIONARITY.items()}
-    return params, factor
 
 
 def _block_steps(records: Records, block: str, per_block: int = 1 << 23):
@@ -74,79 +57,9 @@ def mask_series(records: Records, block: str, ratio: float, scope: str = "layerw
             "norm": np.concatenate(norms)}
 
 
-def moving_average(values: np.ndarray, width: int) -> np.ndarray:
-    """Mean of the last min(width, available) values: the smoothing the stationarity detectors use."""
-    cumulative = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
-    index = np.arange(1, len(values) + 1)
-    start = np.maximum(0, index - width)
-    return (cumulative[index] - cumulative[start]) / (index - start)
-
-
-# --------------------------------------------------------------------------- runs
-
-
-@dataclass
-class Run:
-    """One run directory: what kind of run it is and what it measured."""
-
-    path: Path
-    args: dict = field(default_factory=dict)
-    results: dict = field(default_factory=dict)
-    ebtrain: dict | None = None
-    plan: dict | None = None
-
-    @property
-    def kind(self) -> str:
-        if self.ebtrain is not None or self.args.get("eb_method"):
-            return "ebtrain"
-        if self.args.get("prune_plan") or self.args.get("records"):
-            return "random" if self.args.get("random_prune") is not None else "ticket"
-        if self.args.get("self_slimming") or self.args.get("inter_slimming"):
-            return "slim"
-        return "dense"
-
-    @property
-    def metric(self) -> tuple[str, float | None]:
-        """The run's headline metric: accuracy, or F1 for SQuAD."""
-        for name in ("accuracy", "f1", "exact_match"):
-            if isinstance(self.results.get(name), (int, float)):
-                return name, float(self.results[name])
-        return "accuracy", None
-
-    @property
-    def prune_step(self) -> int | None:
-        provenance = (self.plan or {}).get("provenance", {})
-        step = self.args.get("prune_step", provenance.get("step"))
-        return None if step is None else int(step)
-
-    @property
-    def ratios(self) -> tuple[float, float]:
-        provenance = (self.plan or {}).get("provenance", {})
-        return (float(self.args.get("self_pruning_ratio") or provenance.get("self_ratio") or 0.0),
-                float(self.args.get("inter_pruning_ratio") or provenance.get("inter_ratio") or 0.0))
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        raise EarlyBirdError(f"{path}: unreadable JSON ({err})") from None
-
-
-def load_run(path) -> Run:
-    path = Path(path)
-    if not path.is_dir():
-        raise EarlyBirdError(f"{path}: not a run directory")
-    return Run(path, _read_json(path / "args.json") or {}, _read_json(path / "results.json") or {},
-               _read_json(path / "ebtrain.json"), _read_json(path / "plan.json"))
-
-
-def find_records(path) -> Records:
-    """Records from a run directory (`records/` inside it), a records directory or one `.npy` file."""
-    path = Path(path)
-    return load_records(path / "records" if (path / "records").is_dir() else path)
+def _plots_p_values(method: str) -> bool:
+    """Detectors of the smoothed nuclear norm report a p-value per check (Figures 6 and 9)."""
+    return DETECTORS[method].uses_norm
 
 
 # --------------------------------------------------------------------------- figures
@@ -190,7 +103,7 @@ def plot_coefficients(records: Records, layer: int, out: Path, block: str = "msa
     cols = min(4, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
-    unit = "head" if block == "msa" else "neuron"
+    unit = BLOCKS[block].unit
     for i, ax in enumerate(axes.flat):
         if i >= n:
             ax.axis("off")
@@ -212,7 +125,7 @@ def plot_nuclear_norm(series: dict, smooth: int, out: Path, title: str) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     ax.plot(series["steps"], series["norm"], lw=0.8, color="tab:blue", label="nuclear norm of the masks")
-    ax.plot(series["steps"], moving_average(series["norm"], smooth), lw=1.6, color="black",
+    ax.plot(series["steps"], smooth_series(series["norm"], smooth), lw=1.6, color="black",
             label=f"moving average ({smooth} steps)")
     ax.set_xlabel("training step")
     ax.set_ylabel("nuclear norm")
@@ -224,10 +137,10 @@ def plot_nuclear_norm(series: dict, smooth: int, out: Path, title: str) -> Path:
     return out
 
 
-def plot_pvalues(results: dict, out: Path, title: str) -> Path:
+def plot_pvalues(results: dict, titles: dict, out: Path, title: str) -> Path:
     """Figures 6 / 9: each stationarity test's p-value trace, its threshold, and the steps where it passes."""
     plt = _pyplot()
-    methods = [m for m in STATIONARITY_METHODS if m in results]
+    methods = [m for m in results if _plots_p_values(m)]
     fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.6), squeeze=False)
     for ax, method in zip(axes[0], methods):
         result = results[method]
@@ -243,7 +156,7 @@ def plot_pvalues(results: dict, out: Path, title: str) -> Path:
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("training step")
         ax.set_ylabel("p-value")
-        ax.set_title(METHOD_TITLES[method], fontsize=10)
+        ax.set_title(titles[method], fontsize=10)
         ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
@@ -303,11 +216,30 @@ def ticket_table(tickets: list[Run], total_steps: int, dense: Run | None) -> str
 # --------------------------------------------------------------------------- the report
 
 
-def _classify(runs: list[Run]) -> dict:
-    kinds = {"slim": [], "ticket": [], "random": [], "dense": [], "ebtrain": []}
+def _classify(runs: list[Run], log) -> dict:
+    kinds = {kind: [] for kind in RUN_KINDS}
     for run in runs:
+        if run.kind not in kinds:
+            log(f"report: skipping {run.path}: its results.json names no run kind (an unfinished run, or one made "
+                "before runs wrote their kind)")
+            continue
         kinds[run.kind].append(run)
     return kinds
+
+
+def _holds_records(path: Path) -> bool:
+    """A slimming run directory, a records directory or a records file (not another kind of run)."""
+    run = RunLayout(path)
+    return run.records.is_dir() or path.suffix == ".npy" or (path.is_dir() and not run.is_run())
+
+
+def study_stationarity(total_steps: int, scale: bool = True) -> tuple[dict, dict, dict, float]:
+    """The stationarity detectors' step-counted parameters: (scaled, the study's, the floors, the factor)."""
+    study = {p.name: p.default for p in STATIONARITY_PARAMS if p.steps}
+    floors = {p.name: p.floor for p in STATIONARITY_PARAMS if p.steps}
+    factor = min(1.0, total_steps / STUDY_STEPS) if scale else 1.0
+    scaled = {name: max(floors[name], int(round(value * factor))) for name, value in study.items()}
+    return scaled, study, floors, factor
 
 
 def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str = "layerwise", layer: int = 0,
@@ -318,12 +250,11 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str = "lay
         raise EarlyBirdError("report: give at least one run directory (or records path)")
     records, slim_run, others = None, None, []
     for path in run_dirs:
-        if records is None and ((path / "records").is_dir() or path.suffix == ".npy" or
-                                (path.is_dir() and not (path / "args.json").exists())):
-            records = find_records(path)
-            slim_run = load_run(path) if (path / "args.json").exists() else None
+        if records is None and _holds_records(path):
+            records = load_records(records_path(path))
+            slim_run = read_run(path) if RunLayout(path).is_run() else None
         else:
-            others.append(load_run(path))
+            others.append(read_run(path))
     if records is None:
         raise EarlyBirdError(f"report: none of {', '.join(map(str, run_dirs))} holds coefficient records")
     out_dir = Path(out_dir) if out_dir else (run_dirs[0] if run_dirs[0].is_dir() else run_dirs[0].parent) / "report"
@@ -331,12 +262,12 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str = "lay
     grid = {**PAPER_HAMMING_GRID, **(hamming_grid or {})}
     ratios = tuple(float(r) for r in ratios)
     total = int(records.steps[-1])  # step S is the state after S optimizer updates
-    stationarity, factor = stationarity_params(total, scale)
+    stationarity, study, floors, factor = study_stationarity(total, scale)
     log(f"report: {records.total_steps} recorded steps (last step {total}) from {records.path}")
-    log(f"report: stationarity parameters {stationarity} (the study's {PAPER_STATIONARITY} x {factor:.4f}, "
-        f"run length {total} / {PAPER_STEPS} steps)" if factor < 1 else
+    log(f"report: stationarity parameters {stationarity} (the study's {study} x {factor:.4f}, "
+        f"run length {total} / {STUDY_STEPS} steps)" if factor < 1 else
         f"report: stationarity parameters {stationarity} (the study's)")
-    kinds = _classify(others)
+    kinds = _classify(others, log)
     dense = kinds["dense"][0] if kinds["dense"] else None
     md = [f"# Early-bird report: `{records.path}`", ""]
     md.append(f"Records: {records.total_steps} steps (steps {int(records.steps[0])}..{int(records.steps[-1])}), "
@@ -344,8 +275,8 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str = "lay
               + (f", model `{records.meta.get('model_type')}`" if records.meta.get("model_type") else "") + ".")
     md.append(f"Masks: `{scope}`, importance |coefficient|. Stationarity tests: smooth {stationarity['smooth']}, "
               f"window {stationarity['window']}, check every {stationarity['every']} steps"
-              + (f" — the study's 200 / 300 / 100 scaled by {factor:.4f} = {total} / {PAPER_STEPS} steps "
-                 f"(floors {MIN_STATIONARITY})." if factor < 1 else " (the study's values)."))
+              + (f" — the study's {' / '.join(map(str, study.values()))} scaled by {factor:.4f} = {total} / "
+                 f"{STUDY_STEPS} steps (floors {floors})." if factor < 1 else " (the study's values)."))
     md.append("")
 
     # Figure 2
@@ -373,35 +304,37 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str = "lay
     md += ["## Ticket accuracy by pruning step and ratio (Figure 5)", "",
            ticket_table(kinds["ticket"], total, dense), ""]
     for run in kinds["random"]:
-        md.append(f"Random-pruning baseline ({_ratio_label(run.ratios)}, seed {run.args.get('random_prune')}, "
+        md.append(f"Random-pruning baseline ({_ratio_label(run.ratios)}, seed {run.random_seed}, "
                   f"step {run.prune_step}): {run.metric[0]} {_fmt_metric(run.metric[1])} (`{run.path.name}`).")
     md.append("")
 
     # Figures 6 / 9 and the detector summary
     md += ["## Stationarity tests (Figures 6 and 9)", ""]
+    params = {method: scaled_params(method, total, scale)[0] for method in DETECTORS}
+    titles = {method: cls(**params[method]).describe() for method, cls in DETECTORS.items()}
     detections = {}
     for r in ratios:
         for block in records.blocks:
-            results = {m: detect(records, block, r, scope, m, stop_at_draw=False, **stationarity)
-                       for m in STATIONARITY_METHODS}
-            results["hamming"] = detect(records, block, r, scope, "hamming", **HAMMING_DEFAULT)
+            # every registered detector, with the study's parameters scaled to this run; the full trace of those
+            # whose p-values are plotted
+            results = {m: detect(records, block, r, scope, m, stop_at_draw=not _plots_p_values(m), **params[m])
+                       for m in DETECTORS}
             detections[(block, r)] = results
-            fig_p = plot_pvalues(results, out_dir / f"pvalues_{block}_{int(round(r * 100))}.png",
+            fig_p = plot_pvalues(results, titles, out_dir / f"pvalues_{block}_{int(round(r * 100))}.png",
                                  f"EB identification, {block.upper()} masks, {r:.0%} pruning")
             md += [f"![]({fig_p.name})", ""]
 
-    md += ["## Detector summary", "", _detector_summary(detections, total, kinds, slim_run, dense), ""]
+    md += ["## Detector summary", "", _detector_summary(detections, titles, total, kinds, slim_run, dense), ""]
     if kinds["ebtrain"]:
         md += ["## EB-Train against dense training", "", _ebtrain_table(kinds["ebtrain"], dense, slim_run), ""]
-    report = out_dir / "report.md"
-    tmp = report.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(md) + "\n")
-    tmp.replace(report)
+    report = out_dir / REPORT
+    write_text_atomic("\n".join(md) + "\n", report)
     log(f"report: {report}")
     return report
 
 
-def _detector_summary(detections: dict, total: int, kinds: dict, slim_run: Run | None, dense: Run | None) -> str:
+def _detector_summary(detections: dict, titles: dict, total: int, kinds: dict, slim_run: Run | None,
+                      dense: Run | None) -> str:
     tickets = {(t.prune_step, t.ratios): t for t in kinds["ticket"]}
     flops_per_step = None
     if slim_run is not None and slim_run.results.get("train_flops") and slim_run.results.get("step"):
@@ -409,11 +342,11 @@ def _detector_summary(detections: dict, total: int, kinds: dict, slim_run: Run |
     metric = (kinds["ticket"][0].metric[0] if kinds["ticket"] else "accuracy")
     rows = []
     for (block, ratio), results in detections.items():
-        for method in ("hamming", *STATIONARITY_METHODS):
-            step = results[method].draw_step
+        for method, result in results.items():
+            step = result.draw_step
             ticket = tickets.get((step, (ratio, ratio))) if step is not None else None
             compute = "—" if step is None or flops_per_step is None else f"{flops_per_step * step:.3g}"
-            rows.append([block.upper(), f"{ratio:.0%}", METHOD_TITLES[method], _fmt_step(step), _pct(step, total),
+            rows.append([block.upper(), f"{ratio:.0%}", titles[method], _fmt_step(step), _pct(step, total),
                          _fmt_metric(ticket.metric[1]) if ticket else "—", compute])
     text = markdown_table(["block", "ratio", "detector", "draw step", "% of training", f"ticket {metric}",
                            "training FLOPs until the draw"], rows)
@@ -433,7 +366,7 @@ def _ebtrain_table(runs: list[Run], dense: Run | None, slim_run: Run | None) -> 
         wall = run.results.get("train_wall_s")
         ref_flops = reference.results.get("train_flops") if reference else None
         ref_wall = reference.results.get("train_wall_s") if reference else None
-        rows.append([f"`{run.path.name}`", run.args.get("eb_method"), _fmt_step(eb.get("draw_step")),
+        rows.append([f"`{run.path.name}`", eb.get("method"), _fmt_step(eb.get("draw_step")),
                      _pct(eb.get("draw_step"), eb.get("total_steps")), f"{flops:.3g}" if flops else "—",
                      f"{ref_flops / flops:.2f}×" if flops and ref_flops else "—",
                      f"{wall:.1f}" if wall else "—", f"{ref_wall / wall:.2f}×" if wall and ref_wall else "—",

@@ -18,7 +18,6 @@ goes to `logs/<run>.log`; the terminal shows a progress bar and one line per fin
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -27,10 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-from .detectors import detect
+from .detectors import DETECTORS, detect, scaled_params
 from .errors import EarlyBirdError
+from .layout import STUDY_DRAWS, STUDY_LOGS, STUDY_RUNS, RunLayout
 from .records import load_records
-from .report import HAMMING_DEFAULT, STATIONARITY_METHODS, build_report, stationarity_params
+from .report import build_report, study_stationarity
 
 FRACTIONS = (0.0, 0.04, 0.07, 0.20, 0.44, 0.80)  # of the training steps, as in the study's table
 RATIOS = (0.3, 0.8)
@@ -42,19 +42,14 @@ SMOKE_STEPS = 40
 _entry_main = None
 
 
-def _load_entry(path: str):
-    spec = importlib.util.spec_from_file_location("earlybird_reproduce_entry", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def _worker_init(entry: str, threads: int):
     global _entry_main
     import torch
 
     torch.set_num_threads(threads)
-    _entry_main = _load_entry(entry)
+    from .training.entrypoints import load_entry_point
+
+    _entry_main = load_entry_point(entry).main
 
 
 def _run_one(job: tuple[str, list[str], str]) -> tuple[str, int, float]:
@@ -94,13 +89,13 @@ def run_jobs(pool, jobs: dict[str, list[str]], logs: Path, log) -> None:
                 tail = (logs / f"{name}.log").read_text().strip().splitlines()[-5:]
                 raise EarlyBirdError(f"reproduce: run {name!r} failed (status {status}); its log "
                                      f"{logs / (name + '.log')} ends with: " + " | ".join(tail))
-            result = _read_result(logs.parent / "runs" / name)
+            result = _read_result(logs.parent / STUDY_RUNS / name)
             bar.write(f"  {name:22s} {seconds:5.1f}s  {result}")
 
 
 def _read_result(run: Path) -> str:
     try:
-        results = json.loads((run / "results.json").read_text())
+        results = json.loads(RunLayout(run).results.read_text())
     except (OSError, ValueError):
         return ""
     return f"test accuracy {results['accuracy']:.3f}" if "accuracy" in results else ""
@@ -120,6 +115,12 @@ def ticket_flags(records: Path, step: int, ratio: float) -> list[str]:
             "--inter-pruning-ratio", str(ratio), "--rewind", "init"]
 
 
+def eb_flags(method: str, total: int) -> list[str]:
+    """EB-Train's detector flags for the study's parameters scaled to a run of `total` steps."""
+    return [item for name, value in scaled_params(method, total)[0].items()
+            for item in (f"--eb-{name.replace('_', '-')}", str(value))]
+
+
 def plan_tickets(records, total: int, fractions=FRACTIONS) -> tuple[dict, dict]:
     """(step, ratio) of every ticket: fixed fractions and detector draws; and the detector draws themselves."""
     recorded = [int(s) for s in records.steps]
@@ -129,13 +130,11 @@ def plan_tickets(records, total: int, fractions=FRACTIONS) -> tuple[dict, dict]:
         step = max(first, int(round(fraction * total)))
         for ratio in RATIOS:
             tickets[(step, ratio)] = f"fraction {fraction:.0%}"
-    params, _ = stationarity_params(total)
     draws = {}
     for ratio in RATIOS:
-        draws[("hamming", ratio)] = detect(records, DETECTOR_BLOCK, ratio, "layerwise", "hamming",
-                                           **HAMMING_DEFAULT).draw_step
-        for method in STATIONARITY_METHODS:
-            draws[(method, ratio)] = detect(records, DETECTOR_BLOCK, ratio, "layerwise", method, **params).draw_step
+        for method in DETECTORS:
+            draws[(method, ratio)] = detect(records, DETECTOR_BLOCK, ratio, "layerwise", method,
+                                            **scaled_params(method, total)[0]).draw_step
     for (method, ratio), step in draws.items():
         if step is not None:
             tickets.setdefault((step, ratio), f"{method} draw")
@@ -151,7 +150,7 @@ def reproduce(entry: str, out: Path, data_flags: list[str], *, smoke: bool = Fal
         raise EarlyBirdError(f"--entry {entry}: no such entry point (expected ViT_pretraining/main.py)")
     if out.exists():
         shutil.rmtree(out)
-    runs, logs = out / "runs", out / "logs"
+    runs, logs = out / STUDY_RUNS, out / STUDY_LOGS
     runs.mkdir(parents=True)
     logs.mkdir()
     steps = SMOKE_STEPS if smoke else steps  # None: the entry point's own budget
@@ -164,15 +163,15 @@ def reproduce(entry: str, out: Path, data_flags: list[str], *, smoke: bool = Fal
         slim, dense = runs / "slim", runs / "dense"
         run_jobs(pool, {"slim": [*base, "--output-dir", str(slim), *slimming_flags()],
                         "dense": [*base, "--output-dir", str(dense)]}, logs, log)
-        records = load_records(slim / "records")
+        records = load_records(RunLayout(slim).records)
         total = int(records.steps[-1])
-        params, factor = stationarity_params(total)
+        params, _, _, factor = study_stationarity(total)
         log(f"2/4 detectors on {total} steps: stationarity smooth/window/every = {params['smooth']}/{params['window']}/"
             f"{params['every']} (the study's 200/300/100 x {factor:.4f} = {total}/14774 steps, with floors)")
         tickets, draws = plan_tickets(records, total, fractions)
         for (method, ratio), step in draws.items():
             log(f"  {method:8s} ratio {ratio:.0%}: draw step {step}")
-        (out / "draws.json").write_text(json.dumps(
+        (out / STUDY_DRAWS).write_text(json.dumps(
             {f"{m}@{r}": s for (m, r), s in draws.items()} | {"stationarity_params": params, "scale": factor},
             indent=2))
         log(f"3/4 {len(tickets)} tickets" + (f", {len(RATIOS)} random baselines" if random_baseline else "")
@@ -181,17 +180,16 @@ def reproduce(entry: str, out: Path, data_flags: list[str], *, smoke: bool = Fal
         for (step, ratio), why in sorted(tickets.items()):
             jobs[f"ticket-s{step}-r{int(ratio * 100)}"] = [
                 *base, "--output-dir", str(runs / f"ticket-s{step}-r{int(ratio * 100)}"),
-                *ticket_flags(slim / "records", step, ratio)]
+                *ticket_flags(RunLayout(slim).records, step, ratio)]
         middle = max(int(records.steps[0]), int(round(0.2 * total)))
         for ratio in RATIOS if random_baseline else ():
             name = f"random-s{middle}-r{int(ratio * 100)}"
-            jobs[name] = [*base, "--output-dir", str(runs / name), *ticket_flags(slim / "records", middle, ratio),
+            jobs[name] = [*base, "--output-dir", str(runs / name), *ticket_flags(RunLayout(slim).records, middle, ratio),
                           "--random-prune", str(RANDOM_SEED)]
         if ebtrain:
             jobs["ebtrain-slope"] = [
                 *base, "--output-dir", str(runs / "ebtrain-slope"), *slimming_flags(), "--eb-method", "slope",
-                "--eb-block", DETECTOR_BLOCK, "--eb-smooth", str(params["smooth"]), "--eb-window",
-                str(params["window"]), "--eb-every", str(params["every"]), "--self-pruning-ratio", str(RATIOS[0]),
+                "--eb-block", DETECTOR_BLOCK, *eb_flags("slope", total), "--self-pruning-ratio", str(RATIOS[0]),
                 "--inter-pruning-ratio", str(RATIOS[0])]
         run_jobs(pool, jobs, logs, log)
         pool.close()

@@ -11,7 +11,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .blocks import BLOCKS, MLP, MSA
 from .errors import EarlyBirdError
+from .plans import validate_plan
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -25,23 +27,32 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def _attention(layer: nn.Module) -> nn.Module:
-    return layer.attention if hasattr(layer.attention, "self_slimming_coef") else layer.attention.self
+    """The module holding a layer's heads and their coefficient: ViT's attention, BERT's attention.self."""
+    return layer.attention if hasattr(layer.attention, MSA.coefficient) else layer.attention.self
 
 
 def _ffn(layer: nn.Module) -> nn.Module:
+    """The module holding a layer's intermediate neurons and their coefficient: ViT's mlp, BERT's intermediate."""
     return layer.mlp if hasattr(layer, "mlp") else layer.intermediate
 
 
 def head_coefficients(model: nn.Module) -> list[torch.Tensor]:
     """The per-head coefficient parameters, one per layer (empty when self-slimming is off)."""
-    coefs = [_attention(layer).self_slimming_coef for layer in encoder_layers(model)]
+    coefs = [getattr(_attention(layer), MSA.coefficient) for layer in encoder_layers(model)]
     return [c for c in coefs if c is not None]
 
 
 def neuron_coefficients(model: nn.Module) -> list[torch.Tensor]:
     """The per-neuron coefficient parameters, one per layer (empty when inter-slimming is off)."""
-    coefs = [_ffn(layer).inter_slimming_coef for layer in encoder_layers(model)]
+    coefs = [getattr(_ffn(layer), MLP.coefficient) for layer in encoder_layers(model)]
     return [c for c in coefs if c is not None]
+
+
+def kept_sizes(model: nn.Module) -> dict:
+    """Heads and FFN neurons each layer still has (model_shape gives the unpruned sizes of the config)."""
+    layers = encoder_layers(model)
+    return {MSA.shape_key: [int(_attention(layer).num_attention_heads) for layer in layers],
+            MLP.shape_key: [int(_ffn(layer).intermediate_size) for layer in layers]}
 
 
 def coefficient_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -76,23 +87,21 @@ def model_shape(model: nn.Module) -> dict:
     return {
         "model_type": config.model_type,
         "layers": config.num_hidden_layers,
-        "heads": config.num_attention_heads,
-        "intermediate": config.intermediate_size,
+        MSA.shape_key: config.num_attention_heads,
+        MLP.shape_key: config.intermediate_size,
     }
 
 
-def _int_keyed(mapping: Mapping | None, what: str) -> dict[int, list[int]]:
-    out = {}
-    for key, values in (mapping or {}).items():
-        try:
-            out[int(key)] = [int(v) for v in values]
-        except (TypeError, ValueError) as err:
-            raise EarlyBirdError(f"plan: {what} must map layer numbers to lists of integers ({err}).") from None
-    return out
+def _int_keyed(mapping: Mapping | None) -> dict[int, list[int]]:
+    return {int(key): [int(v) for v in values] for key, values in (mapping or {}).items()}
 
 
 def check_plan_fits(plan: Mapping, model: nn.Module, where: str = "plan"):
-    """Refuse a plan whose model type or layer / head / neuron counts do not fit the model, with one clear message."""
+    """Refuse a plan whose model type or layer / head / neuron counts do not fit the model, with one clear message.
+
+    A plan may leave out what the model says (its shape, a block with nothing pruned); the rest is checked by
+    `plans.validate_plan` against the model's shape.
+    """
     shape = model_shape(model)
     # Plans made from our records name the model they came from: a ViT plan does not go on a BERT.
     meta = (plan.get("provenance") or {}).get("model") or {}
@@ -101,29 +110,25 @@ def check_plan_fits(plan: Mapping, model: nn.Module, where: str = "plan"):
         raise EarlyBirdError(f"{where} came from a {recorded!r} model but this is a {shape['model_type']!r} model: "
                              "records or plan from a different model?")
     declared = plan.get("shape") or {}
-    for key in ("layers", "heads", "intermediate"):
+    for key in ("layers", *(block.shape_key for block in BLOCKS.values())):
         if declared.get(key) is not None and int(declared[key]) != shape[key]:  # None: block not recorded
             raise EarlyBirdError(
                 f"{where} was made for {declared[key]} {key} but the model has {shape[key]} "
                 f"({shape['model_type']}, {shape['layers']} layers x {shape['heads']} heads x "
                 f"{shape['intermediate']} neurons): records or plan from a different model?"
             )
-    for what, limit in (("pruned_heads", shape["heads"]), ("pruned_intermediate", shape["intermediate"])):
-        for layer, indices in _int_keyed(plan.get(what), what).items():
-            if not 0 <= layer < shape["layers"]:
-                raise EarlyBirdError(f"{where}: {what} names layer {layer}; the model has layers 0..{shape['layers'] - 1}.")
-            bad = [i for i in indices if not 0 <= i < limit]
-            if bad:
-                raise EarlyBirdError(f"{where}: {what}[{layer}] has indices {bad[:5]} outside 0..{limit - 1}.")
-            if len(set(indices)) >= limit:
-                raise EarlyBirdError(f"{where}: {what}[{layer}] removes all {limit}; at least one must remain.")
+    # Index sets or tuples are fine for the model's pruning methods; a plan file holds lists.
+    as_lists = {block.plan_key: {key: list(v) if isinstance(v, (tuple, set, frozenset)) else v
+                                 for key, v in (plan.get(block.plan_key) or {}).items()}
+                for block in BLOCKS.values()}
+    validate_plan({**as_lists, "shape": shape}, where)
 
 
 def apply_plan(model: nn.Module, plan: Mapping, where: str = "plan") -> nn.Module:
     """Physically prune `model` in place as the plan says (original numbering) and return it."""
     check_plan_fits(plan, model, where)
-    model.prune_heads(_int_keyed(plan.get("pruned_heads"), "pruned_heads"))
-    model.prune_intermediate(_int_keyed(plan.get("pruned_intermediate"), "pruned_intermediate"))
+    model.prune_heads(_int_keyed(plan.get(MSA.plan_key)))
+    model.prune_intermediate(_int_keyed(plan.get(MLP.plan_key)))
     return model
 
 

@@ -24,18 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SERVER = textwrap.dedent(
     """
-    import importlib.util, json, os, sys, tempfile, traceback
+    import json, os, sys, tempfile, traceback
     import torch
+    from earlybird.training.entrypoints import ENTRY_POINTS, load_entry_point
 
     torch.set_num_threads(1)
     root = sys.argv[1]
-    scripts = {}
-    for name, relative in (("pretrain", "ViT_pretraining/main.py"), ("vit", "Finetuning/run_vit.py"),
-                           ("bert", "Finetuning/run_bert.py")):
-        spec = importlib.util.spec_from_file_location(f"entry_{name}", os.path.join(root, relative))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        scripts[name] = module
+    scripts = {name: load_entry_point(os.path.join(root, relative), f"entry_{name}")
+               for name, relative in ENTRY_POINTS.items()}
     with tempfile.TemporaryDirectory() as warm:  # lazy imports and caches happen here, once
         devnull = os.open(os.devnull, os.O_WRONLY)
         saved = os.dup(1), os.dup(2)

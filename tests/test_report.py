@@ -6,15 +6,10 @@ import numpy as np
 import pytest
 
 from earlybird.cli import main as cli_main
-from earlybird.detectors import detect, hamming_table
+from earlybird.detectors import detect, hamming_table, scaled_params
+from earlybird.detectors import smooth_series as moving_average
 from earlybird.records import CoefficientRecorder
-from earlybird.report import (
-    PAPER_STATIONARITY,
-    build_report,
-    mask_series,
-    moving_average,
-    stationarity_params,
-)
+from earlybird.report import build_report, mask_series
 from earlybird.masks import compute_mask, hamming_distance, nuclear_norm
 from earlybird.records import load_records
 from earlybird.synthetic import synthetic_coefficients
@@ -31,15 +26,18 @@ def slim_run(tmp_path_factory):
         for t in range(STEPS):
             recorder.record(t + 1, msa=msa[t], mlp=mlp[t])
     (run / "args.json").write_text(json.dumps({"self_slimming": True, "inter_slimming": True}))
-    (run / "results.json").write_text(json.dumps({"accuracy": 0.9, "step": STEPS, "train_flops": 6.0e9}))
+    (run / "results.json").write_text(json.dumps({"kind": "slim", "accuracy": 0.9, "step": STEPS,
+                                                  "train_flops": 6.0e9}))
     return run
 
 
-def make_run(root, name, args, results, ebtrain=None):
+def make_run(root, name, kind, results, provenance=None, ebtrain=None):
+    """A finished run as the training loop leaves it: results.json with its kind, plan.json, ebtrain.json."""
     path = root / name
     path.mkdir()
-    (path / "args.json").write_text(json.dumps(args))
-    (path / "results.json").write_text(json.dumps(results))
+    (path / "results.json").write_text(json.dumps({"kind": kind, **results}))
+    if provenance is not None:
+        (path / "plan.json").write_text(json.dumps({"provenance": provenance}))
     if ebtrain is not None:
         (path / "ebtrain.json").write_text(json.dumps(ebtrain))
     return path
@@ -55,12 +53,21 @@ def test_mask_series_matches_the_mask_function(slim_run):
     np.testing.assert_allclose(moving_average(values, 2), [1.0, 1.5, 4.0, 4.5])
 
 
+PAPER_STATIONARITY = {"smooth": 200, "window": 300, "every": 100}  # the study's text
+
+
+def stationarity_params(total, scale=True):
+    return scaled_params("slope", total, scale)
+
+
 def test_stationarity_parameters_scale_down_never_up():
     assert stationarity_params(14774) == (PAPER_STATIONARITY, 1.0)
     assert stationarity_params(30000)[0] == PAPER_STATIONARITY
     params, factor = stationarity_params(1477)
     assert factor == pytest.approx(1477 / 14774) and params == {"smooth": 20, "window": 30, "every": 10}
     assert stationarity_params(1477, scale=False)[0] == PAPER_STATIONARITY
+    assert all(scaled_params(m, 1477) == (params, factor) for m in ("mk", "adf"))
+    assert scaled_params("hamming", 1477)[0] == {}  # nothing of the Hamming rule is counted in steps
 
 
 def test_report_numbers_come_from_the_runs(slim_run, tmp_path):
@@ -70,15 +77,13 @@ def test_report_numbers_come_from_the_runs(slim_run, tmp_path):
     for i, (step, ratio) in enumerate([(24, 0.3), (120, 0.3), (24, 0.8), (120, 0.8)]):
         accuracy = 0.5 + 0.01 * i
         tickets[(step, ratio)] = accuracy
-        make_run(runs, f"ticket-{step}-{ratio}", {"records": str(slim_run / "records"), "prune_step": step,
-                                                   "self_pruning_ratio": ratio, "inter_pruning_ratio": ratio},
-                 {"accuracy": accuracy})
-    make_run(runs, "dense", {}, {"accuracy": 0.777, "train_flops": 6.0e9, "train_wall_s": 10.0})
-    make_run(runs, "random", {"records": "x", "prune_step": 120, "self_pruning_ratio": 0.3,
-                              "inter_pruning_ratio": 0.3, "random_prune": 7}, {"accuracy": 0.4242})
-    make_run(runs, "eb", {"eb_method": "slope", "self_slimming": True}, {"accuracy": 0.8123, "train_flops": 3.0e9,
-                                                                        "train_wall_s": 4.0},
-             ebtrain={"draw_step": 150, "total_steps": STEPS, "flops": {"total": 3.0e9}})
+        make_run(runs, f"ticket-{step}-{ratio}", "ticket", {"accuracy": accuracy},
+                 {"records": str(slim_run / "records"), "step": step, "self_ratio": ratio, "inter_ratio": ratio})
+    make_run(runs, "dense", "dense", {"accuracy": 0.777, "train_flops": 6.0e9, "train_wall_s": 10.0})
+    make_run(runs, "random", "random", {"accuracy": 0.4242},
+             {"records": "x", "step": 120, "self_ratio": 0.3, "inter_ratio": 0.3, "random_seed": 7})
+    make_run(runs, "eb", "ebtrain", {"accuracy": 0.8123, "train_flops": 3.0e9, "train_wall_s": 4.0},
+             ebtrain={"method": "slope", "draw_step": 150, "total_steps": STEPS, "flops": {"total": 3.0e9}})
     report = build_report([slim_run, *sorted(runs.iterdir())], tmp_path / "out", log=lambda _: None)
     text = report.read_text()
     for png in ["hamming_distances.png", "coefficients.png", "pvalues_msa_30.png", "pvalues_mlp_80.png",

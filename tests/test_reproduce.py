@@ -4,7 +4,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from earlybird.report import stationarity_params
+from earlybird.detectors import scaled_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def test_reproduce_smoke(tmp_path):
     # every fixed-fraction ticket and every detector's draw was retrained and is in the report
     draws = json.loads((out / "draws.json").read_text())
     total = 40
-    assert draws["stationarity_params"] == stationarity_params(total)[0]
+    assert draws["stationarity_params"] == scaled_params("slope", total)[0]
     for fraction in (0.0, 0.04, 0.07, 0.20, 0.44, 0.80):
         step = max(1, round(fraction * total))
         for ratio in (30, 80):

@@ -8,6 +8,7 @@ import pytest
 
 from earlybird.errors import EarlyBirdError
 from earlybird.training import args as targs
+from earlybird.training.config import TrainConfig
 from earlybird.training.loop import epoch_permutation, make_scheduler, rank_batches, rank_eval_batches
 from earlybird.training.rundir import RunDir
 
@@ -38,15 +39,15 @@ def parse(*argv):
 ])
 def test_bad_flag_combinations(argv, message):
     with pytest.raises(EarlyBirdError, match=message):
-        targs.check_args(parse(*argv))
+        TrainConfig.from_args(parse(*argv))
 
 
 def test_good_flags_and_detector_parameters():
     args = parse("--self-slimming", "--inter-slimming", "--eb-method", "hamming", "--eb-threshold", "0.05",
                  "--eb-cached", "7", "--inter-pruning-ratio", "0.4", "--eb-block", "mlp", "--save-steps", "3,5")
-    targs.check_args(args)
-    assert targs.eb_params(args) == {"cached": 7, "threshold": 0.05}
-    assert targs.eb_ratio(args) == 0.4  # the watched block's pruning ratio
+    config = TrainConfig.from_args(args)
+    assert dict(config.eb.params) == {"cached": 7, "threshold": 0.05}
+    assert config.eb.ratio(config.pruning) == 0.4  # the watched block's pruning ratio
     assert args.save_steps == [3, 5]
 
 
@@ -96,7 +97,7 @@ def test_run_directory_refuses_to_mix_runs(tmp_path):
     run = RunDir(out)
     run.check(resume=False, overwrite=False)  # nothing there yet
     run.open(overwrite=False)
-    run.write_json("args.json", {"a": 1})
+    run.write_json(run.args, {"a": 1})
     (out / "notes.txt").write_text("mine")
     with pytest.raises(EarlyBirdError, match="in use by another run"):
         RunDir(out).open(overwrite=False)
@@ -120,9 +121,9 @@ def test_checkpoints_rotate_and_metrics_truncate(tmp_path):
         run.commit_checkpoint(step, keep=2)
     run.checkpoint_tmp(20).mkdir()  # a kill mid-save leaves a temporary directory
     assert run.latest_checkpoint().name == "step-15"
-    assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == [".tmp-step-20", "step-10", "step-15"]
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == [".tmp-step-20", "step-10", "step-15"]
     run.clean_temporaries()
-    assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == ["step-10", "step-15"]
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["step-10", "step-15"]
     for step in (5, 10, 15):
         run.append_metrics({"step": step})
     with open(tmp_path / "metrics.jsonl", "a") as f:

@@ -6,14 +6,14 @@ Imported by the other test_training_* / test_data_* modules; its own tests check
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from earlybird.training.entrypoints import load_entry_point
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("good great fine nice love happy bad awful poor sad hate boring movie film plot actor the a is was it "
@@ -22,13 +22,7 @@ WORDS = ("good great fine nice love happy bad awful poor sad hate boring movie f
 
 def load_script(relative: str, name: str):
     """Import an entry-point script (Finetuning/run_vit.py, ...) by path, to call its main(argv) in-process."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_entry_point(ROOT / relative, name)
 
 
 @contextlib.contextmanager

@@ -1,8 +1,9 @@
 """The flags every entry point shares, declared once: `common_parser()` is an argparse *parent*.
 
-Entry points build `EntryParser(prog=..., parents=[common_parser()])`, add their own model/data
-flags, and call `check_args(args)` before touching data or models, so bad input fails in one line
-(`<prog>: error: ...`, exit code 2) before anything starts.
+Entry points build `EntryParser(prog=..., parents=[common_parser()])` and add their own model/data flags; the
+runner turns the shared flags into typed configs (`earlybird.training.config.TrainConfig.from_args`) before touching
+data or models, so bad input fails in one line (`<prog>: error: ...`, exit code 2) before anything starts. The
+EB-Train detector flags (`--eb-<parameter>`) are derived from the detectors' own declarations.
 """
 
 from __future__ import annotations
@@ -10,20 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import EarlyBirdError
-from ..masks import SCOPES, check_ratio
-
-EB_METHODS = ("hamming", "slope", "mk", "adf")
-# Detector parameters: flag dest -> (detector keyword, methods that take it).
-EB_PARAMS = {
-    "eb_cached": ("cached", ("hamming",)),
-    "eb_threshold": ("threshold", ("hamming",)),
-    "eb_smooth": ("smooth", ("slope", "mk", "adf")),
-    "eb_window": ("window", ("slope", "mk", "adf")),
-    "eb_alpha": ("alpha", ("slope", "mk", "adf")),
-    "eb_every": ("every", EB_METHODS),
-    "eb_patience": ("patience", EB_METHODS),
-}
+from ..blocks import BLOCK_NAMES
+from ..detectors import DETECTORS, add_param_arguments
+from ..masks import SCOPES
 
 
 class EntryParser(argparse.ArgumentParser):
@@ -104,8 +94,9 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--prune-step", type=int, default=None, help="the recorded step whose masks are used")
     g.add_argument("--self-pruning-ratio", type=float, default=0.0, help="fraction of heads pruned, in [0, 1)")
     g.add_argument("--inter-pruning-ratio", type=float, default=0.0, help="fraction of FFN neurons pruned, in [0, 1)")
-    g.add_argument("--self-pruning-method", choices=SCOPES, default="layerwise")
-    g.add_argument("--inter-pruning-method", choices=SCOPES, default="layerwise")
+    g.add_argument("--self-pruning-scope", "--self-pruning-method", choices=SCOPES, default="layerwise",
+                   help="layerwise: the same fraction of every layer; global: the smallest over all layers")
+    g.add_argument("--inter-pruning-scope", "--inter-pruning-method", choices=SCOPES, default="layerwise")
     g.add_argument("--random-prune", type=int, default=None, metavar="SEED",
                    help="random baseline: the same number pruned per layer, chosen at random")
     g.add_argument("--rewind", choices=("init", "none"), default="init",
@@ -116,117 +107,17 @@ def common_parser() -> argparse.ArgumentParser:
                         "<records>/../snapshots/step-S with --rewind none)")
 
     g = p.add_argument_group("EB-Train: draw the early bird online and prune in place")
-    g.add_argument("--eb-method", choices=EB_METHODS, default=None)
-    g.add_argument("--eb-block", choices=("msa", "mlp", "both"), default="msa",
+    g.add_argument("--eb-method", choices=tuple(DETECTORS), default=None)
+    g.add_argument("--eb-block", choices=(*BLOCK_NAMES, "both"), default="msa",
                    help="coefficients the detector watches (both: draw when both have drawn)")
     g.add_argument("--eb-ratio", type=float, default=None,
                    help="pruning ratio of the detector's masks (default: the block's pruning ratio, else 0.3)")
     g.add_argument("--eb-scope", choices=SCOPES, default="layerwise")
-    g.add_argument("--eb-cached", type=int, default=None, help="hamming: masks in the FIFO (default 5)")
-    g.add_argument("--eb-threshold", type=float, default=None, help="hamming: distance threshold (default 0.1)")
-    g.add_argument("--eb-smooth", type=int, default=None, help="slope/mk/adf: moving-average length (default 200)")
-    g.add_argument("--eb-window", type=int, default=None, help="slope/mk/adf: smoothed values tested (default 300)")
-    g.add_argument("--eb-alpha", type=float, default=None, help="slope/mk/adf: p-value threshold")
-    g.add_argument("--eb-every", type=int, default=None, help="check every E steps (default hamming 1, others 100)")
-    g.add_argument("--eb-patience", type=int, default=None, help="consecutive passing checks (default 1)")
+    add_param_arguments(p, prefix="eb_", flag_prefix="eb-")
 
     # Test-only: stop abruptly after this step, as a kill would (no flush, no final files).
     p.add_argument("--debug-crash-at-step", type=int, default=None, help=argparse.SUPPRESS)
     return p
-
-
-def ticket_mode(args) -> bool:
-    return bool(args.prune_plan or args.records)
-
-
-def eb_params(args) -> dict:
-    """The detector keywords the user set (the rest keep the detector's defaults)."""
-    return {kw: getattr(args, dest) for dest, (kw, _) in EB_PARAMS.items() if getattr(args, dest) is not None}
-
-
-def check_args(args) -> None:
-    """Cheap consistency checks of the shared flags; EarlyBirdError names the flag."""
-    def positive(name, value, minimum=1):
-        if value is not None and value < minimum:
-            raise EarlyBirdError(f"--{name} must be >= {minimum}, got {value}")
-
-    positive("max-steps", args.max_steps)
-    if args.max_steps is None and not args.num_train_epochs > 0:
-        raise EarlyBirdError(f"--num-train-epochs must be > 0, got {args.num_train_epochs}")
-    for name in ("per-device-train-batch-size", "per-device-eval-batch-size", "gradient-accumulation-steps",
-                 "record-every", "record-chunk", "logging-steps", "keep-checkpoints"):
-        positive(name, getattr(args, name.replace("-", "_")))
-    for name in ("eval-every", "checkpoint-every", "save-every", "dataloader-num-workers"):
-        positive(name, getattr(args, name.replace("-", "_")), 0)
-    positive("max-train-samples", args.max_train_samples)
-    positive("max-eval-samples", args.max_eval_samples)
-    for name in ("learning-rate", "weight-decay", "l1-self", "l1-inter", "max-grad-norm"):
-        if getattr(args, name.replace("-", "_")) < 0:
-            raise EarlyBirdError(f"--{name} must be >= 0, got {getattr(args, name.replace('-', '_'))}")
-    if not 0.0 <= args.warmup_ratio < 1.0:
-        raise EarlyBirdError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
-    if args.resume and args.overwrite_output_dir:
-        raise EarlyBirdError("--resume and --overwrite-output-dir contradict each other; pick one")
-    if args.l1_self and not args.self_slimming:
-        raise EarlyBirdError("--l1-self needs --self-slimming (there are no head coefficients to penalise)")
-    if args.l1_inter and not args.inter_slimming:
-        raise EarlyBirdError("--l1-inter needs --inter-slimming (there are no neuron coefficients to penalise)")
-    for name in ("self-pruning-ratio", "inter-pruning-ratio"):
-        try:
-            check_ratio(getattr(args, name.replace("-", "_")))
-        except EarlyBirdError as err:
-            raise EarlyBirdError(f"--{name}: {err}") from None
-
-    if ticket_mode(args):
-        if args.prune_plan and args.records:
-            raise EarlyBirdError("--prune-plan and --records are two ways to name the pruning; give one")
-        if args.records and args.prune_step is None:
-            raise EarlyBirdError("--records needs --prune-step (the recorded step whose masks are used)")
-        if args.prune_plan and (args.prune_step is not None or args.random_prune is not None):
-            raise EarlyBirdError("--prune-step and --random-prune go with --records; a --prune-plan is used as is")
-        if args.eb_method:
-            raise EarlyBirdError("--eb-method (EB-Train) cannot be combined with --prune-plan/--records")
-    else:
-        for flag, value in (("--prune-step", args.prune_step), ("--random-prune", args.random_prune),
-                            ("--init-checkpoint", args.init_checkpoint)):
-            if value is not None:
-                raise EarlyBirdError(f"{flag} needs --records or --prune-plan")
-
-    if args.eb_method:
-        blocks = ("msa", "mlp") if args.eb_block == "both" else (args.eb_block,)
-        need = {"msa": ("self_slimming", "--self-slimming"), "mlp": ("inter_slimming", "--inter-slimming")}
-        for block in blocks:
-            if not getattr(args, need[block][0]):
-                raise EarlyBirdError(f"--eb-block {args.eb_block} watches the {block} coefficients: "
-                                     f"pass {need[block][1]}")
-        if args.self_pruning_ratio > 0 and not args.self_slimming:
-            raise EarlyBirdError("--self-pruning-ratio > 0 in EB-Train needs --self-slimming")
-        if args.inter_pruning_ratio > 0 and not args.inter_slimming:
-            raise EarlyBirdError("--inter-pruning-ratio > 0 in EB-Train needs --inter-slimming")
-        if args.self_pruning_ratio == 0 and args.inter_pruning_ratio == 0:
-            raise EarlyBirdError("EB-Train prunes in place when it draws: give --self-pruning-ratio and/or "
-                                 "--inter-pruning-ratio > 0")
-        if args.eb_ratio is not None:
-            try:
-                check_ratio(args.eb_ratio)
-            except EarlyBirdError as err:
-                raise EarlyBirdError(f"--eb-ratio: {err}") from None
-        for dest, (_, methods) in EB_PARAMS.items():
-            if getattr(args, dest) is not None and args.eb_method not in methods:
-                raise EarlyBirdError(f"--{dest.replace('_', '-')} does not apply to --eb-method {args.eb_method}")
-    else:
-        set_eb = [dest for dest in EB_PARAMS if getattr(args, dest) is not None]
-        if set_eb or args.eb_ratio is not None:
-            flag = "--" + (set_eb[0] if set_eb else "eb_ratio").replace("_", "-")
-            raise EarlyBirdError(f"{flag} needs --eb-method")
-
-
-def eb_ratio(args) -> float:
-    """The detector's mask ratio: --eb-ratio, else the watched block's pruning ratio, else 0.3."""
-    if args.eb_ratio is not None:
-        return args.eb_ratio
-    ratio = args.inter_pruning_ratio if args.eb_block == "mlp" else args.self_pruning_ratio
-    return ratio if ratio > 0 else 0.3
 
 
 def fail(prog: str, message: str, print_it: bool = True) -> int:

@@ -18,48 +18,44 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..detectors import OnlineEarlyBird
+from ..blocks import BLOCKS
+from ..detectors import OnlineEarlyBird, is_check, never_tests_message
 from ..errors import EarlyBirdError
-from ..plans import make_plan
-from ..records import Records
-from .args import eb_params, eb_ratio
+from ..plans import plan_from_coefficients
+from ..records import derived_meta
+from .config import EBConfig, PruningConfig
 
 
 class EBTrain:
-    def __init__(self, args, num_processes: int = 1):
-        blocks = ("msa", "mlp") if args.eb_block == "both" else (args.eb_block,)
-        self.blocks = blocks
-        self.ratio = eb_ratio(args)
-        self.detector = OnlineEarlyBird(block=blocks, ratio=self.ratio, scope=args.eb_scope,
-                                        method=args.eb_method, **eb_params(args))
+    def __init__(self, eb: EBConfig, pruning: PruningConfig, record_every: int = 1, num_processes: int = 1):
+        self.config = eb
+        self.pruning = pruning
+        self.record_every = record_every
+        self.blocks = eb.blocks
+        self.ratio = eb.ratio(pruning)
+        self.detector = OnlineEarlyBird(block=self.blocks, ratio=self.ratio, scope=eb.eb_scope, method=eb.eb_method,
+                                        **eb.params)
         self.every = next(iter(self.detector.detectors.values())).every
-        self.args = args
         self.num_processes = num_processes
         self._steps: list[int] = []
-        self._buffer: dict[str, list] = {b: [] for b in ("msa", "mlp")}
+        self._buffer: dict[str, list] = {b: [] for b in BLOCKS}
         self._last_observed: int | None = None
         self.draw_step: int | None = None
         self.draw_coefficients: dict | None = None
 
     def check_budget(self, total_steps: int) -> None:
         """Refuse, before training, a detector that could never test in this run (e.g. a window longer than it)."""
-        from ..detectors import never_tests_message
-
-        observed = range(self.args.record_every, total_steps + 1, self.args.record_every)
+        observed = range(self.record_every, total_steps + 1, self.record_every)
         for block, detector in self.detector.detectors.items():
             message = never_tests_message(detector, observed, f"this run's {total_steps} steps "
-                                                              f"(recorded every {self.args.record_every})")
+                                                              f"(recorded every {self.record_every})")
             if message:
-                raise EarlyBirdError(f"--eb-method {self.args.eb_method}: {message} (--eb-window, --eb-cached, "
-                                     "--eb-every)")
+                raise EarlyBirdError(f"--eb-method {self.config.eb_method}: {message} (the --eb- flags of those "
+                                     "parameters)")
 
     @property
     def drawn(self) -> bool:
         return self.draw_step is not None
-
-    def _is_check(self, step: int) -> bool:
-        previous = step - 1 if self._last_observed is None else self._last_observed
-        return (step + 1) // self.every > (previous + 1) // self.every
 
     def observe(self, step: int, msa, mlp) -> bool:
         """Buffer one step's coefficients (device tensors); True at the step the early bird is drawn."""
@@ -68,7 +64,7 @@ class EBTrain:
         self._steps.append(int(step))
         self._buffer["msa"].append(msa)
         self._buffer["mlp"].append(mlp)
-        check = self._is_check(step)
+        check = is_check(step, self._last_observed, self.every)
         self._last_observed = int(step)
         # A cap keeps the buffer bounded whatever `every` is; feeding early changes nothing but timing.
         if check or len(self._steps) >= 1024:
@@ -82,9 +78,9 @@ class EBTrain:
         if drew:
             row = steps.index(self.detector.draw_step)
             self.draw_coefficients = {b: None if self._buffer[b][row] is None else
-                                      self._buffer[b][row].float().cpu().numpy() for b in ("msa", "mlp")}
+                                      self._buffer[b][row].float().cpu().numpy() for b in BLOCKS}
         drew = self._agree(drew)
-        self._steps, self._buffer = [], {b: [] for b in ("msa", "mlp")}
+        self._steps, self._buffer = [], {b: [] for b in BLOCKS}
         return drew
 
     def _agree(self, drew: bool) -> bool:
@@ -119,20 +115,17 @@ class EBTrain:
 
     def plan(self, shape: dict, meta: dict) -> dict:
         """The in-place pruning plan from the draw step's coefficients."""
-        arrays = {b: (self.draw_coefficients or {}).get(b) for b in ("msa", "mlp")}
-        records = Records.from_arrays(
-            msa=None if arrays["msa"] is None else arrays["msa"][None],
-            mlp=None if arrays["mlp"] is None else arrays["mlp"][None],
-            steps=np.array([self.draw_step], dtype=np.int64), meta=meta)
-        plan = make_plan(records, self.draw_step, self.args.self_pruning_ratio, self.args.inter_pruning_ratio,
-                         self.args.self_pruning_method, self.args.inter_pruning_method)
+        coefficients = {name: (self.draw_coefficients or {}).get(name) for name in BLOCKS}
+        meta = {**derived_meta(coefficients.get("msa"), coefficients.get("mlp")), **meta}
+        plan = plan_from_coefficients(coefficients, self.draw_step, self.pruning.ratios, self.pruning.scopes,
+                                      layers=shape["layers"], meta=meta)
         plan["shape"] = {**shape, **{k: v for k, v in plan["shape"].items() if v is not None}}
-        plan["provenance"]["ebtrain"] = {"method": self.args.eb_method, "block": self.args.eb_block,
-                                         "ratio": self.ratio, "scope": self.args.eb_scope}
+        plan["provenance"]["ebtrain"] = {"method": self.config.eb_method, "block": self.config.eb_block,
+                                         "ratio": self.ratio, "scope": self.config.eb_scope}
         return plan
 
     def summary(self) -> dict:
         results = {b: self.detector.result(b).to_dict() for b in self.blocks}
-        return {"method": self.args.eb_method, "block": self.args.eb_block, "ratio": self.ratio,
-                "scope": self.args.eb_scope, "params": next(iter(results.values()))["params"],
+        return {"method": self.config.eb_method, "block": self.config.eb_block, "ratio": self.ratio,
+                "scope": self.config.eb_scope, "params": next(iter(results.values()))["params"],
                 "draw_step": self.draw_step, "detectors": results}

@@ -32,56 +32,52 @@ from torch.utils.data import DataLoader
 from .. import faults
 from ..errors import EarlyBirdError
 from ..records import CoefficientRecorder, load_records
-from ..slimming import (apply_plan, encoder_flops_per_token, encoder_layers, fold_slimming, l1_penalty, model_shape,
+from ..layout import CheckpointLayout
+from ..slimming import (apply_plan, encoder_flops_per_token, fold_slimming, kept_sizes, l1_penalty, model_shape,
                         read_coefficients)
+from .config import RunConfig, TrainConfig
 from .rundir import RunDir, write_failure
-
-
-def kept_sizes(model) -> dict:
-    """Heads and FFN neurons each layer still has (model_shape gives the unpruned sizes of the config)."""
-    heads, neurons = [], []
-    for layer in encoder_layers(model):
-        attention = layer.attention if hasattr(layer.attention, "num_attention_heads") else layer.attention.self
-        ffn = layer.mlp if hasattr(layer, "mlp") else layer.intermediate
-        heads.append(int(attention.num_attention_heads))
-        neurons.append(int(ffn.intermediate_size))
-    return {"heads": heads, "intermediate": neurons}
 
 
 class SimulatedCrash(RuntimeError):
     """Raised by the test-only --debug-crash-at-step: the run stops as a kill would (nothing flushed)."""
 
 
-def step_budget(args, n_train: int, world: int) -> tuple[int, int, int]:
+def step_budget(run: RunConfig, n_train: int, world: int) -> tuple[int, int, int]:
     """(global micro-batch, micro-batches per epoch, optimizer steps in total) of a run.
 
     EarlyBirdError when the training set cannot fill one global batch (an empty data set included):
     the runner calls this before the run directory is touched.
     """
-    global_micro = args.per_device_train_batch_size * world
+    global_micro = run.per_device_train_batch_size * world
     batches_per_epoch = n_train // global_micro
     if batches_per_epoch == 0:
         what = "is empty" if n_train == 0 else f"has {n_train} examples, fewer than one global batch"
         raise EarlyBirdError(
-            f"the training set {what} ({global_micro} = {args.per_device_train_batch_size} per device x {world} "
+            f"the training set {what} ({global_micro} = {run.per_device_train_batch_size} per device x {world} "
             "processes); expected at least one global batch")
-    total = args.max_steps or max(1, math.ceil(args.num_train_epochs * batches_per_epoch / args.gradient_accumulation_steps))
+    total = run.max_steps or max(1, math.ceil(run.num_train_epochs * batches_per_epoch / run.gradient_accumulation_steps))
     return global_micro, batches_per_epoch, total
 
 
 def read_checkpoint_state(checkpoint: Path) -> dict:
     """state.json of a checkpoint (EarlyBirdError naming it when unreadable)."""
-    path = Path(checkpoint) / "state.json"
+    path = CheckpointLayout(checkpoint).state
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise EarlyBirdError(f"--resume: {path} is not readable ({err}); expected a complete checkpoint") from None
 
 
-def check_resumable(state: dict, args, world: int) -> None:
+def global_batch(run: RunConfig, world: int) -> list:
+    """[per-device batch, processes, accumulation]: a checkpoint's data order is a function of it."""
+    return [run.per_device_train_batch_size, world, run.gradient_accumulation_steps]
+
+
+def check_resumable(state: dict, run: RunConfig, world: int) -> None:
     """A resume must keep the global batch: the data order is a function of it."""
     saved = state.get("global_batch")
-    now = [args.per_device_train_batch_size, world, args.gradient_accumulation_steps]
+    now = global_batch(run, world)
     if saved != now:
         raise EarlyBirdError(
             f"--resume: the checkpoint was made with per-device batch x processes x accumulation = {saved}, "
@@ -91,7 +87,7 @@ def check_resumable(state: dict, args, world: int) -> None:
 # --------------------------------------------------------------------------- optimizer and schedule
 
 
-def make_optimizer(model, args) -> torch.optim.Optimizer:
+def make_optimizer(model, run: RunConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms and slimming coefficients (decay would fight the L1)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -101,8 +97,8 @@ def make_optimizer(model, args) -> torch.optim.Optimizer:
             no_decay.append(param)
         else:
             decay.append(param)
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.learning_rate)
+    groups = [{"params": decay, "weight_decay": run.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=run.learning_rate)
 
 
 def make_scheduler(optimizer, kind: str, warmup: int, total: int):
@@ -168,9 +164,11 @@ def _set_rng_state(state: dict) -> None:
 
 
 class Trainer:
-    def __init__(self, args, accelerator, run: RunDir, task, model, *, ebtrain=None, resume_from: Path | None = None,
-                 record: bool = True, log=print):
-        self.args = args
+    def __init__(self, config: TrainConfig, accelerator, run: RunDir, task, model, *, ebtrain=None,
+                 resume_from: Path | None = None, record: bool = True, source: str | None = None, log=print):
+        self.config = config
+        self.cfg = cfg = config.run
+        self.slimming = config.slimming
         self.accelerator = accelerator
         self.run = run
         self.task = task
@@ -180,14 +178,14 @@ class Trainer:
         self.rank = accelerator.process_index
         self.is_main = accelerator.is_main_process
 
-        self.global_micro, self.batches_per_epoch, self.total_steps = step_budget(args, len(task.train_dataset),
+        self.global_micro, self.batches_per_epoch, self.total_steps = step_budget(cfg, len(task.train_dataset),
                                                                                  self.world)
 
         self.step = 0
         self.micro = 0  # micro-batches consumed (global count, the same on every process)
         self.flops = {"before_draw": 0.0, "after_draw": 0.0}
         self.wall = {"before_draw": 0.0, "after_draw": 0.0}
-        self.schedule = {"start": 0, "warmup": round(args.warmup_ratio * self.total_steps), "total": self.total_steps}
+        self.schedule = {"start": 0, "warmup": round(cfg.warmup_ratio * self.total_steps), "total": self.total_steps}
         self.draw_state: dict | None = None
         self._resume_running = [0.0, 0]
 
@@ -200,32 +198,33 @@ class Trainer:
             self.draw_state = state.get("draw")
 
         self.model = model
-        self.optimizer = make_optimizer(model, args)
-        self.scheduler = make_scheduler(self.optimizer, args.lr_scheduler, self.schedule["warmup"], self.schedule["total"])
+        self.optimizer = make_optimizer(model, cfg)
+        self.scheduler = make_scheduler(self.optimizer, cfg.lr_scheduler, self.schedule["warmup"], self.schedule["total"])
         if resume_from is not None:
-            self.optimizer.load_state_dict(torch.load(resume_from / "optimizer.pt", weights_only=False))
-            self.scheduler.load_state_dict(torch.load(resume_from / "scheduler.pt", weights_only=False))
+            saved = CheckpointLayout(resume_from)
+            self.optimizer.load_state_dict(torch.load(saved.optimizer, weights_only=False))
+            self.scheduler.load_state_dict(torch.load(saved.scheduler, weights_only=False))
         self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
-        if resume_from is not None and accelerator.scaler is not None and (resume_from / "scaler.pt").exists():
-            accelerator.scaler.load_state_dict(torch.load(resume_from / "scaler.pt", weights_only=False))
+        if resume_from is not None and accelerator.scaler is not None and CheckpointLayout(resume_from).scaler.exists():
+            accelerator.scaler.load_state_dict(torch.load(CheckpointLayout(resume_from).scaler, weights_only=False))
 
         self.recorder = None
         if record and any(c is not None for c in self._coefficients()):
             self.recorder = CoefficientRecorder(
-                run.records_dir, every=args.record_every, chunk=args.record_chunk, is_main_process=self.is_main,
+                run.records, every=self.slimming.record_every, chunk=self.slimming.record_chunk, is_main_process=self.is_main,
                 resume=resume_from is not None,
                 meta={"model_type": self.unwrapped.config.model_type, "flags": self._slimming_flags(),
-                      "model": model_shape(self.unwrapped), "task": task.name, "seed": args.seed,
-                      "model_name_or_path": getattr(args, "model_name_or_path", None)})
+                      "model": model_shape(self.unwrapped), "task": task.name, "seed": cfg.seed,
+                      "model_name_or_path": source})
         if ebtrain is not None and resume_from is not None:
             if self.draw_state is not None:
                 ebtrain.draw_step = self.draw_state["step"]
             else:
-                ebtrain.replay(load_records(run.records_dir), self.step)
+                ebtrain.replay(load_records(run.records), self.step)
         self._flops_cache: dict[int, int] = {}
         self._resume_rng = None
         if resume_from is not None:
-            own = torch.load(resume_from / f"rng-{self.rank}.pt", weights_only=False)
+            own = torch.load(CheckpointLayout(resume_from).rng(self.rank), weights_only=False)
             self._resume_rng, self._resume_running = own["rng"], own["running_loss"]
 
     # -- helpers --------------------------------------------------------------------------
@@ -251,7 +250,7 @@ class Trainer:
         return {k: bool(getattr(config, k, False)) for k in ("self_slimming", "inter_slimming", "slim_before", "soft_by_one")}
 
     def _check_resumable(self, state: dict) -> None:
-        check_resumable(state, self.args, self.world)
+        check_resumable(state, self.cfg, self.world)
 
     def _step_flops(self, batch: dict) -> float:
         """Training FLOPs of one micro-batch on all processes: 3 x forward (forward + backward), from shapes."""
@@ -263,19 +262,19 @@ class Trainer:
 
     def _micro_batches(self):
         """Endless micro-batches for this process, from micro-batch `self.micro` on (epochs roll over)."""
-        args = self.args
+        cfg = self.cfg
         n = len(self.task.train_dataset)
         while True:
             epoch, offset = divmod(self.micro, self.batches_per_epoch)
             if hasattr(self.task.train_dataset, "set_epoch"):
                 self.task.train_dataset.set_epoch(epoch)
-            perm = epoch_permutation(n, args.seed, epoch)
-            sampler = list(rank_batches(perm, offset, self.batches_per_epoch, args.per_device_train_batch_size,
+            perm = epoch_permutation(n, cfg.seed, epoch)
+            sampler = list(rank_batches(perm, offset, self.batches_per_epoch, cfg.per_device_train_batch_size,
                                         self.world, self.rank))
             # Its own generator: creating the iterator must not draw from the global RNG (resume exactness).
             loader = DataLoader(self.task.train_dataset, batch_sampler=sampler, collate_fn=self.task.collate_fn,
-                                num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available(),
-                                generator=torch.Generator().manual_seed(args.seed + epoch))
+                                num_workers=cfg.dataloader_num_workers, pin_memory=torch.cuda.is_available(),
+                                generator=torch.Generator().manual_seed(cfg.seed + epoch))
             for batch in loader:
                 yield batch
 
@@ -296,9 +295,9 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         loader = DataLoader(eval_set.dataset, collate_fn=eval_set.collate_fn,
-                            batch_sampler=list(rank_eval_batches(n, self.args.per_device_eval_batch_size,
+                            batch_sampler=list(rank_eval_batches(n, self.cfg.per_device_eval_batch_size,
                                                                  self.world, self.rank)),
-                            num_workers=self.args.dataloader_num_workers)
+                            num_workers=self.cfg.dataloader_num_workers)
         gathered = defaultdict(list)
         for batch in loader:
             batch = to_device(batch, self.accelerator.device)
@@ -317,8 +316,7 @@ class Trainer:
     def _state(self) -> dict:
         return {"step": self.step, "micro": self.micro, "total_steps": self.total_steps, "flops": self.flops,
                 "wall": self.wall, "schedule": self.schedule, "draw": self.draw_state,
-                "global_batch": [self.args.per_device_train_batch_size, self.world,
-                                 self.args.gradient_accumulation_steps]}
+                "global_batch": global_batch(self.cfg, self.world)}
 
     def save_checkpoint(self) -> None:
         """Atomic: everything goes to checkpoints/.tmp-step-S, is fsynced, and is renamed to step-S when complete.
@@ -330,6 +328,7 @@ class Trainer:
         if self.recorder is not None:
             self.recorder.flush()  # the records cover the checkpoint, so a resume leaves no gap
         tmp = self.run.checkpoint_tmp(self.step)
+        files = CheckpointLayout(tmp)
         try:
             if self.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -337,15 +336,15 @@ class Trainer:
             acc.wait_for_everyone()
             # Per process: its RNG state and its share of the loss since the last log line.
             torch.save({"rng": _rng_state(), "running_loss": [float(self._running_loss.item()), self._running_count]},
-                       tmp / f"rng-{self.rank}.pt")
+                       files.rng(self.rank))
             if self.is_main:
-                self.unwrapped.save_pretrained(tmp / "model")
-                faults.hit("checkpoint-save", tmp / "optimizer.pt")
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+                self.unwrapped.save_pretrained(files.model)
+                faults.hit("checkpoint-save", files.optimizer)
+                torch.save(self.optimizer.state_dict(), files.optimizer)
+                torch.save(self.scheduler.state_dict(), files.scheduler)
                 if acc.scaler is not None:
-                    torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
-                (tmp / "state.json").write_text(json.dumps(self._state(), indent=2))
+                    torch.save(acc.scaler.state_dict(), files.scaler)
+                files.state.write_text(json.dumps(self._state(), indent=2))
             acc.wait_for_everyone()
         except Exception as err:  # torch.save / safetensors report a full disk as RuntimeError & co
             failure = write_failure(err, tmp)  # (measures the free space before the clean-up below)
@@ -353,7 +352,7 @@ class Trainer:
                 shutil.rmtree(tmp, ignore_errors=True)  # frees the space; nothing refers to it
             raise failure from None
         if self.is_main:
-            self.run.commit_checkpoint(self.step, self.args.keep_checkpoints)
+            self.run.commit_checkpoint(self.step, self.cfg.keep_checkpoints)
         acc.wait_for_everyone()
 
     def save_weights(self, path: Path) -> None:
@@ -375,10 +374,6 @@ class Trainer:
             tmp.rename(path)
         self.accelerator.wait_for_everyone()
 
-    def _snapshot_due(self, step: int) -> bool:
-        args = self.args
-        return step in args.save_steps or bool(args.save_every and step % args.save_every == 0)
-
     # -- EB-Train ------------------------------------------------------------------------------
 
     def _prune_in_place(self) -> dict:
@@ -398,31 +393,31 @@ class Trainer:
         del self.model, self.optimizer
         acc.free_memory()
         remaining = self.total_steps - self.step
-        self.schedule = {"start": self.step, "warmup": round(self.args.warmup_ratio * remaining), "total": remaining}
-        optimizer = make_optimizer(model, self.args)
-        self.scheduler = make_scheduler(optimizer, self.args.lr_scheduler, self.schedule["warmup"], remaining)
+        self.schedule = {"start": self.step, "warmup": round(self.cfg.warmup_ratio * remaining), "total": remaining}
+        optimizer = make_optimizer(model, self.cfg)
+        self.scheduler = make_scheduler(optimizer, self.cfg.lr_scheduler, self.schedule["warmup"], remaining)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self._flops_cache.clear()
-        self.run.write_json("plan.json", plan)
+        self.run.write_json(self.run.plan, plan)
         self.draw_state = {"step": self.step, "shape_before": before, "shape_after": kept_sizes(model)}
         return plan
 
     # -- the loop --------------------------------------------------------------------------
 
     def fit(self) -> None:
-        args, acc = self.args, self.accelerator
+        cfg, slimming, acc = self.cfg, self.slimming, self.accelerator
         from tqdm.auto import tqdm
 
         if self.step == 0 and self.recorder is not None:
-            self.save_weights(self.run.init_dir)  # step-0 weights: what `--rewind init` starts tickets from
-        if self._snapshot_due(0):
-            self.save_weights(self.run.snapshot_dir(0))
+            self.save_weights(self.run.init)  # step-0 weights: what `--rewind init` starts tickets from
+        if self.cfg.snapshot_due(0):
+            self.save_weights(self.run.snapshot(0))
         if self._resume_rng is not None:
             _set_rng_state(self._resume_rng)  # last, after everything that may draw random numbers
-        progress = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main or args.disable_tqdm,
+        progress = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main or cfg.disable_tqdm,
                         desc=self.task.name, dynamic_ncols=True)
         batches = self._micro_batches()
-        accum = args.gradient_accumulation_steps
+        accum = cfg.gradient_accumulation_steps
         # The loss since the last log line, summed on the device (read only when logging). A checkpoint
         # carries it, so a resumed run logs the same numbers as an uninterrupted one.
         self._running_loss = torch.full((), float(self._resume_running[0]), device=acc.device)
@@ -438,13 +433,13 @@ class Trainer:
                 sync = nullcontext() if i == accum - 1 else acc.no_sync(self.model)
                 with sync:
                     loss = self._loss(batch)
-                    penalty = l1_penalty(self.unwrapped, args.l1_self, args.l1_inter)
+                    penalty = l1_penalty(self.unwrapped, slimming.l1_self, slimming.l1_inter)
                     acc.backward((loss + penalty) / accum)
                 self._running_loss += loss.detach().float()
                 self._running_count += 1
                 self.micro += 1
-            if args.max_grad_norm:
-                acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+            if cfg.max_grad_norm:
+                acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
             if not acc.optimizer_step_was_skipped:  # fp16 overflow: the schedule does not advance either
                 self.scheduler.step()
@@ -456,7 +451,7 @@ class Trainer:
 
             # Coefficients: recorded and watched on the device (the recorder buffers, the detector chunks).
             if self.recorder is not None or (self.ebtrain is not None and not self.ebtrain.drawn):
-                if self.step % args.record_every == 0:
+                if self.step % slimming.record_every == 0:
                     msa, mlp = read_coefficients(self.unwrapped)
                     if self.recorder is not None and self.step > self.recorder.last_step:
                         self.recorder.record(self.step, msa, mlp)
@@ -472,7 +467,7 @@ class Trainer:
                         self.log(f"EB-Train: early bird drawn at step {self.step}; pruned in place to "
                                  f"{self.draw_state['shape_after']}")
 
-            if self.step % args.logging_steps == 0 or self.step == self.total_steps:
+            if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
                 mean_loss = acc.reduce(self._running_loss, "mean").item() / max(self._running_count, 1)
                 self._running_loss.zero_()
                 self._running_count = 0
@@ -481,17 +476,17 @@ class Trainer:
                          "epoch": self.micro / self.batches_per_epoch, "elapsed": self._elapsed(tic)}
                 self._log_line(entry)
                 progress.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
-            if args.eval_every and self.step % args.eval_every == 0 and self.step != self.total_steps:
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step != self.total_steps:
                 self._log_line({"type": "eval", "split": "validation", "step": self.step,
                                 "elapsed": self._elapsed(tic), **self.evaluate("validation")})
-            if self._snapshot_due(self.step):
-                self.save_weights(self.run.snapshot_dir(self.step))
-            if args.checkpoint_every and self.step % args.checkpoint_every == 0:
+            if self.cfg.snapshot_due(self.step):
+                self.save_weights(self.run.snapshot(self.step))
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 now = time.perf_counter()
                 self.wall[phase] += now - tic
                 tic = now
                 self.save_checkpoint()
-            if args.debug_crash_at_step is not None and self.step == args.debug_crash_at_step:
+            if cfg.debug_crash_at_step is not None and self.step == cfg.debug_crash_at_step:
                 progress.close()
                 raise SimulatedCrash(f"stopped at step {self.step} (--debug-crash-at-step)")
         self.wall[phase] += time.perf_counter() - tic

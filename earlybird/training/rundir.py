@@ -1,20 +1,7 @@
-"""The run directory: args.json, metrics.jsonl, results, snapshots and atomic, resumable checkpoints.
+"""The run directory's life cycle: the lock, the checks before a run starts, atomic JSON and resumable checkpoints.
 
-    <output-dir>/
-      .lock                 held by the main process while a run is going (flock; it holds the owner's pid): a
-                            second run is refused, a lock left by a dead run is taken over
-      args.json             the flags of the run (rewritten at each start, resumes included)
-      metrics.jsonl         one JSON object per log / evaluation line
-      results.json          the final evaluation
-      plan.json             the pruning plan used (ticket runs) or made at the draw (EB-Train)
-      ebtrain.json          EB-Train summary: draw step, compute before / after it
-      init/                 step-0 weights (slimming runs): `--rewind init` starts tickets from them
-      records/              slimming coefficients (earlybird.records format)
-      snapshots/step-S/     weights after S steps (--save-steps / --save-every): `--rewind none`
-      checkpoints/step-S/   resumable state: model/, optimizer.pt, scheduler.pt, rng-<rank>.pt, state.json
-      final/                the trained model (save_pretrained), with its tokenizer / image processor
-
-Only the main process writes, except each process's RNG state in a checkpoint.
+Its layout (every file name) is `earlybird.layout`; `RunDir` adds what the training run does with it. Only the main
+process writes, except each process's RNG state in a checkpoint.
 """
 
 from __future__ import annotations
@@ -28,57 +15,13 @@ from pathlib import Path
 
 from .. import faults
 from ..errors import EarlyBirdError
-from ..records import _fsync_dir, write_json_atomic
-
-# What a run writes: what --overwrite-output-dir removes (nothing else in the directory is touched).
-RUN_ENTRIES = ("args.json", "metrics.jsonl", "results.json", "plan.json", "ebtrain.json", "init", "records",
-               "snapshots", "checkpoints", "final")
-CHECKPOINT_PREFIX = "step-"
-LOCK_FILE = ".lock"
-TEMPORARY_PREFIXES = (".tmp-", ".old-")  # half-written and half-removed checkpoints: never resumed from
-
-
-def step_dir_name(step: int) -> str:
-    return f"{CHECKPOINT_PREFIX}{int(step)}"
-
-
-def _step_of(path: Path) -> int | None:
-    name = path.name
-    if not name.startswith(CHECKPOINT_PREFIX):
-        return None
-    try:
-        return int(name[len(CHECKPOINT_PREFIX):])
-    except ValueError:
-        return None
-
-
-def list_step_dirs(parent: Path) -> dict[int, Path]:
-    """{step: directory} of the complete `step-S` directories under parent (temporary ones are skipped)."""
-    if not parent.is_dir():
-        return {}
-    found = {}
-    for path in parent.iterdir():
-        step = _step_of(path)
-        if step is not None and path.is_dir():
-            found[step] = path
-    return dict(sorted(found.items()))
-
-
-def fsync_tree(path: Path) -> None:
-    """fsync every file under `path`, then the directories: the data is on disk before a rename publishes it."""
-    for root, dirs, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as handle:
-                os.fsync(handle.fileno())
-    for root, dirs, _ in os.walk(path, topdown=False):
-        for name in dirs:
-            _fsync_dir(Path(root) / name)
-    _fsync_dir(path)
+from ..fileio import fsync_dir, fsync_tree, named, write_json_atomic
+from ..layout import RUN_ENTRIES, TEMPORARY_PREFIXES, RunLayout, list_step_dirs
 
 
 def _remove_tree(path: Path) -> None:
     """Rename out of the way (atomic), then delete: a kill half-way never leaves a partial step-S behind."""
-    trash = path.with_name(f".old-{path.name}")
+    trash = path.with_name(f"{TEMPORARY_PREFIXES[1]}{path.name}")
     shutil.rmtree(trash, ignore_errors=True)
     os.replace(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
@@ -91,7 +34,7 @@ def write_failure(err: BaseException, path: Path) -> OSError:
     as SafetensorError from save_pretrained: those are turned into an OSError saying so, with the free space.
     """
     if isinstance(err, OSError):
-        return err if err.filename else OSError(err.errno, err.strerror or str(err), str(path))
+        return named(err, path)
     reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
     probe = path
     while not probe.exists() and probe != probe.parent:
@@ -115,46 +58,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class RunDir:
+class RunDir(RunLayout):
     def __init__(self, path, *, is_main_process: bool = True):
-        self.path = Path(path)
+        super().__init__(path)
         self.is_main = is_main_process
         self._lock_file = None
         self.stale_lock: str | None = None  # a message when the lock of a dead run was taken over
 
-    # -- layout ---------------------------------------------------------------------------
-
-    @property
-    def records_dir(self) -> Path:
-        return self.path / "records"
-
-    @property
-    def init_dir(self) -> Path:
-        return self.path / "init"
-
-    @property
-    def final_dir(self) -> Path:
-        return self.path / "final"
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def snapshots_dir(self) -> Path:
-        return self.path / "snapshots"
-
-    def snapshot_dir(self, step: int) -> Path:
-        return self.snapshots_dir / step_dir_name(step)
-
-    def latest_checkpoint(self) -> Path | None:
-        found = list_step_dirs(self.checkpoints_dir)
-        return found[max(found)] if found else None
-
     # -- life cycle -------------------------------------------------------------------------
-
-    def holds_run(self) -> bool:
-        return self.path.is_dir() and any((self.path / e).exists() for e in RUN_ENTRIES)
 
     def check(self, *, resume: bool, overwrite: bool) -> None:
         """Refuse to mix runs, and an output directory that cannot be written (all processes call it).
@@ -168,12 +79,12 @@ class RunDir:
         holder = self.lock_holder()
         if holder is not None:
             raise EarlyBirdError(f"--output-dir {self.path} is in use by another run (pid {holder} holds "
-                                 f"{self.path / LOCK_FILE}); wait for it to finish or stop it first")
+                                 f"{self.lock}); wait for it to finish or stop it first")
         if resume:
             if self.latest_checkpoint() is None:
                 why = ("it holds a run stopped before its first checkpoint: start it over with --overwrite-output-dir"
                        if self.holds_run() else "save them with --checkpoint-every N")
-                raise EarlyBirdError(f"--resume: no checkpoint in {self.checkpoints_dir} ({why})")
+                raise EarlyBirdError(f"--resume: no checkpoint in {self.checkpoints} ({why})")
         elif self.holds_run() and not overwrite:
             raise EarlyBirdError(f"--output-dir {self.path} already holds a run; pass --resume to continue it "
                                  "or --overwrite-output-dir to start over")
@@ -197,7 +108,7 @@ class RunDir:
         """The pid (as written in the lock file) of the live process holding the lock; None when it is free."""
         import fcntl
 
-        path = self.path / LOCK_FILE
+        path = self.lock
         if not path.is_file():
             return None
         try:
@@ -232,7 +143,7 @@ class RunDir:
         import fcntl
 
         # "a+": opening must not truncate the pid of a live owner before we know we hold the lock.
-        self._lock_file = open(self.path / LOCK_FILE, "a+")
+        self._lock_file = open(self.lock, "a+")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -241,13 +152,13 @@ class RunDir:
             self._lock_file.close()
             self._lock_file = None
             raise EarlyBirdError(f"--output-dir {self.path} is in use by another run (pid {holder} holds "
-                                 f"{self.path / LOCK_FILE}); wait for it to finish or stop it first") from None
+                                 f"{self.lock}); wait for it to finish or stop it first") from None
         self._lock_file.seek(0)
         previous = self._lock_file.read().strip()
         if previous and previous != str(os.getpid()):
             state = ("no longer running" if not previous.isdigit() or not _pid_alive(int(previous))
                      else "running but not holding the lock")
-            self.stale_lock = (f"took over the stale lock {self.path / LOCK_FILE} of pid {previous} ({state}: "
+            self.stale_lock = (f"took over the stale lock {self.lock} of pid {previous} ({state}: "
                                "a run that was killed)")
         self._lock_file.seek(0)
         self._lock_file.truncate()
@@ -267,19 +178,20 @@ class RunDir:
 
     # -- files --------------------------------------------------------------------------------
 
-    def write_json(self, name: str, obj) -> None:
+    def write_json(self, path: Path, obj) -> None:
+        """Main process: `obj` to one of this run's files (e.g. `self.results`), atomically."""
         if self.is_main:
-            write_json_atomic(obj, self.path / name)
+            write_json_atomic(obj, path)
 
     def append_metrics(self, entry: dict) -> None:
         if not self.is_main:
             return
-        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
+        with open(self.metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry, sort_keys=True) + "\n")
 
     def truncate_metrics(self, after_step: int) -> None:
         """On resume: drop the lines a killed run wrote after the checkpoint (they are about to be redone)."""
-        path = self.path / "metrics.jsonl"
+        path = self.metrics
         if not self.is_main or not path.exists():
             return
         kept = []
@@ -290,34 +202,31 @@ class RunDir:
                 continue
             if entry.get("step", 0) <= after_step:
                 kept.append(line)
-        tmp = path.with_name(".metrics.jsonl.tmp")
+        tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         os.replace(tmp, path)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
-    def checkpoint_tmp(self, step: int) -> Path:
-        return self.checkpoints_dir / f".tmp-{step_dir_name(step)}"
-
     def commit_checkpoint(self, step: int, keep: int) -> Path:
         """Main process: fsync the finished temporary directory, rename it into place, then drop the oldest."""
         tmp = self.checkpoint_tmp(step)
-        final = self.checkpoints_dir / step_dir_name(step)
+        final = self.checkpoint(step)
         fsync_tree(tmp)
         if final.exists():
             _remove_tree(final)
         os.replace(tmp, final)
-        _fsync_dir(self.checkpoints_dir)
+        fsync_dir(self.checkpoints)
         faults.hit("checkpoint-commit", final)
-        found = list_step_dirs(self.checkpoints_dir)
+        found = list_step_dirs(self.checkpoints)
         for old in list(found)[:-keep]:
             _remove_tree(found[old])
         return final
 
     def clean_temporaries(self) -> None:
         """Main process: remove half-written (or half-removed) checkpoints a kill left behind."""
-        if not self.is_main or not self.checkpoints_dir.is_dir():
+        if not self.is_main or not self.checkpoints.is_dir():
             return
-        for path in self.checkpoints_dir.iterdir():
+        for path in self.checkpoints.iterdir():
             if path.name.startswith(TEMPORARY_PREFIXES):
                 shutil.rmtree(path, ignore_errors=True)

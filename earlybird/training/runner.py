@@ -11,17 +11,15 @@ import sys
 import time
 
 from ..errors import EarlyBirdError
-from ..slimming import encoder_layers, model_shape
-from .args import check_args, fail, ticket_mode
+from ..blocks import BLOCKS
+from ..layout import STEPS_FILE, CheckpointLayout, block_file
+from ..slimming import encoder_layers, kept_sizes, model_shape
+from .args import fail
+from .config import TrainConfig
 from .ebtrain import EBTrain
-from .loop import SimulatedCrash, Trainer, check_resumable, kept_sizes, read_checkpoint_state, step_budget
+from .loop import SimulatedCrash, Trainer, check_resumable, read_checkpoint_state, step_budget
 from .rundir import RunDir
 from .tickets import build_ticket, resolve_plan, weights_dir
-
-
-def slimming_flags(args) -> dict:
-    return {"self_slimming": args.self_slimming, "inter_slimming": args.inter_slimming,
-            "slim_before": args.slim_before, "soft_by_one": args.soft_by_one}
 
 
 def _cpu_processes() -> bool:
@@ -92,7 +90,7 @@ def _io_failure(prog: str, err: OSError, rundir, trainer) -> int:
         from ..records import load_records
 
         try:
-            steps = load_records(rundir.records_dir).steps
+            steps = load_records(rundir.records).steps
             intact.append(f"records to step {int(steps[-1])}" if len(steps) else "no records yet")
         except Exception:  # no records in this run
             pass
@@ -111,11 +109,12 @@ def run(prog: str, args, build_task) -> int:
     trainer = None
     opened = False
     try:
-        check_args(args)
+        config = TrainConfig.from_args(args)
+        cfg = config.run
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
-        accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=_cpu_processes())
+        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=_cpu_processes())
         is_main = accelerator.is_main_process
         _quiet_libraries(is_main)
 
@@ -127,64 +126,67 @@ def run(prog: str, args, build_task) -> int:
             print(f"{prog}: note: `accelerate launch --cpu --num_processes N` starts one process with accelerate 1.15;"
                   " for N CPU processes run `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N`"
                   " (see docs/training.md)", file=sys.stderr, flush=True)
-        rundir = RunDir(args.output_dir, is_main_process=is_main)
-        rundir.check(resume=args.resume, overwrite=args.overwrite_output_dir)
-        resume_from = rundir.latest_checkpoint() if args.resume else None
+        rundir = RunDir(cfg.output_dir, is_main_process=is_main)
+        rundir.check(resume=cfg.resume, overwrite=cfg.overwrite_output_dir)
+        resume_from = rundir.latest_checkpoint() if cfg.resume else None
         # Every process must look at the directory before the main process writes to it (a failed check
         # fails on all processes alike, so no process is left waiting here).
         accelerator.wait_for_everyone()
-        plan = resolve_plan(args) if ticket_mode(args) and resume_from is None else None
+        plan = resolve_plan(config.ticket, config.pruning) if config.ticket.enabled and resume_from is None else None
 
-        set_seed(args.seed)
+        set_seed(cfg.seed)
         task = build_task(args, accelerator)
         if resume_from is not None:
-            model = task.model_class.from_pretrained(resume_from / "model")
+            model = task.model_class.from_pretrained(CheckpointLayout(resume_from).model)
             log(f"resuming from {resume_from}")
         elif plan is not None:
-            source = weights_dir(args, plan)
-            model = build_ticket(task.model_class, source, plan, where=args.prune_plan or f"--records {args.records}",
-                                 slimming={k: v for k, v in slimming_flags(args).items() if v})
+            source = weights_dir(config.ticket, plan)
+            model = build_ticket(task.model_class, source, plan, where=config.ticket.where,
+                                 slimming={k: v for k, v in config.slimming.model_flags.items() if v})
             log(f"ticket: {kept_sizes(model)} from {source}")
         else:
-            model = task.build_model(slimming_flags(args))
+            model = task.build_model(config.slimming.model_flags)
 
         # The last checks that need the data and the model, still before the run directory is touched.
-        _, _, total_steps = step_budget(args, len(task.train_dataset), accelerator.num_processes)
+        _, _, total_steps = step_budget(cfg, len(task.train_dataset), accelerator.num_processes)
         check_model_fits_data(task, model)
-        ebtrain = EBTrain(args, accelerator.num_processes) if args.eb_method else None
-        if ebtrain is not None:
+        ebtrain = None
+        if config.eb.enabled:
+            ebtrain = EBTrain(config.eb, config.pruning, config.slimming.record_every, accelerator.num_processes)
             ebtrain.check_budget(total_steps)
         if resume_from is not None:  # what the resume will read: its global batch, and records it can append to
-            check_resumable(read_checkpoint_state(resume_from), args, accelerator.num_processes)
-            if any((rundir.records_dir / name).exists() for name in ("msa.npy", "mlp.npy", "steps.npy")):
+            check_resumable(read_checkpoint_state(resume_from), cfg, accelerator.num_processes)
+            if any((rundir.records / name).exists() for name in (*map(block_file, BLOCKS), STEPS_FILE)):
                 from ..records import load_records
 
-                load_records(rundir.records_dir)
+                load_records(rundir.records)
 
         opened = True
-        rundir.open(overwrite=args.overwrite_output_dir)
+        rundir.open(overwrite=cfg.overwrite_output_dir)
         if rundir.stale_lock:
             log(f"note: {rundir.stale_lock}")
         accelerator.wait_for_everyone()
         if resume_from is not None:
             rundir.clean_temporaries()
-        rundir.write_json("args.json", vars(args))
+        rundir.write_json(rundir.args, vars(args))
         if plan is not None:
-            rundir.write_json("plan.json", plan)
+            rundir.write_json(rundir.plan, plan)
 
-        trainer = Trainer(args, accelerator, rundir, task, model, ebtrain=ebtrain, resume_from=resume_from, log=log)
+        trainer = Trainer(config, accelerator, rundir, task, model, ebtrain=ebtrain, resume_from=resume_from,
+                          source=getattr(args, "model_name_or_path", None), log=log)
         if resume_from is not None:
             rundir.truncate_metrics(trainer.step)
-        log(f"{task.name}: {trainer.total_steps} steps, global batch {trainer.global_micro * args.gradient_accumulation_steps}"
-            f" ({args.per_device_train_batch_size} per device x {accelerator.num_processes} processes x "
-            f"{args.gradient_accumulation_steps} accumulation), model {kept_sizes(trainer.unwrapped)}")
+        log(f"{task.name}: {trainer.total_steps} steps, global batch {trainer.global_micro * cfg.gradient_accumulation_steps}"
+            f" ({cfg.per_device_train_batch_size} per device x {accelerator.num_processes} processes x "
+            f"{cfg.gradient_accumulation_steps} accumulation), model {kept_sizes(trainer.unwrapped)}")
         start = time.perf_counter()
         trainer.fit()
 
         metrics = trainer.evaluate(task.final_split)
-        trainer.save_weights(rundir.final_dir)
+        trainer.save_weights(rundir.final)
         final_model = trainer.unwrapped
         results = {
+            "kind": config.kind,
             "split": task.final_split, "step": trainer.step, **metrics,
             # SQuAD evaluates windows (features); the examples are what its metrics count
             "num_examples": task.info.get("eval_examples", len(task.eval_sets[task.final_split].dataset)),
@@ -195,12 +197,12 @@ def run(prog: str, args, build_task) -> int:
             "train_wall_s": trainer.wall["before_draw"] + trainer.wall["after_draw"],
             **task.info,
         }
-        rundir.write_json("results.json", results)
+        rundir.write_json(rundir.results, results)
         rundir.append_metrics({"type": "final", **{k: v for k, v in results.items() if not isinstance(v, dict)}})
         log(f"{task.final_split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         if ebtrain is not None:
             summary = _ebtrain_summary(ebtrain, trainer)
-            rundir.write_json("ebtrain.json", summary)
+            rundir.write_json(rundir.ebtrain, summary)
             log(f"EB-Train: draw step {summary['draw_step']}; training FLOPs {summary['flops']['total']:.3e} "
                 f"({summary['flops']['before_draw']:.3e} before the draw, {summary['flops']['after_draw']:.3e} after); "
                 f"wall {summary['wall_s']['before_draw']:.1f}s + {summary['wall_s']['after_draw']:.1f}s")
@@ -240,7 +242,7 @@ def _ebtrain_summary(ebtrain: EBTrain, trainer: Trainer) -> dict:
         "wall_s": dict(wall),
         "shape_before": draw.get("shape_before"),
         "shape_after": draw.get("shape_after"),
-        "plan": "plan.json" if ebtrain.drawn else None,
+        "plan": trainer.run.plan.name if ebtrain.drawn else None,
         "flops_note": "training FLOPs of the encoder layers: 3 x forward, from the shapes (encoder_flops_per_token)",
     })
     return summary

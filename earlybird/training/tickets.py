@@ -12,68 +12,62 @@ import copy
 from pathlib import Path
 
 from ..errors import EarlyBirdError
+from ..layout import RunLayout
 from ..plans import load_plan, make_plan
 from ..records import load_records
 from ..slimming import apply_plan, fold_slimming
-from .rundir import list_step_dirs, step_dir_name
+from .config import PruningConfig, TicketConfig
 
 
-def resolve_plan(args) -> dict:
+def resolve_plan(ticket: TicketConfig, pruning: PruningConfig) -> dict:
     """The plan named by --prune-plan, or made from --records at --prune-step (EarlyBirdError if not)."""
-    if args.prune_plan:
-        return load_plan(args.prune_plan)
-    records = load_records(args.records)
+    if ticket.prune_plan:
+        return load_plan(ticket.prune_plan)
+    records = load_records(ticket.records)
     try:
-        return make_plan(records, args.prune_step, args.self_pruning_ratio, args.inter_pruning_ratio,
-                         args.self_pruning_method, args.inter_pruning_method, random_seed=args.random_prune)
+        return make_plan(records, ticket.prune_step, pruning.self_pruning_ratio, pruning.inter_pruning_ratio,
+                         pruning.self_pruning_scope, pruning.inter_pruning_scope, random_seed=ticket.random_prune)
     except EarlyBirdError as err:
-        raise EarlyBirdError(f"--records {args.records}: {err}") from None
+        raise EarlyBirdError(f"--records {ticket.records}: {err}") from None
 
 
-def plan_step(args, plan) -> int | None:
-    if args.prune_step is not None:
-        return args.prune_step
+def plan_step(ticket: TicketConfig, plan) -> int | None:
+    if ticket.prune_step is not None:
+        return ticket.prune_step
     return (plan.get("provenance") or {}).get("step")
 
 
-def _slimming_run_dir(args, plan) -> Path | None:
-    records = args.records or (plan.get("provenance") or {}).get("records")
-    if not records:
-        return None
-    records = Path(records)
-    # A records *file* (msa.npy) sits in the records directory; the run directory is one up from that.
-    records_dir = records.parent if records.suffix == ".npy" else records
-    return records_dir.parent
+def _slimming_run(ticket: TicketConfig, plan) -> RunLayout | None:
+    records = ticket.records or (plan.get("provenance") or {}).get("records")
+    return None if not records else RunLayout.of_records(records)
 
 
-def weights_dir(args, plan) -> Path:
+def weights_dir(ticket: TicketConfig, plan) -> Path:
     """Where the ticket's starting weights are: --init-checkpoint, else the slimming run's init/ or snapshot."""
-    if args.init_checkpoint:
-        path = Path(args.init_checkpoint)
+    if ticket.init_checkpoint:
+        path = Path(ticket.init_checkpoint)
         if not path.is_dir():
             raise EarlyBirdError(f"--init-checkpoint {path}: no such directory")
         return path
-    run_dir = _slimming_run_dir(args, plan)
-    if run_dir is None:
+    run = _slimming_run(ticket, plan)
+    if run is None:
         raise EarlyBirdError("--prune-plan does not say which records it came from (no provenance.records): "
                              "pass --init-checkpoint DIR with the weights to start the ticket from")
-    if args.rewind == "init":
-        path = run_dir / "init"
-        if not path.is_dir():
-            raise EarlyBirdError(f"--rewind init needs the slimming run's step-0 weights: {path} does not exist "
+    if ticket.rewind == "init":
+        if not run.init.is_dir():
+            raise EarlyBirdError(f"--rewind init needs the slimming run's step-0 weights: {run.init} does not exist "
                                  "(pass --init-checkpoint DIR)")
-        return path
-    step = plan_step(args, plan)
+        return run.init
+    step = plan_step(ticket, plan)
     if step is None:
         raise EarlyBirdError("--rewind none: the plan names no step; pass --prune-step or --init-checkpoint")
-    candidates = [run_dir / "snapshots" / step_dir_name(step), run_dir / "checkpoints" / step_dir_name(step) / "model"]
+    candidates = run.weights_at(step)
     for path in candidates:
         if path.is_dir():
             return path
-    saved = sorted(set(list_step_dirs(run_dir / "snapshots")) | set(list_step_dirs(run_dir / "checkpoints")))
     raise EarlyBirdError(
         f"--rewind none needs the weights at step {step}: {candidates[0]} does not exist "
-        f"(saved steps: {', '.join(map(str, saved)) or 'none'}); re-run the slimming run with "
+        f"(saved steps: {', '.join(map(str, run.saved_steps())) or 'none'}); re-run the slimming run with "
         f"--save-steps {step} (or --save-every N) or pass --init-checkpoint DIR"
     )
 
