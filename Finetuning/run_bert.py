@@ -18,7 +18,7 @@ PROG = "run_bert.py"
 
 
 def build_parser():
-    parser = EntryParser(prog=PROG, description=__doc__.splitlines()[1], parents=[common_parser()])
+    parser = EntryParser(prog=PROG, doc=__doc__, parents=[common_parser()])
     add_bert_arguments(parser)
     return parser
 

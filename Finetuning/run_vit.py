@@ -17,7 +17,7 @@ PROG = "run_vit.py"
 
 
 def build_parser():
-    parser = EntryParser(prog=PROG, description=__doc__.splitlines()[1], parents=[common_parser()])
+    parser = EntryParser(prog=PROG, doc=__doc__, parents=[common_parser()])
     add_vit_arguments(parser)
     return parser
 

@@ -19,7 +19,7 @@ PROG = "main.py"
 
 
 def build_parser():
-    parser = EntryParser(prog=PROG, description=__doc__.splitlines()[1], parents=[common_parser()])
+    parser = EntryParser(prog=PROG, doc=__doc__, parents=[common_parser()])
     add_pretrain_arguments(parser)
     return parser
 

@@ -38,8 +38,10 @@ import numpy as np
 from earlybird.detectors import DETECTORS, detect, make_detector
 from earlybird.masks import compute_mask, nuclear_norm
 
+from benchlib import emit, make_parser
+
 RATIO = 0.3
-METHODS = ("hamming", "slope", "mk", "adf")
+METHODS = tuple(DETECTORS)  # every registered detector
 
 
 def trajectory(seed: int, layers: int, width: int, steps: int, plateau: int, chunk: int = 256):
@@ -318,25 +320,18 @@ def render(check_rows, scan_rows_, notes, info, quick) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small records and windows, a pass of seconds")
+    parser = make_parser(__doc__, "small records and windows, a pass of seconds", threads=False)
     parser.add_argument("--steps", type=int, default=None, help="steps of the scanned records (default 15000)")
     parser.add_argument("--dir", default=None, help="where to write the temporary records (default: the system tmp)")
-    parser.add_argument("--out", help="also write the markdown to this file")
     parser.add_argument("--scan", help=argparse.SUPPRESS)  # internal: one scan, print JSON
     args = parser.parse_args(argv)
     if args.scan:
         print(json.dumps(scan(json.loads(args.scan))))
         return 0
-    assert set(METHODS) == set(DETECTORS)
     check_rows = per_check_rows(args.quick)
     print("[detector_cost] per-check timings done", file=sys.stderr, flush=True)
     rows, notes, info = scan_rows(args.quick, args.steps, args.dir)
-    text = render(check_rows, rows, notes, info, args.quick)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
+    return emit(render(check_rows, rows, notes, info, args.quick), args)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ Optionally the same on SST-2 with a small real BERT (`--sst2-dir` holding train.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -43,6 +42,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+
+from benchlib import emit, make_parser, set_threads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 L1 = ["--l1-self", "1e-4", "--l1-inter", "1e-4"]
@@ -185,11 +186,9 @@ def render(suites: list[Suite], notes: list[str], threads: int) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="40-step digits runs, one ratio: a pass of seconds")
+    parser = make_parser(__doc__, "40-step digits runs, one ratio: a pass of seconds")
     parser.add_argument("--ratios", type=float, nargs="+", default=None,
                         help="pruning ratios for heads and FFN neurons (default 0.3 0.7; quick 0.5)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's; quick: 1)")
     parser.add_argument("--sst2-dir", type=Path, default=None, help="directory with SST-2 train.tsv, dev.tsv, test.tsv")
     parser.add_argument("--bert-model", type=Path, default=None, help="local BERT model directory (config + weights + tokenizer)")
     parser.add_argument("--sst2-train-samples", type=int, default=1280)
@@ -198,10 +197,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sst2-ratios", type=float, nargs="+", default=[0.5], help="pruning ratios on SST-2 (default 0.5)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the runs here (default: a temporary directory)")
     parser.add_argument("--verbose", action="store_true", help="show the runs' own output")
-    parser.add_argument("--out", help="also write the markdown to this file")
     args = parser.parse_args(argv)
-    if args.threads or args.quick:
-        torch.set_num_threads(args.threads or 1)
+    set_threads(args)
     ratios = args.ratios or ([0.5] if args.quick else [0.3, 0.7])
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="eb-savings-"))
     notes = []
@@ -222,11 +219,7 @@ def main(argv=None) -> int:
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    text = render(suites, notes, torch.get_num_threads())
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
+    return emit(render(suites, notes, torch.get_num_threads()), args)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ is not counted. The same ratio bounds the training step (its FLOPs are ~3x the f
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import statistics
@@ -43,6 +42,8 @@ from earlybird.masks import n_pruned  # noqa: E402
 from earlybird.plans import make_plan  # noqa: E402
 from earlybird.records import Records  # noqa: E402
 from earlybird.slimming import apply_plan, encoder_flops_per_token, encoder_layers, fold_slimming  # noqa: E402
+
+from benchlib import emit, make_parser, set_threads  # noqa: E402
 
 SLIM = dict(self_slimming=True, inter_slimming=True)
 NUM_LABELS = {"vit": 10, "bert": 2}
@@ -409,16 +410,12 @@ def findings(speed: list[dict]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny configs, a pass of seconds")
+    parser = make_parser(__doc__, "tiny configs, a pass of seconds")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per variant (default 3, quick 2)")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default 0: torch's default; quick: 1)")
     parser.add_argument("--train-all", action="store_true",
                         help="also time training steps at ViT batch 32 / BERT seq 384 (slow on a small CPU)")
-    parser.add_argument("--out", help="also write the markdown to this file")
     args = parser.parse_args(argv)
-    if args.threads or args.quick:
-        torch.set_num_threads(args.threads or 1)
+    set_threads(args)
     hf_logging.disable_progress_bar()
     repeats = args.repeats or (2 if args.quick else 3)
     specs = model_specs(args.quick)
@@ -432,11 +429,7 @@ def main(argv=None) -> int:
                 warm = True
                 print(f"[pruned_speed] {speed[-1]['config']} done", file=sys.stderr, flush=True)
         sizes += size_rows(spec[0], models)
-    text = render(speed, sizes, repeats, torch.get_num_threads())
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
+    return emit(render(speed, sizes, repeats, torch.get_num_threads()), args)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
+from benchlib import emit, make_parser, set_threads  # noqa: E402
+
 NAIVE_EVERY = 100
 POOL = 257  # random rows cycled through (prime: never aligned with the chunk or the save period)
 
@@ -185,22 +187,17 @@ def human(n: float) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes and step counts, a pass of seconds")
+    parser = make_parser(__doc__, "small sizes and step counts, a pass of seconds")
     parser.add_argument("--step-seconds", type=float, default=None,
                         help="reference training-step time (default: measure a BERT-base step here)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads for the recording and the reference step (default 0: torch's; quick: 1)")
     parser.add_argument("--dir", default=None, help="where to write the temporary records (default: the system tmp)")
-    parser.add_argument("--out", help="also write the markdown to this file")
     parser.add_argument("--scenario", help=argparse.SUPPRESS)  # internal: run one scenario, print JSON
     args = parser.parse_args(argv)
     if args.scenario:
         print(json.dumps(run_scenario(json.loads(args.scenario))))
         return 0
 
-    if args.threads or args.quick:
-        torch.set_num_threads(args.threads or 1)
+    set_threads(args)
     sizes, scenarios = plan(args.quick)
     results = []
     for index, spec in enumerate(scenarios):
@@ -289,11 +286,7 @@ def main(argv=None) -> int:
         f"- Write time per 1k steps: {', '.join(f'{t:.3g} s' for t in per_k)} (linear total); the naive approach's "
         "grows with the step count (quadratic total).",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
+    return emit("\n".join(lines), args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The ``earlybird`` command line: detect, hamming-table, plan.
+"""The ``earlybird`` command line: detect, hamming-table, plan, report.
 
 Subcommands live in one registry (:data:`SUBCOMMANDS`); a new one is added with
 :func:`register` (a function adding its arguments and a function running it). Bad input
@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from .blocks import BLOCK_NAMES
+from .blocks import BLOCK_NAMES, MLP, MSA
 from .detectors import (DETECTORS, add_param_arguments, check_applicable, detect, given_params, hamming_table,
                         make_detector, never_tests_message)
 from .errors import EarlyBirdError
@@ -28,6 +28,16 @@ PROG = "earlybird"
 
 class _UsageError(Exception):
     pass
+
+
+class _Remember(argparse.Action):
+    """Store the value and the option string the user typed (an alias or the canonical name), for messages."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        typed = dict(getattr(namespace, "typed_flags", None) or {})
+        typed[self.dest] = option_string
+        namespace.typed_flags = typed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,17 +82,21 @@ def _detector_params(args) -> dict:
 
 
 def _check_ratios(args, *flags) -> None:
-    """Name the flag in a bad ratio's message (the library's message names only the value)."""
-    for flag in flags:
-        try:
-            check_ratio(getattr(args, flag.lstrip("-").replace("-", "_")))
-        except EarlyBirdError as err:
-            raise EarlyBirdError(f"{flag}: {err}") from None
+    """Name the flag in a bad ratio's message (the library's message names only the value); flags are
+    (flag, dest) pairs, the dest holding one ratio or a list of them."""
+    for flag, dest in flags:
+        flag = (getattr(args, "typed_flags", None) or {}).get(dest, flag)
+        values = getattr(args, dest)
+        for value in values if isinstance(values, list) else [values]:
+            try:
+                check_ratio(value)
+            except EarlyBirdError as err:
+                raise EarlyBirdError(f"{flag}: {err}") from None
 
 
 def _run_detect(args) -> int:
     params = _detector_params(args)
-    _check_ratios(args, "--ratio")
+    _check_ratios(args, ("--ratio", "ratio"))
     records = load_records(args.records)
     # A detector that can never test would print "none" as if it had looked and found nothing: refuse instead.
     message = never_tests_message(make_detector(args.method, **params), records.steps,
@@ -102,17 +116,21 @@ def _run_detect(args) -> int:
 
 
 def _add_hamming_table(p: argparse.ArgumentParser) -> None:
-    p.add_argument("records", help="records directory or .npy file")
-    p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.8])
-    p.add_argument("--cached", type=int, nargs="+", default=[5, 50, 100, 500, 2000])
-    p.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.01])
-    p.add_argument("--block", choices=BLOCK_NAMES, default="msa")
-    p.add_argument("--scope", choices=SCOPES, default="layerwise")
+    p.add_argument("records", help="records directory or .npy file (ours or the original layout)")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.8],
+                   help="pruning ratios of the masks, each in [0, 1) (default 0.3 0.8: the study's)")
+    p.add_argument("--cached", type=int, nargs="+", default=[5, 50, 100, 500, 2000],
+                   help="FIFO sizes N: masks compared (default 5 50 100 500 2000: the study's table)")
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.01],
+                   help="distance thresholds eps, each in (0, 1] (default 0.1 0.01)")
+    p.add_argument("--block", choices=BLOCK_NAMES, default="msa", help="msa (heads) or mlp (neurons); default msa")
+    p.add_argument("--scope", choices=SCOPES, default="layerwise", help="masks per layer (default) or global")
     p.add_argument("--every", type=int, default=1, help="check every E training steps (default 1)")
     p.add_argument("--csv", action="store_true", help="CSV instead of a markdown table")
 
 
 def _run_hamming_table(args) -> int:
+    _check_ratios(args, ("--ratios", "ratios"))
     records = load_records(args.records)
     for n in args.cached:
         if n < 2:
@@ -147,21 +165,26 @@ def _run_hamming_table(args) -> int:
 def _add_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("records", help="records directory or .npy file")
     p.add_argument("--step", type=int, required=True, help="a recorded training step")
-    p.add_argument("--self-ratio", type=float, required=True, help="head pruning ratio in [0, 1)")
-    p.add_argument("--inter-ratio", type=float, required=True, help="neuron pruning ratio in [0, 1)")
-    p.add_argument("--self-scope", choices=SCOPES, default="layerwise")
-    p.add_argument("--inter-scope", choices=SCOPES, default="layerwise")
+    # The training flags' names (the older --self-ratio / --self-scope ... stay as aliases).
+    p.add_argument("--self-pruning-ratio", "--self-ratio", dest="self_ratio", type=float, required=True, action=_Remember,
+                   help="fraction of attention heads pruned, in [0, 1)")
+    p.add_argument("--inter-pruning-ratio", "--inter-ratio", dest="inter_ratio", type=float, required=True, action=_Remember,
+                   help="fraction of FFN neurons pruned, in [0, 1)")
+    p.add_argument("--self-pruning-scope", "--self-scope", dest="self_scope", choices=SCOPES, default="layerwise",
+                   help="heads: per layer (layerwise, default) or over all layers (global)")
+    p.add_argument("--inter-pruning-scope", "--inter-scope", dest="inter_scope", choices=SCOPES, default="layerwise",
+                   help="neurons: per layer (layerwise, default) or over all layers (global)")
     p.add_argument("--random", type=int, metavar="SEED", help="random baseline with the same per-layer counts")
     p.add_argument("-o", "--output", required=True, help="plan JSON to write")
 
 
 def _run_plan(args) -> int:
-    _check_ratios(args, "--self-ratio", "--inter-ratio")
+    _check_ratios(args, ("--self-pruning-ratio", "self_ratio"), ("--inter-pruning-ratio", "inter_ratio"))
     plan = make_plan(args.records, args.step, args.self_ratio, args.inter_ratio, args.self_scope,
                      args.inter_scope, random_seed=args.random)
     save_plan(plan, args.output)
-    heads = sum(len(v) for v in plan["pruned_heads"].values())
-    neurons = sum(len(v) for v in plan["pruned_intermediate"].values())
+    heads = sum(len(v) for v in plan[MSA.plan_key].values())
+    neurons = sum(len(v) for v in plan[MLP.plan_key].values())
     print(f"wrote {args.output}: {heads} heads and {neurons} intermediate neurons pruned at step {args.step}")
     return 0
 
@@ -179,8 +202,9 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="the slimming run (run directory, records directory or .npy) first, "
                    "then any ticket / dense / EB-Train run directories")
     p.add_argument("-o", "--output", help="output directory (default: <first run>/report)")
-    p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.8])
-    p.add_argument("--scope", choices=SCOPES, default="layerwise")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.8],
+                   help="pruning ratios of the masks, each in [0, 1) (default 0.3 0.8: the study's)")
+    p.add_argument("--scope", choices=SCOPES, default="layerwise", help="masks per layer (default) or global")
     p.add_argument("--layer", type=int, default=0, help="layer whose coefficient trajectories are plotted")
     p.add_argument("--no-scale", action="store_true",
                    help="use the study's stationarity parameters as they are, even on a shorter run")
@@ -191,6 +215,7 @@ def _add_report(p: argparse.ArgumentParser) -> None:
 def _run_report(args) -> int:
     from .report import build_report  # matplotlib is imported only for this subcommand
 
+    _check_ratios(args, ("--ratios", "ratios"))
     grid = {k: tuple(v) for k, v in (("cached", args.cached), ("thresholds", args.thresholds)) if v}
     build_report(args.runs, args.output, ratios=args.ratios, scope=args.scope, layer=args.layer,
                  scale=not args.no_scale, hamming_grid=grid, log=lambda line: print(line, file=sys.stderr))

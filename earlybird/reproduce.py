@@ -31,6 +31,7 @@ from .errors import EarlyBirdError
 from .layout import STUDY_DRAWS, STUDY_LOGS, STUDY_RUNS, RunLayout
 from .records import load_records
 from .report import build_report, study_stationarity
+from .training.args import first_paragraph
 
 FRACTIONS = (0.0, 0.04, 0.07, 0.20, 0.44, 0.80)  # of the training steps, as in the study's table
 RATIOS = (0.3, 0.8)
@@ -203,7 +204,7 @@ def reproduce(entry: str, out: Path, data_flags: list[str], *, smoke: bool = Fal
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="reproduce", description=__doc__.splitlines()[0],
+        prog="reproduce", description=first_paragraph(__doc__),
         epilog="Arguments after `--` go to every run (the model and data flags of the entry point).")
     parser.add_argument("--entry", default="ViT_pretraining/main.py", help="the entry point to run")
     parser.add_argument("--out", default="reproduce_out", help="output directory (replaced)")

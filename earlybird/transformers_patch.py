@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 
 from . import faults  # test-only kill points (standard library, inert unless EARLYBIRD_FAULT is set)
+from .fileio import fsync_file
 
 TRANSFORMERS_VERSION = "5.23.0"
 TARGETS = (
@@ -126,11 +127,6 @@ def signals_held():
             signal.signal(sig, handler)
         if received:
             os.kill(os.getpid(), received[0])
-
-
-def fsync_file(path: Path):
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
 
 
 def swap_in(package_dir: Path, staged: dict[str, Path], expected: dict[str, str]):

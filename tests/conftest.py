@@ -15,6 +15,15 @@ from earlybird import transformers_patch  # noqa: E402
 torch.set_num_threads(2)
 
 
+@pytest.fixture
+def one_thread_only():
+    """Torch on one thread for the test (modules that train: `pytestmark = pytest.mark.usefixtures(...)`)."""
+    from test_training_support import one_thread
+
+    with one_thread():
+        yield
+
+
 @pytest.fixture(scope="session")
 def pristine_dir():
     """The pristine transformers files that `setup.sh` kept before patching."""

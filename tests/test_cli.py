@@ -166,3 +166,27 @@ def test_console_script(tmp_path, run_dir):
                            "--method", "mk"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("earlybird: error: missing")
+
+
+def test_plan_takes_the_training_flag_names_and_errors_name_the_flag_typed(capsys, run_dir, tmp_path):
+    old = ["plan", str(run_dir), "--step", "300", "--self-ratio", "0.5", "--inter-ratio", "0.25",
+           "--self-scope", "global", "-o", str(tmp_path / "old.json")]
+    new = ["plan", str(run_dir), "--step", "300", "--self-pruning-ratio", "0.5", "--inter-pruning-ratio", "0.25",
+           "--self-pruning-scope", "global", "-o", str(tmp_path / "new.json")]
+    assert main(old) == 0 and main(new) == 0
+    assert load_plan(tmp_path / "old.json") == load_plan(tmp_path / "new.json")
+    capsys.readouterr()
+    assert main(new[:4] + ["--self-pruning-ratio", "1.5"] + new[6:]) == 2
+    assert "--self-pruning-ratio: pruning ratio must be in [0, 1)" in capsys.readouterr().err
+    assert main(["hamming-table", str(run_dir), "--ratios", "0.3", "1.2"]) == 2
+    assert "--ratios: pruning ratio must be in [0, 1), got 1.2" in capsys.readouterr().err
+
+
+def test_every_option_has_help(capsys):
+    from earlybird.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in subparsers.items():
+        for action in sub._actions:
+            assert action.help, f"earlybird {name}: {action.option_strings or action.dest} has no help"

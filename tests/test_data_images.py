@@ -114,3 +114,16 @@ def test_image_settings_from_the_processor_or_the_config(tmp_path):
     assert images.image_settings(str(with_processor), ViTConfig(image_size=16)) == (16, (0.5,) * 3, (0.5,) * 3)
     bare = make_tiny_vit(tmp_path / "b", image_size=12, with_processor=False)
     assert images.image_settings(str(bare), ViTConfig(image_size=12)) == (12, (0.5,) * 3, (0.5,) * 3)
+
+
+def test_a_broken_image_processor_is_reported_not_replaced(tmp_path, capsys):
+    from transformers import ViTConfig
+
+    model = make_tiny_vit(tmp_path / "m", image_size=12)
+    (model / "preprocessor_config.json").write_text("{not json")
+    with pytest.raises(EarlyBirdError, match="cannot load its image processor"):
+        images.image_settings(str(model), ViTConfig(image_size=12))
+    bare = make_tiny_vit(tmp_path / "bare", image_size=12, with_processor=False)
+    capsys.readouterr()
+    images.image_settings(str(bare), ViTConfig(image_size=12))
+    assert "has no preprocessor_config.json" in capsys.readouterr().err  # the fallback is said, not silent

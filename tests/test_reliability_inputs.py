@@ -27,10 +27,7 @@ SMALL_VIT = ["--image-size", "8", "--patch-size", "2", "--num-layers", "4", "--h
              "--intermediate-size", "128", "--per-device-train-batch-size", "8"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_only")
 
 
 @pytest.fixture(scope="module")

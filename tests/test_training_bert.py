@@ -5,16 +5,13 @@ import pytest
 import torch
 
 from earlybird.records import load_records
-from test_training_support import (load_script, make_sentiment_tsv, make_squad_json, make_tiny_bert, one_thread,
+from test_training_support import (load_script, make_sentiment_tsv, make_squad_json, make_tiny_bert,
                                    read_json, read_jsonl)
 
 run_bert = load_script("Finetuning/run_bert.py", "run_bert")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_only")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from earlybird.records import load_records
-from test_training_support import load_script, one_thread, read_json, read_jsonl
+from test_training_support import load_script, read_json, read_jsonl
 
 pretrain = load_script("ViT_pretraining/main.py", "vit_pretraining_main")
 # Dropout on, so resuming must restore the RNG exactly.
@@ -14,10 +14,7 @@ BASE = ["--disable-tqdm", "--logging-steps", "5", "--per-device-train-batch-size
 SLIM = ["--self-slimming", "--inter-slimming", "--l1-self", "1e-2", "--l1-inter", "1e-2"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_only")
 
 
 def test_digits_run_learns(tmp_path):

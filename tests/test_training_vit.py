@@ -15,10 +15,7 @@ run_vit = load_script("Finetuning/run_vit.py", "run_vit")
 STEPS = 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_only")
 
 
 @pytest.fixture(scope="module")

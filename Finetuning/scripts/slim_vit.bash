@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fine-tune ViT-Base with network slimming and record the coefficients (the study's setting: ViT-Base
-# in21k on ImageNet-1k). Every variable below can be set from the environment; see docs/training.md,
-# e.g. a quick local run:
+# in21k on ImageNet-1k). Every variable below can be set from the environment (and those of launch.bash);
+# see docs/training.md, e.g. a quick local run:
 #   MODEL=/path/to/small-vit DATASET=/path/to/imagefolder MAX_STEPS=100 BATCH_SIZE=8 bash Finetuning/scripts/slim_vit.bash
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -23,15 +23,9 @@ CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-1000}
 EVAL_EVERY=${EVAL_EVERY:-2000}
 SEED=${SEED:-42}
 WORKERS=${WORKERS:-8}
-EXTRA_ARGS=${EXTRA_ARGS:-}               # anything else, e.g. "--resume" or "--max-train-samples 1000"
 
 source "$ROOT/Finetuning/scripts/launch.bash"
-budget=(--num-train-epochs "$EPOCHS"); [[ -n $MAX_STEPS ]] && budget=(--max-steps "$MAX_STEPS")
-launch "$ROOT/Finetuning/run_vit.py" \
-  --model-name-or-path "$MODEL" --dataset "$DATASET" --output-dir "$OUTPUT_DIR" \
-  --self-slimming --inter-slimming --l1-self "$L1_SELF" --l1-inter "$L1_INTER" \
-  --per-device-train-batch-size "$BATCH_SIZE" --per-device-eval-batch-size "$EVAL_BATCH_SIZE" \
-  --gradient-accumulation-steps "$GRAD_ACCUM" "${budget[@]}" --learning-rate "$LEARNING_RATE" \
-  --weight-decay "$WEIGHT_DECAY" --warmup-ratio "$WARMUP_RATIO" --save-every "$SAVE_EVERY" \
-  --checkpoint-every "$CHECKPOINT_EVERY" --eval-every "$EVAL_EVERY" --seed "$SEED" \
-  --dataloader-num-workers "$WORKERS" $EXTRA_ARGS
+FLAGS=(--model-name-or-path "$MODEL" --dataset "$DATASET")
+slim_flags
+run_flags
+launch "$ROOT/Finetuning/run_vit.py" "${FLAGS[@]}"

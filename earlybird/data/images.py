@@ -8,6 +8,7 @@ so augmentations do not depend on worker processes or on where a resumed run sta
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
@@ -196,12 +197,20 @@ def image_settings(model_name_or_path: str | None, config) -> tuple[int, tuple, 
     size, mean, std = int(config.image_size), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     if model_name_or_path is None:
         return size, mean, std
-    try:
-        from transformers import AutoImageProcessor
+    from transformers import AutoImageProcessor
+    from transformers.utils import IMAGE_PROCESSOR_NAME, cached_file
 
-        processor = AutoImageProcessor.from_pretrained(model_name_or_path)
-    except Exception:  # no preprocessor_config.json (or offline): the config's size, 0.5 normalisation
+    found = cached_file(model_name_or_path, IMAGE_PROCESSOR_NAME, _raise_exceptions_for_missing_entries=False,
+                        _raise_exceptions_for_connection_errors=False)
+    if found is None:  # the model ships no image processor: its config's size, and ViT's 0.5 / 0.5 normalisation
+        print(f"note: {model_name_or_path} has no {IMAGE_PROCESSOR_NAME}: images are resized to {size}x{size} and "
+              "normalised with mean 0.5, std 0.5", file=sys.stderr, flush=True)
         return size, mean, std
+    try:
+        processor = AutoImageProcessor.from_pretrained(model_name_or_path)
+    except Exception as err:  # a corrupt or foreign preprocessor_config.json: say so rather than guess
+        raise EarlyBirdError(f"--model-name-or-path {model_name_or_path}: cannot load its image processor ({found}): "
+                             f"{' '.join(str(err).split())[:200]}") from None
     proc_size = getattr(processor, "size", None) or {}
     get = proc_size.get if isinstance(proc_size, dict) else lambda k: getattr(proc_size, k, None)
     size = get("height") or get("shortest_edge") or size

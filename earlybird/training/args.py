@@ -16,8 +16,20 @@ from ..detectors import DETECTORS, add_param_arguments
 from ..masks import SCOPES
 
 
+def first_paragraph(doc: str | None) -> str | None:
+    """A script's docstring's first paragraph, on one line: its --help description."""
+    if not doc:
+        return None
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
 class EntryParser(argparse.ArgumentParser):
-    """argparse with one-line errors: `<prog>: error: <message>` and exit code 2, no usage dump."""
+    """argparse with one-line errors: `<prog>: error: <message>` and exit code 2, no usage dump; `doc` (the entry
+    point's docstring) gives the description."""
+
+    def __init__(self, *args, doc: str | None = None, **kwargs):
+        kwargs.setdefault("description", first_paragraph(doc))
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
