@@ -15,9 +15,12 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+from . import __version__
 from .blocks import BLOCK_NAMES, MLP, MSA
-from .detectors import (DETECTORS, add_param_arguments, check_applicable, detect, given_params, hamming_table,
-                        make_detector, never_tests_message)
+from .detectors import (DETECTORS, STUDY_STEPS, add_param_arguments, check_applicable, describe_scaling,
+                        detect_many, detector_class, given_params, hamming_table, make_detector, never_tests_message,
+                        scaled_params)
+from .layout import records_path
 from .errors import EarlyBirdError
 from .masks import SCOPES, check_ratio
 from .plans import make_plan, save_plan
@@ -65,19 +68,46 @@ def register(name: str, help: str, add_arguments, run) -> None:
 # --------------------------------------------------------------------------- detect
 
 def _add_detect(p: argparse.ArgumentParser) -> None:
-    p.add_argument("records", help="records directory or .npy file (ours or the original layout)")
+    p.add_argument("records", help="run directory, records directory or .npy file (ours or the original layout)")
     p.add_argument("--block", choices=BLOCK_NAMES, default="msa", help="msa (heads) or mlp (neurons); default msa")
     p.add_argument("--ratio", type=float, required=True, help="pruning ratio in [0, 1)")
     p.add_argument("--scope", choices=SCOPES, default="layerwise", help="default layerwise")
-    p.add_argument("--method", required=True, metavar="{" + ",".join(DETECTORS) + "}", help="detector")
+    p.add_argument("--method", required=True, metavar="{" + ",".join(DETECTORS) + "}[,...]|all",
+                   help="detector, or several separated by commas (or all): masks and norms are computed once")
+    p.add_argument("--scale", action="store_true",
+                   help="scale the study's step-counted parameters (smoothing, window, check period; chosen for "
+                        f"its {STUDY_STEPS:,}-step run) down to the records' length, as `earlybird report` does; "
+                        "parameters given explicitly are kept")
     p.add_argument("--full-trace", action="store_true", help="keep checking after the draw (for plots)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the draw step")
+    p.add_argument("--json", action="store_true", help="print one JSON object per method instead of the draw step")
     add_param_arguments(p)
 
 
-def _detector_params(args) -> dict:
-    params = given_params(args)
-    check_applicable(args.method, params)
+def _methods(text: str) -> list[str]:
+    methods = list(DETECTORS) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    for method in methods:
+        detector_class(method)
+    if len(set(methods)) != len(methods) or not methods:
+        raise EarlyBirdError(f"--method {text}: expected detectors separated by commas, each once, or all")
+    return methods
+
+
+def _detector_params(args, methods: list[str], total_steps: int) -> dict[str, dict]:
+    """{method: parameters}: the given ones (each must apply to some selected method), over the scaled study's."""
+    given = given_params(args)
+    if len(methods) == 1:
+        check_applicable(methods[0], given)
+    for name in given:
+        if not any(name in detector_class(m).param_spec() for m in methods):
+            raise EarlyBirdError(f"--{name} does not apply to --method {args.method}")
+    params = {}
+    for method in methods:
+        spec = detector_class(method).param_spec()
+        scaled, factor = scaled_params(method, total_steps) if args.scale else ({}, 1.0)
+        if scaled:
+            kept = {k: v for k, v in scaled.items() if k not in given}
+            print(f"earlybird: {method}: {describe_scaling(method, total_steps, kept, factor)}", file=sys.stderr)
+        params[method] = {**scaled, **{k: v for k, v in given.items() if k in spec}}
     return params
 
 
@@ -95,20 +125,26 @@ def _check_ratios(args, *flags) -> None:
 
 
 def _run_detect(args) -> int:
-    params = _detector_params(args)
+    methods = _methods(args.method)
     _check_ratios(args, ("--ratio", "ratio"))
-    records = load_records(args.records)
-    # A detector that can never test would print "none" as if it had looked and found nothing: refuse instead.
-    message = never_tests_message(make_detector(args.method, **params), records.steps,
-                                  f"{args.records} ({args.block})")
-    if message:
-        raise EarlyBirdError(message)
-    result = detect(records, block=args.block, ratio=args.ratio, scope=args.scope, method=args.method,
-                    stop_at_draw=not args.full_trace, **params)
-    if args.json:
-        print(result.to_json())
-    else:
-        print("none" if result.draw_step is None else result.draw_step)
+    records = load_records(records_path(args.records))
+    total = int(records.steps[-1]) if len(records.steps) else 0
+    params = _detector_params(args, methods, total)
+    for method in methods:
+        # A detector that can never test would print "none" as if it had looked and found nothing: refuse instead.
+        message = never_tests_message(make_detector(method, **params[method]), records.steps,
+                                      f"{args.records} ({args.block})")
+        if message:
+            hint = ("" if args.scale or not scaled_params(method, total)[0] else
+                    f"; or --scale to scale the study's parameters to these {total} steps")
+            raise EarlyBirdError(message + hint)
+    results = detect_many(records, args.block, args.ratio, args.scope, params, stop_at_draw=not args.full_trace)
+    for method, result in results.items():
+        if args.json:
+            print(result.to_json())
+        else:
+            step = "none" if result.draw_step is None else result.draw_step
+            print(step if len(methods) == 1 else f"{method}: {step}")
     return 0
 
 
@@ -116,7 +152,7 @@ def _run_detect(args) -> int:
 
 
 def _add_hamming_table(p: argparse.ArgumentParser) -> None:
-    p.add_argument("records", help="records directory or .npy file (ours or the original layout)")
+    p.add_argument("records", help="run directory, records directory or .npy file (ours or the original layout)")
     p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.8],
                    help="pruning ratios of the masks, each in [0, 1) (default 0.3 0.8: the study's)")
     p.add_argument("--cached", type=int, nargs="+", default=[5, 50, 100, 500, 2000],
@@ -131,7 +167,7 @@ def _add_hamming_table(p: argparse.ArgumentParser) -> None:
 
 def _run_hamming_table(args) -> int:
     _check_ratios(args, ("--ratios", "ratios"))
-    records = load_records(args.records)
+    records = load_records(records_path(args.records))
     for n in args.cached:
         if n < 2:
             raise EarlyBirdError(f"--cached values must be >= 2; got {n}")
@@ -163,7 +199,7 @@ def _run_hamming_table(args) -> int:
 
 
 def _add_plan(p: argparse.ArgumentParser) -> None:
-    p.add_argument("records", help="records directory or .npy file")
+    p.add_argument("records", help="run directory, records directory or .npy file")
     p.add_argument("--step", type=int, required=True, help="a recorded training step")
     # The training flags' names (the older --self-ratio / --self-scope ... stay as aliases).
     p.add_argument("--self-pruning-ratio", "--self-ratio", dest="self_ratio", type=float, required=True, action=_Remember,
@@ -180,7 +216,7 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
 
 def _run_plan(args) -> int:
     _check_ratios(args, ("--self-pruning-ratio", "self_ratio"), ("--inter-pruning-ratio", "inter_ratio"))
-    plan = make_plan(args.records, args.step, args.self_ratio, args.inter_ratio, args.self_scope,
+    plan = make_plan(records_path(args.records), args.step, args.self_ratio, args.inter_ratio, args.self_scope,
                      args.inter_scope, random_seed=args.random)
     save_plan(plan, args.output)
     heads = sum(len(v) for v in plan[MSA.plan_key].values())
@@ -231,6 +267,7 @@ register("report", "the study's figures and tables (report.md + PNGs) for a slim
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Early-bird lottery tickets for Transformers.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, command in SUBCOMMANDS.items():

@@ -299,6 +299,18 @@ def scaled_params(method: str, total_steps: int, scale: bool = True) -> tuple[di
     return params, factor
 
 
+def describe_scaling(method: str, total_steps: int, params: dict, factor: float) -> str:
+    """One line saying how the study's parameters were scaled (printed wherever scaling is used)."""
+    spec = detector_class(method).param_spec()
+    if not params:
+        return "nothing to scale"
+    values = ", ".join(f"{name} {value}" for name, value in params.items())
+    study = "/".join(str(spec[name].default) for name in params)
+    floors = "/".join(str(spec[name].floor) for name in params)
+    return (f"{values}: the study's {study} scaled by {factor:.4f} = {total_steps} / {STUDY_STEPS} steps "
+            f"(floors {floors})")
+
+
 @register
 class HammingEB(Detector):
     """You et al. (2020): draw when the newest mask is within ``threshold`` of every cached one.
@@ -600,15 +612,16 @@ def _step_blocks(coefs: np.ndarray):
         yield start, min(start + per, coefs.shape[0])
 
 
-def _per_step_inputs(detector: Detector, masks: np.ndarray):
-    """What the detector consumes per step: nuclear norms (one stacked SVD) or the masks."""
-    return nuclear_norm(masks) if detector.uses_norm else masks
-
-
-def _feed_one(detector: Detector, step: int, item) -> bool:
-    if detector.uses_norm:
-        return detector.update_value(step, float(item))
-    return detector.update(step, item)
+def _feed_block(detector: Detector, steps, inputs, stop_at_draw: bool) -> bool:
+    """Feed one block of steps' inputs (nuclear norms for `uses_norm` detectors, else masks); True if it drew."""
+    update = detector.update_value if detector.uses_norm else detector.update
+    drew = False
+    for step, item in zip(steps, inputs):
+        if update(int(step), item):
+            drew = True
+            if stop_at_draw:
+                break
+    return drew
 
 
 def feed(detector: Detector, steps, masks, *, stop_at_draw: bool = False) -> bool:
@@ -616,13 +629,7 @@ def feed(detector: Detector, steps, masks, *, stop_at_draw: bool = False) -> boo
 
     With ``stop_at_draw`` the rest of the batch is not fed once the detector draws.
     """
-    drew = False
-    for step, item in zip(steps, _per_step_inputs(detector, masks)):
-        if _feed_one(detector, int(step), item):
-            drew = True
-            if stop_at_draw:
-                break
-    return drew
+    return _feed_block(detector, steps, nuclear_norm(masks) if detector.uses_norm else masks, stop_at_draw)
 
 
 def detect(records, block: str = "msa", ratio: float = 0.3, scope: str = "layerwise", method: str = "slope",
@@ -634,16 +641,33 @@ def detect(records, block: str = "msa", ratio: float = 0.3, scope: str = "layerw
     then fed step by step with the records' own step numbers. ``stop_at_draw=False`` keeps
     feeding after the draw to produce the full trace.
     """
+    return detect_many(records, block, ratio, scope, {method: params}, stop_at_draw=stop_at_draw)[method]
+
+
+def detect_many(records, block: str, ratio: float, scope: str, methods: dict, *,
+                stop_at_draw: bool = True) -> dict[str, DetectionResult]:
+    """Several detectors over the same records in one pass: {method: its parameters} -> {method: result}.
+
+    Each block of steps' masks (and their nuclear norms, when a detector needs them) is computed once and fed to
+    every detector still running, so the results are those of separate :func:`detect` calls at a fraction of
+    the cost. With ``stop_at_draw`` a detector stops being fed at its draw and the pass ends when all have drawn.
+    """
     records = _as_records(records)
     ratio = check_ratio(ratio)
     check_scope(scope)
-    detector = make_detector(method, **params)
+    detectors = {method: make_detector(method, **params) for method, params in methods.items()}
     coefs = records.block(block)
     for start, stop in _step_blocks(coefs):
-        masks = compute_mask(coefs[start:stop], ratio, scope)
-        if feed(detector, records.steps[start:stop], masks, stop_at_draw=stop_at_draw) and stop_at_draw:
+        live = [d for d in detectors.values() if not (stop_at_draw and d.draw_step is not None)]
+        if not live:
             break
-    return detector.result(records.total_steps, block=block, ratio=ratio, scope=scope)
+        masks = compute_mask(coefs[start:stop], ratio, scope)
+        norms = nuclear_norm(masks) if any(d.uses_norm for d in live) else None
+        steps = records.steps[start:stop]
+        for detector in live:
+            _feed_block(detector, steps, norms if detector.uses_norm else masks, stop_at_draw)
+    return {method: d.result(records.total_steps, block=block, ratio=ratio, scope=scope)
+            for method, d in detectors.items()}
 
 
 def hamming_table(records, block: str = "msa", ratios=(0.3, 0.8), cached=(5, 50, 100, 500, 2000),
@@ -731,12 +755,13 @@ class OnlineEarlyBird:
             if m.ndim != 3 or m.shape[0] != len(steps):
                 raise EarlyBirdError(f"observe_many(): {name} must be (steps, layers, n) with {len(steps)} steps; "
                                      f"got {coefs[name].shape}")
-        inputs = {name: _per_step_inputs(self.detectors[name], masks[name]) for name in self.blocks}
+        inputs = {name: nuclear_norm(masks[name]) if self.detectors[name].uses_norm else masks[name]
+                  for name in self.blocks}
         drew = False
         # Step by step across blocks so the combined draw step is exact.
         for i, step in enumerate(steps):
             for name, detector in self.detectors.items():
-                _feed_one(detector, step, inputs[name][i])
+                _feed_block(detector, [step], inputs[name][i:i + 1], stop_at_draw=False)
             drew |= self._settle(step)
         return drew
 

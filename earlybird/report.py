@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .blocks import BLOCKS
-from .detectors import (DETECTORS, STATIONARITY_PARAMS, STUDY_STEPS, detect, hamming_table, scaled_params,
+from .detectors import (DETECTORS, STATIONARITY_PARAMS, STUDY_STEPS, detect_many, hamming_table, scaled_params,
                         smooth_series)
 from .errors import EarlyBirdError
 from .fileio import write_text_atomic
@@ -315,10 +315,9 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str = "lay
     detections = {}
     for r in ratios:
         for block in records.blocks:
-            # every registered detector, with the study's parameters scaled to this run; the full trace of those
-            # whose p-values are plotted
-            results = {m: detect(records, block, r, scope, m, stop_at_draw=not _plots_p_values(m), **params[m])
-                       for m in DETECTORS}
+            # every registered detector, with the study's parameters scaled to this run, in one pass over the masks;
+            # full traces (the p-values are plotted)
+            results = detect_many(records, block, r, scope, params, stop_at_draw=False)
             detections[(block, r)] = results
             fig_p = plot_pvalues(results, titles, out_dir / f"pvalues_{block}_{int(round(r * 100))}.png",
                                  f"EB identification, {block.upper()} masks, {r:.0%} pruning")

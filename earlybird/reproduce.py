@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from .detectors import DETECTORS, detect, scaled_params
+from .detectors import DETECTORS, detect_many, scaled_params
 from .errors import EarlyBirdError
 from .layout import STUDY_DRAWS, STUDY_LOGS, STUDY_RUNS, RunLayout
 from .records import load_records
@@ -132,10 +132,10 @@ def plan_tickets(records, total: int, fractions=FRACTIONS) -> tuple[dict, dict]:
         for ratio in RATIOS:
             tickets[(step, ratio)] = f"fraction {fraction:.0%}"
     draws = {}
+    params = {method: scaled_params(method, total)[0] for method in DETECTORS}
     for ratio in RATIOS:
-        for method in DETECTORS:
-            draws[(method, ratio)] = detect(records, DETECTOR_BLOCK, ratio, "layerwise", method,
-                                            **scaled_params(method, total)[0]).draw_step
+        for method, result in detect_many(records, DETECTOR_BLOCK, ratio, "layerwise", params).items():
+            draws[(method, ratio)] = result.draw_step
     for (method, ratio), step in draws.items():
         if step is not None:
             tickets.setdefault((step, ratio), f"{method} draw")

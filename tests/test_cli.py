@@ -190,3 +190,40 @@ def test_every_option_has_help(capsys):
     for name, sub in subparsers.items():
         for action in sub._actions:
             assert action.help, f"earlybird {name}: {action.option_strings or action.dest} has no help"
+
+
+def test_detect_takes_a_run_directory_several_methods_and_scaling(capsys, run_dir, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "records").symlink_to(run_dir, target_is_directory=True)
+    code, out, err = run_main(capsys, ["detect", str(run), "--ratio", "0.3", "--method", "hamming,mk", "--json"] + SMALL[:4])
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [d["method"] for d in lines] == ["hamming", "mk"]
+    assert lines[0]["draw_step"] == detect(run_dir, "msa", 0.3, "layerwise", "hamming").draw_step
+    assert lines[1]["draw_step"] == detect(run_dir, "msa", 0.3, "layerwise", "mk", smooth=20, window=50).draw_step
+    # the study's window of 300 can never test on 250 steps: the error names --scale; with --scale the scaled
+    # parameters are printed and used, and a parameter given explicitly is kept
+    short = tmp_path / "short"
+    records = load_records(run_dir)
+    with CoefficientRecorder(short, chunk=50) as recorder:
+        for i in range(250):
+            recorder.record(int(records.steps[i]), torch.from_numpy(np.array(records.msa[i])))
+    code, out, err = run_main(capsys, ["detect", str(short), "--ratio", "0.3", "--method", "all"])
+    assert code == 2 and "--scale" in err
+    code, out, err = run_main(capsys, ["detect", str(short), "--ratio", "0.3", "--method", "all", "--scale",
+                                       "--window", "40"])
+    assert code == 0 and "slope: smooth 5, every 5: the study's 200/100 scaled by" in err
+    expected = detect(short, "msa", 0.3, "layerwise", "adf", smooth=5, window=40, every=5).draw_step
+    assert f"adf: {'none' if expected is None else expected}" in out.splitlines()
+    assert main(["plan", str(run), "--step", "300", "--self-pruning-ratio", "0.5", "--inter-pruning-ratio", "0.2",
+                 "-o", str(tmp_path / "p.json")]) == 0
+    assert main(["hamming-table", str(run), "--cached", "5"]) == 0
+
+
+def test_version(capsys):
+    import earlybird
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"earlybird {earlybird.__version__}"

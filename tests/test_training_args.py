@@ -130,3 +130,18 @@ def test_checkpoints_rotate_and_metrics_truncate(tmp_path):
         f.write('{"step": 2')  # a line cut by the kill
     run.truncate_metrics(10)
     assert [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [5, 10]
+
+
+def test_eb_scale_scales_the_study_parameters_to_the_run_and_keeps_given_ones():
+    from earlybird.training.ebtrain import EBTrain
+
+    config = TrainConfig.from_args(parse("--self-slimming", "--self-pruning-ratio", "0.3", "--eb-method", "slope",
+                                         "--eb-scale", "--eb-window", "40"))
+    ebtrain = EBTrain(config.eb, config.pruning, total_steps=360)
+    assert ebtrain.detector.detectors["msa"].params()["smooth"] == 5  # round(200 x 360 / 14774) = 5
+    assert ebtrain.detector.detectors["msa"].params()["window"] == 40 and "scaled by 0.0244" in ebtrain.scaling
+    unscaled = TrainConfig.from_args(parse("--self-slimming", "--self-pruning-ratio", "0.3", "--eb-method", "slope"))
+    with pytest.raises(EarlyBirdError, match="--eb-scale"):
+        EBTrain(unscaled.eb, unscaled.pruning, total_steps=360).check_budget()
+    with pytest.raises(EarlyBirdError, match="--eb-scale needs --eb-method"):
+        TrainConfig.from_args(parse("--eb-scale"))

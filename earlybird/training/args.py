@@ -124,7 +124,10 @@ def common_parser() -> argparse.ArgumentParser:
                    help="coefficients the detector watches (both: draw when both have drawn)")
     g.add_argument("--eb-ratio", type=float, default=None,
                    help="pruning ratio of the detector's masks (default: the block's pruning ratio, else 0.3)")
-    g.add_argument("--eb-scope", choices=SCOPES, default="layerwise")
+    g.add_argument("--eb-scope", choices=SCOPES, default="layerwise", help="masks per layer (default) or global")
+    g.add_argument("--eb-scale", action="store_true",
+                   help="scale the study's step-counted detector parameters (smoothing, window, check period; chosen "
+                        "for its 14,774-step run) down to this run's length; --eb-<parameter> flags given are kept")
     add_param_arguments(p, prefix="eb_", flag_prefix="eb-")
 
     # Test-only: stop abruptly after this step, as a kill would (no flush, no final files).

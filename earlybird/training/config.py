@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from ..blocks import BLOCKS, MLP, MSA
-from ..detectors import check_applicable, detector_class
+from ..detectors import check_applicable, describe_scaling, detector_class, scaled_params
 from ..errors import EarlyBirdError
 from ..masks import check_ratio
 
@@ -208,11 +208,14 @@ class EBConfig:
     eb_block: str = "msa"  # msa, mlp or both
     eb_ratio: float | None = None  # as given; `ratio` resolves the default
     eb_scope: str = "layerwise"
+    eb_scale: bool = False  # the study's step-counted parameters scaled to the run's length
     params: Mapping = field(default_factory=dict)  # the detector parameters set by --eb-<name>
 
     def __post_init__(self):
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
         if self.eb_method is None:
+            if self.eb_scale:
+                raise EarlyBirdError("--eb-scale needs --eb-method")
             if self.params or self.eb_ratio is not None:
                 flag = f"--eb-{next(iter(self.params), 'ratio')}".replace("_", "-")
                 raise EarlyBirdError(f"{flag} needs --eb-method")
@@ -230,6 +233,15 @@ class EBConfig:
     @property
     def blocks(self) -> tuple:
         return tuple(BLOCKS) if self.eb_block == "both" else (self.eb_block,)
+
+    def detector_params(self, total_steps: int) -> tuple[dict, str | None]:
+        """The detector's parameters for a run of `total_steps` steps: those given, over the study's scaled ones
+        with --eb-scale; and the line saying how they were scaled (None without --eb-scale)."""
+        if not self.eb_scale:
+            return dict(self.params), None
+        scaled, factor = scaled_params(self.eb_method, total_steps)
+        kept = {name: value for name, value in scaled.items() if name not in self.params}
+        return {**scaled, **self.params}, describe_scaling(self.eb_method, total_steps, kept, factor)
 
     def ratio(self, pruning: PruningConfig) -> float:
         """The detector's mask ratio: --eb-ratio, else the watched block's pruning ratio, else 0.3."""

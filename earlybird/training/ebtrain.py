@@ -27,14 +27,17 @@ from .config import EBConfig, PruningConfig
 
 
 class EBTrain:
-    def __init__(self, eb: EBConfig, pruning: PruningConfig, record_every: int = 1, num_processes: int = 1):
+    def __init__(self, eb: EBConfig, pruning: PruningConfig, total_steps: int, record_every: int = 1,
+                 num_processes: int = 1):
         self.config = eb
         self.pruning = pruning
         self.record_every = record_every
+        self.total_steps = total_steps
         self.blocks = eb.blocks
         self.ratio = eb.ratio(pruning)
+        params, self.scaling = eb.detector_params(total_steps)
         self.detector = OnlineEarlyBird(block=self.blocks, ratio=self.ratio, scope=eb.eb_scope, method=eb.eb_method,
-                                        **eb.params)
+                                        **params)
         self.every = next(iter(self.detector.detectors.values())).every
         self.num_processes = num_processes
         self._steps: list[int] = []
@@ -43,15 +46,17 @@ class EBTrain:
         self.draw_step: int | None = None
         self.draw_coefficients: dict | None = None
 
-    def check_budget(self, total_steps: int) -> None:
+    def check_budget(self) -> None:
         """Refuse, before training, a detector that could never test in this run (e.g. a window longer than it)."""
-        observed = range(self.record_every, total_steps + 1, self.record_every)
+        total = self.total_steps
+        observed = range(self.record_every, total + 1, self.record_every)
         for block, detector in self.detector.detectors.items():
-            message = never_tests_message(detector, observed, f"this run's {total_steps} steps "
+            message = never_tests_message(detector, observed, f"this run's {total} steps "
                                                               f"(recorded every {self.record_every})")
             if message:
+                hint = "" if self.config.eb_scale else ", or --eb-scale to scale the study's parameters to this run"
                 raise EarlyBirdError(f"--eb-method {self.config.eb_method}: {message} (the --eb- flags of those "
-                                     "parameters)")
+                                     f"parameters{hint})")
 
     @property
     def drawn(self) -> bool:

@@ -152,8 +152,11 @@ def run(prog: str, args, build_task) -> int:
         check_model_fits_data(task, model)
         ebtrain = None
         if config.eb.enabled:
-            ebtrain = EBTrain(config.eb, config.pruning, config.slimming.record_every, accelerator.num_processes)
-            ebtrain.check_budget(total_steps)
+            ebtrain = EBTrain(config.eb, config.pruning, total_steps, config.slimming.record_every,
+                              accelerator.num_processes)
+            ebtrain.check_budget()
+            if ebtrain.scaling:
+                log(f"EB-Train: --eb-scale: {ebtrain.scaling}")
         if resume_from is not None:  # what the resume will read: its global batch, and records it can append to
             check_resumable(read_checkpoint_state(resume_from), cfg, accelerator.num_processes)
             if any((rundir.records / name).exists() for name in (*map(block_file, BLOCKS), STEPS_FILE)):
