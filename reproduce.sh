@@ -3,6 +3,8 @@
 #   bash reproduce.sh                 full run on scikit-learn's digits (minutes on 2 cores)
 #   bash reproduce.sh --smoke         the same on a few dozen steps (well under a minute)
 #   OUT=dir WORKERS=N SEED=S bash reproduce.sh
+#   bash reproduce.sh --force         recompute every run (a second pass otherwise reuses the runs that finished
+#                                     with the same command and code, and redoes the rest)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 if [[ ! -x .venv/bin/python ]]; then
