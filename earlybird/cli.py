@@ -24,6 +24,7 @@ from .layout import records_path
 from .errors import EarlyBirdError
 from .masks import SCOPES, check_ratio
 from .plans import make_plan, save_plan
+from .profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from .records import load_records
 
 PROG = "earlybird"
@@ -65,13 +66,33 @@ def register(name: str, help: str, add_arguments, run) -> None:
     SUBCOMMANDS[name] = Subcommand(help, add_arguments, run)
 
 
+# --------------------------------------------------------------------------- profiles and scopes
+
+_SCOPE_DEFAULTS = "; ".join(f"{name}: " + ", ".join(f"{b} {s}" for b, s in profile.scopes.items())
+                            for name, profile in PROFILES.items())
+
+
+def _add_profile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", choices=tuple(PROFILES), default=DEFAULT_PROFILE,
+                   help="detection profile: " + "; ".join(f"{name} = {profile.summary}"
+                                                         for name, profile in PROFILES.items())
+                        + f" (default {DEFAULT_PROFILE}; see docs/library.md)")
+
+
+def _add_scope(p: argparse.ArgumentParser, *flags, dest: str = "scope", what: str = "masks") -> None:
+    p.add_argument(*(flags or ("--scope",)), dest=dest, choices=SCOPES, default=None,
+                   help=f"{what} per layer (layerwise) or over all layers (global); default the profile's "
+                        f"({_SCOPE_DEFAULTS})")
+
+
 # --------------------------------------------------------------------------- detect
 
 def _add_detect(p: argparse.ArgumentParser) -> None:
     p.add_argument("records", help="run directory, records directory or .npy file (ours or the original layout)")
     p.add_argument("--block", choices=BLOCK_NAMES, default="msa", help="msa (heads) or mlp (neurons); default msa")
     p.add_argument("--ratio", type=float, required=True, help="pruning ratio in [0, 1)")
-    p.add_argument("--scope", choices=SCOPES, default="layerwise", help="default layerwise")
+    _add_profile(p)
+    _add_scope(p)
     p.add_argument("--method", required=True, metavar="{" + ",".join(DETECTORS) + "}[,...]|all",
                    help="detector, or several separated by commas (or all): masks and norms are computed once")
     p.add_argument("--scale", action="store_true",
@@ -79,14 +100,16 @@ def _add_detect(p: argparse.ArgumentParser) -> None:
                         f"its {STUDY_STEPS:,}-step run) down to the records' length, as `earlybird report` does; "
                         "parameters given explicitly are kept")
     p.add_argument("--full-trace", action="store_true", help="keep checking after the draw (for plots)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per method instead of the draw step")
+    p.add_argument("--json", action="store_true", help="print one JSON object per method instead of the draw step "
+                   "(with draw_index too under a profile that reports the original code's numbers)")
     add_param_arguments(p)
 
 
-def _methods(text: str) -> list[str]:
-    methods = list(DETECTORS) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+def _methods(text: str, profile: str = DEFAULT_PROFILE) -> list[str]:
+    registry = get_profile(profile).detectors
+    methods = list(registry) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
     for method in methods:
-        detector_class(method)
+        detector_class(method, profile)
     if len(set(methods)) != len(methods) or not methods:
         raise EarlyBirdError(f"--method {text}: expected detectors separated by commas, each once, or all")
     return methods
@@ -95,18 +118,20 @@ def _methods(text: str) -> list[str]:
 def _detector_params(args, methods: list[str], total_steps: int) -> dict[str, dict]:
     """{method: parameters}: the given ones (each must apply to some selected method), over the scaled study's."""
     given = given_params(args)
+    profile, block = args.profile, args.block
     if len(methods) == 1:
-        check_applicable(methods[0], given)
+        check_applicable(methods[0], given, profile=profile)
     for name in given:
-        if not any(name in detector_class(m).param_spec() for m in methods):
+        if not any(name in detector_class(m, profile).param_spec() for m in methods):
             raise EarlyBirdError(f"--{name} does not apply to --method {args.method}")
     params = {}
     for method in methods:
-        spec = detector_class(method).param_spec()
-        scaled, factor = scaled_params(method, total_steps) if args.scale else ({}, 1.0)
+        spec = detector_class(method, profile).param_spec()
+        scaled, factor = scaled_params(method, total_steps, profile=profile, block=block) if args.scale else ({}, 1.0)
         if scaled:
             kept = {k: v for k, v in scaled.items() if k not in given}
-            print(f"earlybird: {method}: {describe_scaling(method, total_steps, kept, factor)}", file=sys.stderr)
+            print(f"earlybird: {method}: {describe_scaling(method, total_steps, kept, factor, profile, block)}",
+                  file=sys.stderr)
         params[method] = {**scaled, **{k: v for k, v in given.items() if k in spec}}
     return params
 
@@ -125,20 +150,21 @@ def _check_ratios(args, *flags) -> None:
 
 
 def _run_detect(args) -> int:
-    methods = _methods(args.method)
+    methods = _methods(args.method, args.profile)
     _check_ratios(args, ("--ratio", "ratio"))
     records = load_records(records_path(args.records))
     total = int(records.steps[-1]) if len(records.steps) else 0
     params = _detector_params(args, methods, total)
     for method in methods:
         # A detector that can never test would print "none" as if it had looked and found nothing: refuse instead.
-        message = never_tests_message(make_detector(method, **params[method]), records.steps,
-                                      f"{args.records} ({args.block})")
+        message = never_tests_message(make_detector(method, args.profile, args.block, **params[method]),
+                                      records.steps, f"{args.records} ({args.block})")
         if message:
-            hint = ("" if args.scale or not scaled_params(method, total)[0] else
+            hint = ("" if args.scale or not scaled_params(method, total, profile=args.profile)[0] else
                     f"; or --scale to scale the study's parameters to these {total} steps")
             raise EarlyBirdError(message + hint)
-    results = detect_many(records, args.block, args.ratio, args.scope, params, stop_at_draw=not args.full_trace)
+    results = detect_many(records, args.block, args.ratio, args.scope, params, stop_at_draw=not args.full_trace,
+                          profile=args.profile)
     for method, result in results.items():
         if args.json:
             print(result.to_json())
@@ -160,7 +186,8 @@ def _add_hamming_table(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.01],
                    help="distance thresholds eps, each in (0, 1] (default 0.1 0.01)")
     p.add_argument("--block", choices=BLOCK_NAMES, default="msa", help="msa (heads) or mlp (neurons); default msa")
-    p.add_argument("--scope", choices=SCOPES, default="layerwise", help="masks per layer (default) or global")
+    _add_profile(p)
+    _add_scope(p)
     p.add_argument("--every", type=int, default=1, help="check every E training steps (default 1)")
     p.add_argument("--csv", action="store_true", help="CSV instead of a markdown table")
 
@@ -168,14 +195,21 @@ def _add_hamming_table(p: argparse.ArgumentParser) -> None:
 def _run_hamming_table(args) -> int:
     _check_ratios(args, ("--ratios", "ratios"))
     records = load_records(records_path(args.records))
+    profile = get_profile(args.profile)
     for n in args.cached:
         if n < 2:
             raise EarlyBirdError(f"--cached values must be >= 2; got {n}")
+    threshold = detector_class("hamming", profile.name).param_spec()["threshold"]
     for eps in args.thresholds:
-        if not 0 < eps <= 1:
-            raise EarlyBirdError(f"--thresholds values must be in (0, 1]; got {eps}")
+        try:
+            threshold.check(eps)
+        except EarlyBirdError:
+            raise EarlyBirdError(f"--thresholds values must be in {threshold.interval}; got {eps}") from None
+    scope = profile.scope(args.block, args.scope)
+    # a profile that reports the original code's numbers prints its record indices
     table = hamming_table(records, block=args.block, ratios=args.ratios, cached=args.cached,
-                          thresholds=args.thresholds, scope=args.scope, every=args.every)
+                          thresholds=args.thresholds, scope=scope, every=args.every, profile=profile.name,
+                          indices=profile.reports_index)
     columns = [(r, t) for r in args.ratios for t in args.thresholds]
     rows = [[n] + [table[(float(r), int(n), float(t))] for r, t in columns] for n in args.cached]
     if args.csv:
@@ -191,7 +225,11 @@ def _run_hamming_table(args) -> int:
         print("|" + "---:|" * len(header))
         for row in rows:
             print("| " + " | ".join("none" if v is None else str(v) for v in row) + " |")
-        print(f"\nTotal steps: {records.total_steps} (block {args.block}, scope {args.scope})")
+        where = f"block {args.block}, scope {scope}" + ("" if profile.name == DEFAULT_PROFILE else
+                                                        f", profile {profile.name}")
+        print(f"\nTotal steps: {records.total_steps} ({where})"
+              + (". Numbers are 0-based record indices, as the original code prints them." if profile.reports_index
+                 else ""))
     return 0
 
 
@@ -206,10 +244,9 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
                    help="fraction of attention heads pruned, in [0, 1)")
     p.add_argument("--inter-pruning-ratio", "--inter-ratio", dest="inter_ratio", type=float, required=True, action=_Remember,
                    help="fraction of FFN neurons pruned, in [0, 1)")
-    p.add_argument("--self-pruning-scope", "--self-scope", dest="self_scope", choices=SCOPES, default="layerwise",
-                   help="heads: per layer (layerwise, default) or over all layers (global)")
-    p.add_argument("--inter-pruning-scope", "--inter-scope", dest="inter_scope", choices=SCOPES, default="layerwise",
-                   help="neurons: per layer (layerwise, default) or over all layers (global)")
+    _add_scope(p, "--self-pruning-scope", "--self-scope", dest="self_scope", what="heads")
+    _add_scope(p, "--inter-pruning-scope", "--inter-scope", dest="inter_scope", what="neurons")
+    _add_profile(p)
     p.add_argument("--random", type=int, metavar="SEED", help="random baseline with the same per-layer counts")
     p.add_argument("-o", "--output", required=True, help="plan JSON to write")
 
@@ -217,7 +254,7 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
 def _run_plan(args) -> int:
     _check_ratios(args, ("--self-pruning-ratio", "self_ratio"), ("--inter-pruning-ratio", "inter_ratio"))
     plan = make_plan(records_path(args.records), args.step, args.self_ratio, args.inter_ratio, args.self_scope,
-                     args.inter_scope, random_seed=args.random)
+                     args.inter_scope, random_seed=args.random, profile=args.profile)
     save_plan(plan, args.output)
     heads = sum(len(v) for v in plan[MSA.plan_key].values())
     neurons = sum(len(v) for v in plan[MLP.plan_key].values())
@@ -240,7 +277,8 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", help="output directory (default: <first run>/report)")
     p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.8],
                    help="pruning ratios of the masks, each in [0, 1) (default 0.3 0.8: the study's)")
-    p.add_argument("--scope", choices=SCOPES, default="layerwise", help="masks per layer (default) or global")
+    _add_profile(p)
+    _add_scope(p)
     p.add_argument("--layer", type=int, default=0, help="layer whose coefficient trajectories are plotted")
     p.add_argument("--no-scale", action="store_true",
                    help="use the study's stationarity parameters as they are, even on a shorter run")
@@ -254,7 +292,8 @@ def _run_report(args) -> int:
     _check_ratios(args, ("--ratios", "ratios"))
     grid = {k: tuple(v) for k, v in (("cached", args.cached), ("thresholds", args.thresholds)) if v}
     build_report(args.runs, args.output, ratios=args.ratios, scope=args.scope, layer=args.layer,
-                 scale=not args.no_scale, hamming_grid=grid, log=lambda line: print(line, file=sys.stderr))
+                 scale=not args.no_scale, hamming_grid=grid, profile=args.profile,
+                 log=lambda line: print(line, file=sys.stderr))
     return 0
 
 

@@ -14,10 +14,16 @@ counts training steps even when only every k-th step was recorded.
 A detector draws at the check that completes ``patience`` consecutive passing checks
 (``patience=1`` is the papers' rule). After drawing it keeps its trace if fed more steps,
 but ``draw_step`` never changes and ``update`` returns True only once.
+
+Each detector class belongs to a detection profile (``profile``, default ``paper``; see
+earlybird.profiles): the ``original`` profile's variants (the original research code's rules) are
+registered beside the paper's under the same method names, and every function here takes
+``profile=``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import warnings
@@ -28,6 +34,7 @@ import numpy as np
 
 from .errors import EarlyBirdError
 from .masks import as_numpy, check_ratio, check_scope, compute_mask, nuclear_norm
+from .profiles import DEFAULT_PROFILE, get_profile
 from .records import Records, load_records
 
 # Steps per block in offline scans: bounds the mask/SVD temporaries whatever the record size.
@@ -36,18 +43,25 @@ _SCAN_ELEMENTS = 1 << 23
 
 @dataclass
 class DetectionResult:
-    """Outcome of a detection: draw step (None if never drawn) and the per-check trace."""
+    """Outcome of a detection: draw step (None if never drawn) and the per-check trace.
+
+    Under a profile that reports indices (``original``), ``draw_index`` is the number the original research code
+    prints for the same draw (``indexed`` is then True and the JSON carries it; see docs/library.md).
+    """
 
     method: str
     draw_step: int | None
     total_steps: int
     trace: list = field(default_factory=list)
     params: dict = field(default_factory=dict)
+    draw_index: int | None = None
+    indexed: bool = False
 
     def to_dict(self) -> dict:
         return {
             "method": self.method,
             "draw_step": self.draw_step,
+            **({"draw_index": self.draw_index} if self.indexed else {}),
             "total_steps": self.total_steps,
             "params": _json_safe(self.params),
             "trace": _json_safe(self.trace),
@@ -146,13 +160,17 @@ class Detector:
 
     A detector declares `method` (its registry name), `title` (a format string over its parameters, for reports)
     and `PARAMS` (its parameters, in the order `params()` reports them), implements `update(step, mask)`, and is
-    added to the registry with `@register`.
+    added to the registry with `@register`. `profile` names the detection profile the class belongs to (a variant
+    of the method under another profile is another class), `BLOCK_DEFAULTS` per-block defaults that replace the
+    declared ones (`make_detector(..., block=)`).
     """
 
     method = ""
     title = ""
+    profile = DEFAULT_PROFILE
     uses_norm = False  # consumes the mask's nuclear norm only (update_value): masks are reduced before feeding
     PARAMS: tuple[Param, ...] = (EVERY, PATIENCE)
+    BLOCK_DEFAULTS: dict = {}
 
     def __init__(self, **params):
         spec = self.param_spec()
@@ -162,6 +180,7 @@ class Detector:
         for name, param in spec.items():
             setattr(self, name, param.check(params.get(name, param.default)))
         self.draw_step: int | None = None
+        self.draw_index: int | None = None  # profiles that report indices (see DetectionResult)
         self.trace: list = []
         self.observed = 0
         self.checks = 0
@@ -179,12 +198,17 @@ class Detector:
         """The title with this detector's parameters filled in."""
         return self.title.format(**self.params())
 
+    def checks_at(self, step: int, previous: int | None, index: int) -> bool:
+        """Whether observing `step` -- the index-th observation (0-based), after step `previous` (None for the first)
+        -- is a check: a pure function of the parameters (EB-Train asks it before feeding). The shared clock."""
+        return is_check(step, previous, self.every)
+
     def _observe_step(self, step) -> bool:
         """Validate the step and say whether it is a check."""
         step = int(step)
         if self._previous_step is not None and step <= self._previous_step:
             raise EarlyBirdError(f"steps must increase: got step {step} after {self._previous_step}")
-        check = is_check(step, self._previous_step, self.every)
+        check = self.checks_at(step, self._previous_step, self.observed)
         self._previous_step = step
         self.observed += 1
         self.checks += check
@@ -214,7 +238,9 @@ class Detector:
             draw_step=self.draw_step,
             total_steps=self.observed if total_steps is None else int(total_steps),
             trace=list(self.trace),
-            params={**extra_params, **self.params()},
+            params={**extra_params, "profile": self.profile, **self.params()},
+            draw_index=self.draw_index,
+            indexed=get_profile(self.profile).reports_index,
         )
 
     @classmethod
@@ -223,31 +249,41 @@ class Detector:
         return detect(records, block=block, ratio=ratio, scope=scope, method=cls.method, **params)
 
 
-DETECTORS: dict[str, type[Detector]] = {}
+# {profile: {method: class}}; DETECTORS is the default profile's (the paper's) registry.
+VARIANTS: dict[str, dict[str, type[Detector]]] = {DEFAULT_PROFILE: {}}
+DETECTORS: dict[str, type[Detector]] = VARIANTS[DEFAULT_PROFILE]
 
 
 def register(cls: type[Detector]) -> type[Detector]:
-    """Add a detector class to the registry (a class decorator): the CLI, the training flags, EB-Train, the report
-    and the benchmarks all take their detectors from `DETECTORS`."""
+    """Add a detector class to the registry of its profile (a class decorator): the CLI, the training flags,
+    EB-Train, the report and the benchmarks all take their detectors from the registry (`DETECTORS` for the
+    default profile, `VARIANTS[profile]` for each)."""
     if not cls.method:
         raise ValueError(f"{cls.__name__} has no method name")
-    DETECTORS[cls.method] = cls
+    get_profile(cls.profile)
+    VARIANTS.setdefault(cls.profile, {})[cls.method] = cls
     return cls
 
 
-def detector_class(method: str) -> type[Detector]:
+def detector_class(method: str, profile: str | None = None) -> type[Detector]:
+    """The class of `method` under `profile` (None: the default profile)."""
+    name = get_profile(profile).name
+    registry = VARIANTS.get(name, {})
     try:
-        return DETECTORS[method]
+        return registry[method]
     except (KeyError, TypeError):
-        raise EarlyBirdError(f"unknown method {method!r}; choose one of {', '.join(DETECTORS)}") from None
+        under = "" if name == DEFAULT_PROFILE else f" under profile {name}"
+        raise EarlyBirdError(f"unknown method {method!r}{under}; choose one of {', '.join(registry)}") from None
 
 
 def all_params() -> dict[str, dict[str, Param]]:
-    """{parameter name: {method: its declaration}} over the registry, in declaration order."""
+    """{parameter name: {method: its declaration}} over the registries (the default profile's declaration first),
+    in declaration order."""
     table: dict[str, dict[str, Param]] = {}
-    for method, cls in DETECTORS.items():
-        for name, param in cls.param_spec().items():
-            table.setdefault(name, {})[method] = param
+    for registry in (DETECTORS, *(v for k, v in VARIANTS.items() if k != DEFAULT_PROFILE)):
+        for method, cls in registry.items():
+            for name, param in cls.param_spec().items():
+                table.setdefault(name, {}).setdefault(method, param)
     return table
 
 
@@ -277,12 +313,15 @@ def given_params(args, prefix: str = "") -> dict:
     return {name: getattr(args, f"{prefix}{name}") for name in all_params() if hasattr(args, f"{prefix}{name}")}
 
 
-def check_applicable(method: str, given: dict, flag=lambda name: f"--{name}", method_flag: str = "--method") -> None:
-    """Refuse a parameter the method does not take, naming the flag (`given`: name -> value)."""
-    spec = detector_class(method).param_spec()
+def check_applicable(method: str, given: dict, flag=lambda name: f"--{name}", method_flag: str = "--method",
+                     profile: str | None = None) -> None:
+    """Refuse a parameter the method does not take (under `profile`), naming the flag (`given`: name -> value)."""
+    spec = detector_class(method, profile).param_spec()
+    name_of = get_profile(profile).name
+    under = "" if name_of == DEFAULT_PROFILE else f" under profile {name_of}"
     for name in given:
         if name not in spec:
-            raise EarlyBirdError(f"{flag(name)} does not apply to {method_flag} {method}")
+            raise EarlyBirdError(f"{flag(name)} does not apply to {method_flag} {method}{under}")
 
 
 # The case study's run: ViT-Base fine-tuned on ImageNet-1k for 14,774 steps. Parameters counted in steps (smoothing,
@@ -290,18 +329,29 @@ def check_applicable(method: str, given: dict, flag=lambda name: f"--{name}", me
 STUDY_STEPS = 14774
 
 
-def scaled_params(method: str, total_steps: int, scale: bool = True) -> tuple[dict, float]:
+def study_params(method: str, profile: str | None = None, block: str | None = None) -> dict[str, Param]:
+    """The method's step-counted parameters under `profile` for `block`, with the study's values as defaults."""
+    cls = detector_class(method, profile)
+    block_defaults = cls.BLOCK_DEFAULTS.get(block, {}) if block else {}
+    return {name: replace(p, default=block_defaults.get(name, p.default))
+            for name, p in cls.param_spec().items() if p.steps}
+
+
+def scaled_params(method: str, total_steps: int, scale: bool = True, profile: str | None = None,
+                  block: str | None = None) -> tuple[dict, float]:
     """The method's step-counted parameters, scaled from the study's run length to `total_steps` (never up), with
-    the declared floors; and the factor (1.0 when the run is as long as the study's or `scale` is off)."""
+    the declared floors; and the factor (1.0 when the run is as long as the study's or `scale` is off). A value of
+    0 (the original profile's 'not smoothed') stays 0."""
     factor = min(1.0, total_steps / STUDY_STEPS) if scale else 1.0
-    params = {name: max(p.floor, int(round(p.default * factor)))
-              for name, p in detector_class(method).param_spec().items() if p.steps}
+    params = {name: max(p.floor, int(round(p.default * factor))) if p.default else p.default
+              for name, p in study_params(method, profile, block).items()}
     return params, factor
 
 
-def describe_scaling(method: str, total_steps: int, params: dict, factor: float) -> str:
+def describe_scaling(method: str, total_steps: int, params: dict, factor: float, profile: str | None = None,
+                     block: str | None = None) -> str:
     """One line saying how the study's parameters were scaled (printed wherever scaling is used)."""
-    spec = detector_class(method).param_spec()
+    spec = study_params(method, profile, block)
     if not params:
         return "nothing to scale"
     values = ", ".join(f"{name} {value}" for name, value in params.items())
@@ -381,10 +431,17 @@ class HammingEB(Detector):
         distance = self.max_distance()
         if distance is None:
             return False
-        passed = distance < self.threshold
-        self.trace.append({"step": int(step), "distance": distance, "passed": passed})
+        passed = self.passes_at(distance, self.threshold)
+        self.trace.append(self._entry(step, distance, passed))
         return self._conclude(step, passed)
 
+    @staticmethod
+    def passes_at(distance: float, threshold: float) -> bool:
+        """The rule: the newest mask is within `threshold` of every cached one (strictly, as in You et al.)."""
+        return bool(distance < threshold)
+
+    def _entry(self, step: int, distance: float, passed: bool) -> dict:
+        return {"step": int(step), "distance": distance, "passed": passed}
 
     def can_test(self, observed: int, checks: int) -> bool:
         return checks >= self.cached  # one mask enters the FIFO per check
@@ -392,6 +449,29 @@ class HammingEB(Detector):
     def needs(self) -> tuple[str, str]:
         return (f"cached={self.cached} masks in its FIFO, one per check every {self.every} steps "
                 f"(at least {self.cached * self.every} steps)", "a smaller cached / every")
+
+
+@register
+class OriginalHammingEB(HammingEB):
+    """The original code's Hamming rule (profile `original`): the check passes when the newest mask is within
+    ``threshold`` of every cached one *inclusively* (distance <= threshold, so 0 is a valid threshold: identical
+    masks); the reported number (`draw_index`, trace `index`) is the 0-based index of the record drawn at."""
+
+    profile = "original"
+    PARAMS = tuple(replace(p, interval="[0, 1]") if p.name == "threshold" else p for p in HammingEB.PARAMS)
+
+    @staticmethod
+    def passes_at(distance: float, threshold: float) -> bool:
+        return bool(distance <= threshold)
+
+    def _entry(self, step: int, distance: float, passed: bool) -> dict:
+        return {"step": int(step), "index": self.observed - 1, "distance": distance, "passed": passed}
+
+    def _conclude(self, step: int, passed: bool) -> bool:
+        drew = super()._conclude(step, passed)
+        if drew:
+            self.draw_index = self.observed - 1
+        return drew
 
 
 def smooth_series(values, width: int) -> np.ndarray:
@@ -498,12 +578,18 @@ class SlopeEB(StationarityEB):
         return {**super().params(), "maxlags": self.maxlags if self.maxlags is not None else default_maxlags(self.window)}
 
     def test(self, window):
-        import statsmodels.api as sm
+        return slope_test(window, self.maxlags if self.maxlags is not None else default_maxlags(len(window)))
 
-        maxlags = self.maxlags if self.maxlags is not None else default_maxlags(len(window))
-        time = sm.add_constant(np.arange(len(window), dtype=np.float64))
-        fit = sm.OLS(window, time).fit(cov_type="HAC", cov_kwds={"maxlags": maxlags})
-        return float(fit.params[1]), float(fit.pvalues[1])
+
+def slope_test(window: np.ndarray, maxlags: int | None = None) -> tuple[float, float]:
+    """(slope, p-value) of the OLS of the window on time 0..n-1: Newey-West (HAC) standard errors with `maxlags`
+    lags, or the plain OLS ones with None (the original profile)."""
+    import statsmodels.api as sm
+
+    time = sm.add_constant(np.arange(len(window), dtype=np.float64))
+    model = sm.OLS(window, time)
+    fit = model.fit() if maxlags is None else model.fit(cov_type="HAC", cov_kwds={"maxlags": maxlags})
+    return float(fit.params[1]), float(fit.pvalues[1])
 
 
 @register
@@ -540,30 +626,189 @@ class ADFEB(StationarityEB):
         return bool(p_value < self.alpha)
 
     def test(self, window):
-        from statsmodels.tools.sm_exceptions import SingularMatrixWarning
-        from statsmodels.tsa.stattools import adfuller
+        try:
+            return adf_test(window, self.maxlag, self.regression, self.autolag)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            raise EarlyBirdError(f"adf test failed on a {len(window)}-value window ({exc}); "
+                                 "use a larger window or a smaller maxlag") from None
 
-        # The smoothed norm of a 0/1 mask is piecewise linear, so the lagged differences in
-        # ADF's regressions are often exactly collinear (SingularMatrixWarning) or fit exactly
-        # (log(0) in the AIC: RuntimeWarning); statsmodels still returns its estimate, which is
-        # what we use. Silencing them here keeps a scan from printing hundreds of warnings.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SingularMatrixWarning)
-            warnings.simplefilter("ignore", RuntimeWarning)
+
+def adf_test(window: np.ndarray, maxlag, regression: str, autolag) -> tuple[float, float]:
+    """(statistic, p-value) of statsmodels' adfuller; its exceptions propagate."""
+    from statsmodels.tools.sm_exceptions import SingularMatrixWarning
+    from statsmodels.tsa.stattools import adfuller
+
+    # The smoothed norm of a 0/1 mask is piecewise linear, so the lagged differences in
+    # ADF's regressions are often exactly collinear (SingularMatrixWarning) or fit exactly
+    # (log(0) in the AIC: RuntimeWarning); statsmodels still returns its estimate, which is
+    # what we use. Silencing them here keeps a scan from printing hundreds of warnings.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularMatrixWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        outcome = adfuller(window, maxlag=maxlag, regression=regression, autolag=autolag, result_object=True)
+    return float(outcome.statistic), float(outcome.pvalue)
+
+
+# --------------------------------------------------------------------------- the original profile's windows
+
+
+class WindowedStationarityEB(Detector):
+    """The original research code's stationarity detectors (profile `original`), counted in records.
+
+    The series is the nuclear norm of the mask of every record except the first and the last: norm `j` is record
+    `j + 1`'s. With `smooth` S, `window` W and `every` E (the study's 200 / 300 / 100) window k of the series is
+
+    * k = 0: norms [0, W + S - 1), smoothed with a 'valid' moving average of S (W values);
+    * k >= 1: norms [kE, kE + W - 1), smoothed the same way (W - S values);
+
+    and S = 0 means not smoothed (the FFN series: W - 1 raw values in every window). The original's loop tests
+    window k only while its end (W + S - 1 for k = 0, kE + W - 1 after) is below the series' length, and the series
+    stops one record before the last: window k is therefore decided at record index max(W + S - 1, kE + W - 1) + 2,
+    the first record at which the original code, run on the records so far, tests it (several windows can be
+    decided at one record: with the study's values windows 0, 1 and 2 at record 501). That record's step is the
+    trace's `step` and the draw step; `index` (and `draw_index`) is the number the original prints for window k,
+    (k + 1)E + W - 1 (399, 499, ... with the study's values), an index into the norm series. A test's exception
+    counts as p = 0 (as the original's ADF try/except does). On a constant window the slope's p-value is NaN (never
+    passes, see OriginalSlopeEB), Mann-Kendall's is 1 (passes) and ADF raises (p = 0: passes).
+    """
+
+    profile = "original"
+    uses_norm = True
+    PARAMS = tuple(
+        replace(p, minimum=0, help="moving-average length ('valid' convolution; 0: not smoothed)")
+        if p.name == "smooth" else replace(p, default=0.1) if p.name == "alpha" else p
+        for p in STATIONARITY_PARAMS)
+    BLOCK_DEFAULTS = {"mlp": {"smooth": 0}}  # the original code does not smooth the FFN masks' norms
+    MIN_VALUES = 10  # a window's fewest values (the paper's smallest window)
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        later = self.window - self.smooth if self.smooth else self.window - 1
+        if later < self.MIN_VALUES:
+            raise EarlyBirdError(f"window {self.window} with smooth {self.smooth}: under profile original the windows "
+                                 f"after the first hold window - smooth = {later} values; expected at least "
+                                 f"{self.MIN_VALUES} (window >= smooth + {self.MIN_VALUES})")
+        self._norms: deque = deque(maxlen=self.window + self.smooth + 1)
+        self._length = 0  # the norm series' length so far
+        self._next = 0  # the next window to test
+
+    def bounds(self, k: int) -> tuple[int, int]:
+        """Window k's [start, stop) in the norm series."""
+        if k == 0:
+            return 0, self.window + self.smooth - 1
+        return k * self.every, k * self.every + self.window - 1
+
+    def due(self, k: int) -> int:
+        """The record index at which window k is decided (see the class docstring)."""
+        return max(self.bounds(0)[1], self.bounds(k)[1]) + 2
+
+    def reported_index(self, k: int) -> int:
+        """The number the original code prints for window k."""
+        return (k + 1) * self.every + self.window - 1
+
+    def checks_at(self, step: int, previous: int | None, index: int) -> bool:
+        first = self.due(0)
+        # after the first, window k >= 1 is due at record k * every + window + 1
+        return index == first or (index > first and (index - self.window - 1) % self.every == 0)
+
+    def can_test(self, observed: int, checks: int) -> bool:
+        return True  # a check is a record at which a window is due
+
+    def needs(self) -> tuple[str, str]:
+        return (f"{self.due(0) + 1} records (its first window: {self.bounds(0)[1]} norms from the second record on, "
+                "then the two records the original code's loop does not read)", "a smaller window / smooth")
+
+    def update(self, step: int, mask) -> bool:
+        return self.update_value(step, nuclear_norm(as_numpy(mask)))
+
+    def update_value(self, step: int, value: float) -> bool:
+        """Feed one record's nuclear norm (the first record's is not part of the series)."""
+        check = self._observe_step(step)
+        index = self.observed - 1
+        value = float(value)
+        if not math.isfinite(value):
+            raise EarlyBirdError(f"nuclear norm at step {step} is not finite: {value}")
+        if index == 0:
+            return False
+        self._norms.append(value)
+        self._length += 1
+        drew = False
+        while check and self.due(self._next) <= index:
+            k, self._next = self._next, self._next + 1
+            window = self.window_values(k)
             try:
-                outcome = adfuller(window, maxlag=self.maxlag, regression=self.regression, autolag=self.autolag,
-                                   result_object=True)
-            except (ValueError, np.linalg.LinAlgError) as exc:
-                raise EarlyBirdError(f"adf test failed on a {len(window)}-value window ({exc}); "
-                                     "use a larger window or a smaller maxlag") from None
-        return float(outcome.statistic), float(outcome.pvalue)
+                statistic, p_value = self.test(window)
+            except Exception:  # noqa: BLE001 - the original code's rule: a failed test counts as p = 0
+                statistic, p_value = None, 0.0
+            passed = self.passes(p_value)
+            self.trace.append({"step": int(step), "index": self.reported_index(k), "statistic": statistic,
+                               "p_value": p_value, "passed": passed, "constant": bool(window.min() == window.max())})
+            if self._conclude(step, passed):
+                self.draw_index = self.reported_index(k)
+                drew = True
+        return drew
+
+    def window_values(self, k: int) -> np.ndarray:
+        """Window k's values (smoothed unless smooth is 0), from the norms kept."""
+        start, stop = self.bounds(k)
+        first = self._length - len(self._norms)  # series index of the oldest norm kept
+        raw = np.fromiter(itertools.islice(self._norms, start - first, stop - first), dtype=np.float64)
+        return np.convolve(raw, np.ones(self.smooth) / self.smooth, mode="valid") if self.smooth else raw
+
+    passes = StationarityEB.passes
+
+    def test(self, window: np.ndarray) -> tuple:
+        raise NotImplementedError
 
 
-def make_detector(method: str, **params) -> Detector:
-    """A fresh detector from the registry; EarlyBirdError for unknown methods or parameters."""
-    cls = detector_class(method)
+@register
+class OriginalSlopeEB(WindowedStationarityEB):
+    """Plain OLS of the window on time (no HAC); draw when the slope's p-value > alpha (0.1).
+
+    On a constant window the slope and its standard error are both exactly 0, so the p-value is 0/0: NaN, which
+    never passes. (statsmodels' least squares returns rounding noise there instead -- a slope of ~1e-17 and a
+    p-value anywhere in (0, 1) depending on the value and the length -- which is not a result to reproduce.)
+    """
+
+    method = "slope"
+    title = "sliding-window regression (OLS p-value)"
+
+    def test(self, window):
+        if window.min() == window.max():
+            return 0.0, math.nan
+        return slope_test(window)
+
+
+@register
+class OriginalMannKendallEB(WindowedStationarityEB):
+    """pymannkendall's original test; draw when p > alpha (0.1)."""
+
+    method = "mk"
+    title = MannKendallEB.title
+    test = MannKendallEB.test
+
+
+@register
+class OriginalADFEB(WindowedStationarityEB):
+    """statsmodels' adfuller (autolag AIC, regression c); draw when p < alpha (0.05); an exception is p = 0."""
+
+    method = "adf"
+    title = ADFEB.title
+    PARAMS = tuple(replace(p, default=0.05) if p.name == "alpha" else p for p in WindowedStationarityEB.PARAMS) + tuple(
+        p for p in ADFEB.PARAMS if p.name not in WindowedStationarityEB.param_spec())
+    passes = ADFEB.passes
+
+    def test(self, window):
+        return adf_test(window, self.maxlag, self.regression, self.autolag)
+
+
+def make_detector(method: str, profile: str | None = None, block: str | None = None, **params) -> Detector:
+    """A fresh detector from the registry of `profile` (None: the default); `block` selects the variant's
+    per-block defaults (`BLOCK_DEFAULTS`). EarlyBirdError for unknown methods or parameters."""
+    cls = detector_class(method, profile)
+    defaults = cls.BLOCK_DEFAULTS.get(block, {}) if block else {}
     try:
-        return cls(**params)
+        return cls(**{**defaults, **params})
     except TypeError as exc:
         raise EarlyBirdError(f"bad parameters for method {method!r}: {exc}") from None
 
@@ -571,15 +816,15 @@ def make_detector(method: str, **params) -> Detector:
 def first_test_step(detector: "Detector", steps) -> int | None:
     """The first of ``steps`` (the observed steps, increasing) at which ``detector`` can run its test, or None.
 
-    A pure function of the detector's parameters (its state is not touched): the check clock, and the detector's
-    own `can_test` (Hamming once its FIFO is full, a stationarity test once it has a window). None means it can
+    A pure function of the detector's parameters (its state is not touched): its check clock (`checks_at`), and
+    its own `can_test` (Hamming once its FIFO is full, a stationarity test once it has a window). None means it can
     never draw on these steps.
     """
     previous = None
     observed = checks = 0
     for step in steps:
         step = int(step)
-        check = is_check(step, previous, detector.every)
+        check = detector.checks_at(step, previous, observed)
         previous = step
         observed += 1
         checks += check
@@ -632,20 +877,21 @@ def feed(detector: Detector, steps, masks, *, stop_at_draw: bool = False) -> boo
     return _feed_block(detector, steps, nuclear_norm(masks) if detector.uses_norm else masks, stop_at_draw)
 
 
-def detect(records, block: str = "msa", ratio: float = 0.3, scope: str = "layerwise", method: str = "slope",
-           *, stop_at_draw: bool = True, **params) -> DetectionResult:
+def detect(records, block: str = "msa", ratio: float = 0.3, scope: str | None = None, method: str = "slope",
+           *, stop_at_draw: bool = True, profile: str | None = None, **params) -> DetectionResult:
     """Run a detector over recorded coefficients; offline == online by construction.
 
-    Masks are computed with :func:`compute_mask` in vectorised blocks of steps (and, for the
-    stationarity methods, their nuclear norms in one stacked SVD per block); the detector is
-    then fed step by step with the records' own step numbers. ``stop_at_draw=False`` keeps
-    feeding after the draw to produce the full trace.
+    Masks are computed with :func:`compute_mask` (the profile's mask rule; ``scope=None``: the profile's default
+    scope for the block) in vectorised blocks of steps (and, for the stationarity methods, their nuclear norms in one
+    stacked SVD per block); the detector is then fed step by step with the records' own step numbers.
+    ``stop_at_draw=False`` keeps feeding after the draw to produce the full trace.
     """
-    return detect_many(records, block, ratio, scope, {method: params}, stop_at_draw=stop_at_draw)[method]
+    return detect_many(records, block, ratio, scope, {method: params}, stop_at_draw=stop_at_draw,
+                       profile=profile)[method]
 
 
-def detect_many(records, block: str, ratio: float, scope: str, methods: dict, *,
-                stop_at_draw: bool = True) -> dict[str, DetectionResult]:
+def detect_many(records, block: str, ratio: float, scope: str | None, methods: dict, *,
+                stop_at_draw: bool = True, profile: str | None = None) -> dict[str, DetectionResult]:
     """Several detectors over the same records in one pass: {method: its parameters} -> {method: result}.
 
     Each block of steps' masks (and their nuclear norms, when a detector needs them) is computed once and fed to
@@ -654,14 +900,15 @@ def detect_many(records, block: str, ratio: float, scope: str, methods: dict, *,
     """
     records = _as_records(records)
     ratio = check_ratio(ratio)
-    check_scope(scope)
-    detectors = {method: make_detector(method, **params) for method, params in methods.items()}
+    profile = get_profile(profile)
     coefs = records.block(block)
+    scope = check_scope(profile.scope(block, scope))
+    detectors = {method: make_detector(method, profile.name, block, **params) for method, params in methods.items()}
     for start, stop in _step_blocks(coefs):
         live = [d for d in detectors.values() if not (stop_at_draw and d.draw_step is not None)]
         if not live:
             break
-        masks = compute_mask(coefs[start:stop], ratio, scope)
+        masks = compute_mask(coefs[start:stop], ratio, scope, profile.mask_rule)
         norms = nuclear_norm(masks) if any(d.uses_norm for d in live) else None
         steps = records.steps[start:stop]
         for detector in live:
@@ -671,32 +918,40 @@ def detect_many(records, block: str, ratio: float, scope: str, methods: dict, *,
 
 
 def hamming_table(records, block: str = "msa", ratios=(0.3, 0.8), cached=(5, 50, 100, 500, 2000),
-                  thresholds=(0.1, 0.01), scope: str = "layerwise", every: int = 1) -> dict:
+                  thresholds=(0.1, 0.01), scope: str | None = None, every: int = 1, profile: str | None = None,
+                  indices: bool = False) -> dict:
     """Draw steps of the Hamming rule for every (ratio, cached, threshold): {(r, n, eps): step}.
 
     Masks are computed once per ratio and fed to one detector per FIFO size. The FIFO does not
     depend on the threshold, so one detector run with the smallest threshold (the last to draw)
-    yields every threshold's draw: the first trace entry whose distance is below it -- the
-    same step a separate run with that threshold draws at (patience 1).
+    yields every threshold's draw: the first trace entry that passes it -- the same step a separate run with
+    that threshold draws at (patience 1). ``indices=True`` gives the record indices instead (the numbers the
+    original code prints; under a profile that reports indices).
     """
     records = _as_records(records)
+    profile = get_profile(profile)
+    cls = detector_class("hamming", profile.name)
+    thresholds = [cls.param_spec()["threshold"].check(t) for t in thresholds]
     coefs = records.block(block)
-    smallest = min(float(t) for t in thresholds)
+    scope = check_scope(profile.scope(block, scope))
+    smallest = min(thresholds)
     table = {}
     for ratio in ratios:
         ratio = check_ratio(ratio)
-        detectors = {int(n): HammingEB(cached=int(n), threshold=smallest, every=every) for n in cached}
+        detectors = {int(n): make_detector("hamming", profile.name, block, cached=int(n), threshold=smallest,
+                                           every=every) for n in cached}
         for start, stop in _step_blocks(coefs):
             live = [d for d in detectors.values() if d.draw_step is None]
             if not live:
                 break
-            masks = compute_mask(coefs[start:stop], ratio, scope)
+            masks = compute_mask(coefs[start:stop], ratio, scope, profile.mask_rule)
             for d in live:
                 feed(d, records.steps[start:stop], masks, stop_at_draw=True)
         for n, d in detectors.items():
             for eps in thresholds:
-                hit = next((e["step"] for e in d.trace if e["distance"] < float(eps)), None)
-                table[(ratio, n, float(eps))] = hit
+                hit = next((e for e in d.trace if d.passes_at(e["distance"], eps)), None)
+                table[(ratio, n, eps)] = None if hit is None else (
+                    records.index_of_step(hit["step"]) if indices else hit["step"])
     return table
 
 
@@ -712,20 +967,41 @@ class OnlineEarlyBird:
     ``observe_many(steps, msa=(K, L, H), mlp=(K, L, I))`` every K steps (for example with the
     chunk a CoefficientRecorder just flushed); the result is identical. With several blocks,
     each has its own detector and the draw is the step at which the last of them draws.
+
+    ``profile`` selects the detection profile (mask rule, detector variant, default scopes: ``scope=None`` uses
+    the profile's default for each block); ``block_params`` ({block: {name: value}}) sets parameters for one block
+    only, under the common ``params``.
     """
 
-    def __init__(self, block="msa", ratio: float = 0.3, scope: str = "layerwise", method: str = "slope", **params):
+    def __init__(self, block="msa", ratio: float = 0.3, scope: str | None = None, method: str = "slope", *,
+                 profile: str | None = None, block_params: dict | None = None, **params):
         self.blocks = (block,) if isinstance(block, str) else tuple(block)
         for name in self.blocks:
             if name not in ("msa", "mlp"):
                 raise EarlyBirdError(f"block must be 'msa' or 'mlp'; got {name!r}")
         if not self.blocks:
             raise EarlyBirdError("OnlineEarlyBird needs at least one block")
+        self.profile = get_profile(profile)
         self.ratio = check_ratio(ratio)
-        self.scope = check_scope(scope)
+        self.scopes = {name: check_scope(self.profile.scope(name, scope)) for name in self.blocks}
         self.method = method
-        self.detectors = {name: make_detector(method, **params) for name in self.blocks}
+        self.detectors = {name: make_detector(method, self.profile.name, name,
+                                              **{**(block_params or {}).get(name, {}), **params})
+                          for name in self.blocks}
         self.draw_step: int | None = None
+
+    @property
+    def scope(self) -> str:
+        """The masks' scope (of the only block, or the one all blocks share)."""
+        scopes = set(self.scopes.values())
+        if len(scopes) > 1:
+            raise EarlyBirdError(f"the blocks' scopes differ ({self.scopes}); see .scopes")
+        return scopes.pop()
+
+    def checks_at(self, step: int, previous: int | None, index: int) -> bool:
+        """Whether observing `step` (the index-th observation, after `previous`) is a check of some block's detector:
+        the steps a caller that buffers coefficients must feed at (see Detector.checks_at)."""
+        return any(d.checks_at(step, previous, index) for d in self.detectors.values())
 
     def _coefs(self, given: dict) -> dict:
         missing = [name for name in self.blocks if given.get(name) is None]
@@ -739,18 +1015,21 @@ class OnlineEarlyBird:
             return True
         return False
 
+    def _masks(self, name: str, coefs) -> np.ndarray:
+        return compute_mask(coefs, self.ratio, self.scopes[name], self.profile.mask_rule)
+
     def observe(self, step: int, msa=None, mlp=None) -> bool:
         """Feed one step; True at the step the early bird is drawn."""
         coefs = self._coefs({"msa": msa, "mlp": mlp})
         for name, detector in self.detectors.items():
-            feed(detector, [step], compute_mask(coefs[name][None], self.ratio, self.scope))
+            feed(detector, [step], self._masks(name, coefs[name][None]))
         return self._settle(step)
 
     def observe_many(self, steps, msa=None, mlp=None) -> bool:
         """Feed K steps at once from stacks (K, L, n); True if the draw happened among them."""
         coefs = self._coefs({"msa": msa, "mlp": mlp})
         steps = [int(s) for s in np.asarray(steps).reshape(-1)]
-        masks = {name: compute_mask(coefs[name], self.ratio, self.scope) for name in self.blocks}
+        masks = {name: self._masks(name, coefs[name]) for name in self.blocks}
         for name, m in masks.items():
             if m.ndim != 3 or m.shape[0] != len(steps):
                 raise EarlyBirdError(f"observe_many(): {name} must be (steps, layers, n) with {len(steps)} steps; "
@@ -777,4 +1056,4 @@ class OnlineEarlyBird:
             block = self.blocks[0]
         if block not in self.detectors:
             raise EarlyBirdError(f"block {block!r} is not observed")
-        return self.detectors[block].result(block=block, ratio=self.ratio, scope=self.scope)
+        return self.detectors[block].result(block=block, ratio=self.ratio, scope=self.scopes[block])

@@ -3,9 +3,12 @@
 Every detector, plot and pruning path calls :func:`compute_mask`, so "the mask at step
 t" means the same thing everywhere.
 
-Rules (documented in docs/library.md):
+Two rules (``rule=``, documented in docs/library.md; a detection profile names one, see earlybird.profiles).
+``True`` in a mask means *kept* under both.
 
-* importance is ``|coefficient|``; ``True`` in a mask means *kept*;
+``magnitude`` (the ``paper`` profile):
+
+* importance is ``|coefficient|``;
 * the number pruned is Python's ``round(ratio * n)`` (half to even: 0.5 * 5 -> 2);
 * ``layerwise``: each layer prunes exactly ``round(ratio * n)`` of its own smallest, capped
   at ``n - 1`` because a model refuses to prune every head of a layer;
@@ -15,6 +18,17 @@ Rules (documented in docs/library.md):
   (for ``global`` the index is the flattened layer-major one: layer 0 before layer 1).
   Consequently the entry a layer protects under ``global`` is its largest with the highest
   index among equal maxima.
+
+``quantile`` (the ``original`` profile, the original research code's rule):
+
+* importance is the *signed* coefficient;
+* the threshold is numpy's default (linear-interpolation) ``np.quantile`` at the ratio, per layer
+  (``layerwise``) or over all entries of the step (``global``), and every entry ``<=`` it is pruned:
+  ties at the threshold all go, and with distinct values ``floor(ratio * (n - 1)) + 1`` entries go;
+* nothing protects a layer: equal coefficients (e.g. before training moves them) prune it whole,
+  which detection accepts and a pruning plan refuses;
+* ``ratio == 0`` keeps everything, as under ``magnitude`` (the bare quantile rule would prune each
+  layer's minimum: in this project a ratio of 0 always means "do not prune").
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ import numpy as np
 from .errors import EarlyBirdError
 
 SCOPES = ("layerwise", "global")
+MASK_RULES = ("magnitude", "quantile")
 
 # Elements per block when a batch is processed in pieces: bounds temporaries (partition
 # copy, int32 cumsum, float64 SVD input) to a few tens of MB whatever the batch size.
@@ -57,6 +72,12 @@ def check_scope(scope: str) -> str:
     return scope
 
 
+def check_rule(rule: str) -> str:
+    if rule not in MASK_RULES:
+        raise EarlyBirdError(f"mask rule must be one of {', '.join(MASK_RULES)}; got {rule!r}")
+    return rule
+
+
 def n_pruned(ratio: float, n: int) -> int:
     """How many of ``n`` entries a ratio prunes, before the keep-one-per-layer cap."""
     return int(round(check_ratio(ratio) * n))
@@ -83,8 +104,20 @@ def _prune_k_smallest(rows: np.ndarray, k: int) -> np.ndarray:
     return pruned
 
 
+def _quantile_mask_block(coefs: np.ndarray, ratio: float, scope: str) -> np.ndarray:
+    """The ``quantile`` rule on a (B, L, n) block of signed coefficients: kept = above numpy's quantile.
+
+    ``np.quantile`` over the last axis (or both) of the batch computes, row by row, what the original code's
+    ``np.quantile(coefs, ratio, axis=-1 or None, keepdims=True)`` computes on each step's (L, n) array.
+    """
+    if ratio == 0:
+        return np.ones(coefs.shape, dtype=bool)
+    axis = -1 if scope == "layerwise" else (1, 2)
+    return coefs > np.quantile(coefs, ratio, axis=axis, keepdims=True)
+
+
 def _mask_block(importance: np.ndarray, ratio: float, scope: str) -> np.ndarray:
-    """Masks for a (B, L, n) block of importances (float, finite, non-negative)."""
+    """``magnitude`` masks for a (B, L, n) block of importances (float, finite, non-negative)."""
     b, layers, n = importance.shape
     if scope == "layerwise":
         k = min(int(round(ratio * n)), n - 1)
@@ -105,10 +138,12 @@ def _mask_block(importance: np.ndarray, ratio: float, scope: str) -> np.ndarray:
     return ~pruned.reshape(b, layers, n)
 
 
-def compute_mask(coefs, ratio: float, scope: str = "layerwise") -> np.ndarray:
-    """Kept-entry mask (True = kept) for coefficients (L, N), or a batch (T, L, N)."""
+def compute_mask(coefs, ratio: float, scope: str = "layerwise", rule: str = "magnitude") -> np.ndarray:
+    """Kept-entry mask (True = kept) for coefficients (L, N), or a batch (T, L, N), under a mask rule
+    (``magnitude``: the paper's; ``quantile``: the original code's, see the module docstring)."""
     ratio = check_ratio(ratio)
     check_scope(scope)
+    check_rule(rule)
     array = as_numpy(coefs)
     if array.ndim not in (2, 3):
         raise EarlyBirdError(
@@ -126,7 +161,8 @@ def compute_mask(coefs, ratio: float, scope: str = "layerwise") -> np.ndarray:
         block = batch[start : start + per_block]
         if not np.isfinite(block).all():
             raise EarlyBirdError("coefficients contain NaN or inf")
-        out[start : start + per_block] = _mask_block(np.abs(block), ratio, scope)
+        out[start : start + per_block] = (_quantile_mask_block(block, ratio, scope) if rule == "quantile" else
+                                          _mask_block(np.abs(block), ratio, scope))
     return out if array.ndim == 3 else out[0]
 
 

@@ -6,7 +6,9 @@ and lists the *pruned* indices in the model's original numbering:
     {"pruned_heads": {"0": [3, 7], ...}, "pruned_intermediate": {"0": [...], ...},
      "shape": {"layers": L, "heads": H, "intermediate": I},
      "provenance": {"records": ..., "step": S, "self_ratio": ..., "inter_ratio": ...,
-                    "self_scope": ..., "inter_scope": ..., "random_seed": ..., "model": {...}}}
+                    "self_scope": ..., "inter_scope": ..., "random_seed": ..., "profile": ..., "model": {...}}}
+
+The mask rule and the default scopes are the detection profile's (earlybird.profiles; default ``paper``).
 
 Every layer of a block present in the plan has a key (an empty list when nothing is pruned).
 """
@@ -23,6 +25,7 @@ from .blocks import BLOCKS
 from .errors import EarlyBirdError
 from .fileio import write_text_atomic
 from .masks import check_ratio, check_scope, compute_mask
+from .profiles import get_profile
 from .records import Records, load_records
 
 
@@ -39,8 +42,8 @@ def _random_like(kept: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def make_plan(records, step: int, self_ratio: float, inter_ratio: float, self_scope: str = "layerwise",
-              inter_scope: str = "layerwise", random_seed: int | None = None) -> dict:
+def make_plan(records, step: int, self_ratio: float, inter_ratio: float, self_scope: str | None = None,
+              inter_scope: str | None = None, random_seed: int | None = None, profile: str | None = None) -> dict:
     """The plan for the masks at recorded training step ``step`` (see :func:`plan_from_coefficients`)."""
     records = records if isinstance(records, Records) else load_records(records)
     try:
@@ -52,21 +55,25 @@ def make_plan(records, step: int, self_ratio: float, inter_ratio: float, self_sc
     source = None if records.path is None else str(Path(records.path).resolve())
     return plan_from_coefficients(coefficients, step, {"msa": self_ratio, "mlp": inter_ratio},
                                   {"msa": self_scope, "mlp": inter_scope}, random_seed=random_seed, source=source,
-                                  layers=records.layers, meta=records.meta, where=records.path or "the records")
+                                  layers=records.layers, meta=records.meta, where=records.path or "the records",
+                                  profile=profile)
 
 
 def plan_from_coefficients(coefficients: dict, step: int, ratios: dict, scopes: dict, *, random_seed=None,
                            source: str | None = None, layers: int | None = None, meta: dict | None = None,
-                           where: str = "the coefficients") -> dict:
+                           where: str = "the coefficients", profile: str | None = None) -> dict:
     """The plan for one step's coefficients {"msa": (L, H) or None, "mlp": (L, I) or None}.
 
-    ``ratios`` and ``scopes`` are per block. ``random_seed`` gives the random baseline: per layer the same number
+    ``ratios`` and ``scopes`` are per block (a scope None: the profile's default); ``profile`` gives the mask
+    rule. A rule that prunes a whole layer (the original profile's, on equal coefficients) gives a plan that
+    `save_plan` and the model refuse, naming the layer. ``random_seed`` gives the random baseline: per layer the same number
     pruned as the real mask, chosen with ``numpy.random.default_rng(random_seed)`` (heads first, then neurons, layer
     by layer). A ratio of 0 gives empty lists; a ratio > 0 for a block without coefficients is an error.
     ``source`` (the records' path) and ``meta`` (the records' meta) go into the provenance.
     """
+    profile = get_profile(profile)
     ratios = {name: check_ratio(ratios[name]) for name in BLOCKS}
-    scopes = {name: check_scope(scopes[name]) for name in BLOCKS}
+    scopes = {name: check_scope(profile.scope(name, scopes.get(name))) for name in BLOCKS}
     rng = None if random_seed is None else np.random.default_rng(random_seed)
     plan = {block.plan_key: {} for block in BLOCKS.values()}
     shape = {"layers": layers}
@@ -79,7 +86,7 @@ def plan_from_coefficients(coefficients: dict, step: int, ratios: dict, scopes: 
                                      "for a block that was not recorded")
             continue
         shape["layers"] = int(np.shape(coefs)[0])
-        kept = compute_mask(coefs, ratios[name], scopes[name])
+        kept = compute_mask(coefs, ratios[name], scopes[name], profile.mask_rule)
         if rng is not None:
             kept = _random_like(kept, rng)
         plan[block.plan_key] = _pruned_lists(kept)
@@ -92,6 +99,7 @@ def plan_from_coefficients(coefficients: dict, step: int, ratios: dict, scopes: 
         "self_scope": scopes["msa"],
         "inter_scope": scopes["mlp"],
         "random_seed": random_seed,
+        "profile": profile.name,
         "model": {k: v for k, v in (meta or {}).items() if k not in ("blocks",)},
     }
     return plan

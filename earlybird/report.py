@@ -11,7 +11,8 @@ given, the ticket, dense and EB-Train run directories, and writes `report.md` wi
 - a detector summary: draw step (absolute and % of training), the accuracy of the ticket drawn there, the compute
   spent until the draw, and EB-Train's total compute and accuracy against dense training.
 
-Every number in the report is computed here from the files it names.
+Every number in the report is computed here from the files it names, under one detection profile
+(`earlybird.profiles`, named in the report's header).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from .blocks import BLOCKS
-from .detectors import (DETECTORS, STATIONARITY_PARAMS, STUDY_STEPS, detect_many, hamming_table, scaled_params,
-                        smooth_series)
+from .detectors import DETECTORS, STUDY_STEPS, detect_many, hamming_table, scaled_params, smooth_series, study_params
 from .errors import EarlyBirdError
 from .fileio import write_text_atomic
 from .layout import REPORT, RUN_KINDS, Run, RunLayout, read_run, records_path
 from .masks import compute_mask, hamming_distance, nuclear_norm
+from .profiles import get_profile
 from .records import Records, load_records
 
 # The study's Figure 2 table: FIFO sizes x thresholds of the Hamming rule.
@@ -41,14 +42,18 @@ def _block_steps(records: Records, block: str, per_block: int = 1 << 23):
         yield start, coefs[start : start + per]
 
 
-def mask_series(records: Records, block: str, ratio: float, scope: str = "layerwise") -> dict:
+def mask_series(records: Records, block: str, ratio: float, scope: str | None = None,
+                profile: str | None = None) -> dict:
     """Per recorded step: the mask's nuclear norm, and from the second step on the Hamming distance to the previous mask.
 
-    Computed in blocks of steps so that BERT-base-sized records (12 x 3072 neurons, 15k steps) fit in memory.
+    Computed in blocks of steps so that BERT-base-sized records (12 x 3072 neurons, 15k steps) fit in memory. The
+    masks are the profile's (its mask rule; `scope` None: its default scope for the block).
     """
+    profile = get_profile(profile)
+    scope = profile.scope(block, scope)
     distances, norms, previous = [], [], None
     for _, coefs in _block_steps(records, block):
-        masks = compute_mask(coefs, ratio, scope)
+        masks = compute_mask(coefs, ratio, scope, profile.mask_rule)
         chained = masks if previous is None else np.concatenate([previous[None], masks])
         distances.append(np.atleast_1d(hamming_distance(chained[1:], chained[:-1])))
         norms.append(np.atleast_1d(nuclear_norm(masks)))
@@ -233,18 +238,33 @@ def _holds_records(path: Path) -> bool:
     return run.records.is_dir() or path.suffix == ".npy" or (path.is_dir() and not run.is_run())
 
 
-def study_stationarity(total_steps: int, scale: bool = True) -> tuple[dict, dict, dict, float]:
-    """The stationarity detectors' step-counted parameters: (scaled, the study's, the floors, the factor)."""
-    study = {p.name: p.default for p in STATIONARITY_PARAMS if p.steps}
-    floors = {p.name: p.floor for p in STATIONARITY_PARAMS if p.steps}
-    factor = min(1.0, total_steps / STUDY_STEPS) if scale else 1.0
-    scaled = {name: max(floors[name], int(round(value * factor))) for name, value in study.items()}
-    return scaled, study, floors, factor
+def study_stationarity(total_steps: int, scale: bool = True, profile: str | None = None,
+                       block: str = "msa") -> tuple[dict, dict, dict, float]:
+    """The stationarity detectors' step-counted parameters (the slope detector's, which all of them share) under
+    `profile` for `block`: (scaled, the study's, the floors, the factor)."""
+    spec = study_params("slope", profile, block)
+    scaled, factor = scaled_params("slope", total_steps, scale, profile, block)
+    return (scaled, {name: p.default for name, p in spec.items()}, {name: p.floor for name, p in spec.items()},
+            factor)
 
 
-def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str = "layerwise", layer: int = 0,
-                 scale: bool = True, hamming_grid: dict | None = None, log=print) -> Path:
-    """Write `report.md` and its figures for the slimming run (first path with records) and the other runs."""
+def _profile_line(profile, scopes: dict) -> str:
+    """The header's description of the detection profile and the masks."""
+    named = set(scopes.values())
+    where = (f"`{named.pop()}`" if len(named) == 1 else
+             ", ".join(f"{block.upper()} `{scope}`" for block, scope in scopes.items()))
+    text = (f"Detection profile: `{profile.name}` ({profile.summary}; docs/library.md gives each rule). "
+            f"Masks: {where}, importance {profile.importance}.")
+    if profile.reports_index:
+        text += " Draw steps are training steps; the original code's own numbers are in the detector summary."
+    return text
+
+
+def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str | None = None, layer: int = 0,
+                 scale: bool = True, hamming_grid: dict | None = None, profile: str | None = None, log=print) -> Path:
+    """Write `report.md` and its figures for the slimming run (first path with records) and the other runs, under
+    the detection profile `profile` (default `paper`; `scope` None: the profile's default scope per block)."""
+    profile = get_profile(profile)
     run_dirs = [Path(p) for p in run_dirs]
     if not run_dirs:
         raise EarlyBirdError("report: give at least one run directory (or records path)")
@@ -262,7 +282,8 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str = "lay
     grid = {**PAPER_HAMMING_GRID, **(hamming_grid or {})}
     ratios = tuple(float(r) for r in ratios)
     total = int(records.steps[-1])  # step S is the state after S optimizer updates
-    stationarity, study, floors, factor = study_stationarity(total, scale)
+    scopes = {block: profile.scope(block, scope) for block in records.blocks}
+    stationarity, study, floors, factor = study_stationarity(total, scale, profile.name)
     log(f"report: {records.total_steps} recorded steps (last step {total}) from {records.path}")
     log(f"report: stationarity parameters {stationarity} (the study's {study} x {factor:.4f}, "
         f"run length {total} / {STUDY_STEPS} steps)" if factor < 1 else
@@ -273,18 +294,22 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str = "lay
     md.append(f"Records: {records.total_steps} steps (steps {int(records.steps[0])}..{int(records.steps[-1])}), "
               f"blocks {', '.join(records.blocks)}, {records.layers} layers"
               + (f", model `{records.meta.get('model_type')}`" if records.meta.get("model_type") else "") + ".")
-    md.append(f"Masks: `{scope}`, importance |coefficient|. Stationarity tests: smooth {stationarity['smooth']}, "
+    md.append(_profile_line(profile, scopes) + f" Stationarity tests: smooth {stationarity['smooth']}, "
               f"window {stationarity['window']}, check every {stationarity['every']} steps"
               + (f" — the study's {' / '.join(map(str, study.values()))} scaled by {factor:.4f} = {total} / "
-                 f"{STUDY_STEPS} steps (floors {floors})." if factor < 1 else " (the study's values)."))
+                 f"{STUDY_STEPS} steps (floors {floors})." if factor < 1 else " (the study's values).")
+              + "".join(f" {block.upper()}: smooth {other['smooth']} (0: not smoothed)." for block in records.blocks
+                        for other in [study_stationarity(total, scale, profile.name, block)[0]]
+                        if other != stationarity))
     md.append("")
 
     # Figure 2
-    series = {(b, r): mask_series(records, b, r, scope) for b in records.blocks for r in ratios}
+    series = {(b, r): mask_series(records, b, r, scopes[b], profile.name) for b in records.blocks for r in ratios}
     fig = plot_hamming(series, total, out_dir / "hamming_distances.png")
     md += ["## Hamming distances between consecutive masks (Figure 2)", "", f"![]({fig.name})", ""]
     for block in records.blocks:
-        table = hamming_table(records, block, ratios, grid["cached"], grid["thresholds"], scope)
+        table = hamming_table(records, block, ratios, grid["cached"], grid["thresholds"], scopes[block],
+                              profile=profile.name)
         md += [f"Hamming draw steps, {block.upper()} (total {total} steps):", "",
                hamming_markdown(table, ratios, grid["cached"], grid["thresholds"]), ""]
 
@@ -310,14 +335,17 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str = "lay
 
     # Figures 6 / 9 and the detector summary
     md += ["## Stationarity tests (Figures 6 and 9)", ""]
-    params = {method: scaled_params(method, total, scale)[0] for method in DETECTORS}
-    titles = {method: cls(**params[method]).describe() for method, cls in DETECTORS.items()}
+    detectors = profile.detectors
+    params = {block: {method: scaled_params(method, total, scale, profile.name, block)[0] for method in detectors}
+              for block in records.blocks}
+    titles = {method: cls(**params[block0][method]).describe() for method, cls in detectors.items()}
     detections = {}
     for r in ratios:
         for block in records.blocks:
             # every registered detector, with the study's parameters scaled to this run, in one pass over the masks;
             # full traces (the p-values are plotted)
-            results = detect_many(records, block, r, scope, params, stop_at_draw=False)
+            results = detect_many(records, block, r, scopes[block], params[block], stop_at_draw=False,
+                                  profile=profile.name)
             detections[(block, r)] = results
             fig_p = plot_pvalues(results, titles, out_dir / f"pvalues_{block}_{int(round(r * 100))}.png",
                                  f"EB identification, {block.upper()} masks, {r:.0%} pruning")
@@ -340,15 +368,18 @@ def _detector_summary(detections: dict, titles: dict, total: int, kinds: dict, s
         flops_per_step = slim_run.results["train_flops"] / slim_run.results["step"]
     metric = (kinds["ticket"][0].metric[0] if kinds["ticket"] else "accuracy")
     rows = []
+    # a profile that reports the original code's numbers gets a column for them
+    indexed = any(result.indexed for results in detections.values() for result in results.values())
     for (block, ratio), results in detections.items():
         for method, result in results.items():
             step = result.draw_step
             ticket = tickets.get((step, (ratio, ratio))) if step is not None else None
             compute = "—" if step is None or flops_per_step is None else f"{flops_per_step * step:.3g}"
-            rows.append([block.upper(), f"{ratio:.0%}", titles[method], _fmt_step(step), _pct(step, total),
+            rows.append([block.upper(), f"{ratio:.0%}", titles[method], _fmt_step(step),
+                         *([_fmt_step(result.draw_index)] if indexed else []), _pct(step, total),
                          _fmt_metric(ticket.metric[1]) if ticket else "—", compute])
-    text = markdown_table(["block", "ratio", "detector", "draw step", "% of training", f"ticket {metric}",
-                           "training FLOPs until the draw"], rows)
+    text = markdown_table(["block", "ratio", "detector", "draw step", *(["original code's number"] if indexed else []),
+                           "% of training", f"ticket {metric}", "training FLOPs until the draw"], rows)
     if dense is not None:
         text += f"\n\nDense model: {dense.metric[0]} {_fmt_metric(dense.metric[1])}."
     if flops_per_step is None:

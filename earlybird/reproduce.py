@@ -8,6 +8,10 @@
    EB-Train run;
 4. `report.md` with PNG figures (`earlybird.report`) in one output directory.
 
+`--profile` names the detection profile (`earlybird.profiles`: `paper` by default, or `original`) of the detectors'
+draws, of EB-Train (`--eb-profile`) and of the report, and is recorded in `draws.json`. The tickets are pruned by the
+training entry point from the records (`--records --prune-step`), with the default profile's masks.
+
 Runs go to a small pool of worker processes (one thread each) that import the entry point once and call its
 `main(argv)` in-process: on a 2-core laptop that is what keeps the whole study within minutes. Each run's own output
 goes to `logs/<run>.log`; the terminal shows a progress bar and one line per finished run.
@@ -25,10 +29,11 @@ import sys
 import time
 from pathlib import Path
 
-from .detectors import DETECTORS, detect_many, scaled_params
+from .detectors import detect_many, scaled_params
 from .errors import EarlyBirdError
 from .fileio import write_json_atomic
 from .layout import STUDY_DRAWS, STUDY_JOBS, STUDY_LOGS, STUDY_RUNS, RunLayout
+from .profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from .records import load_records
 from .report import build_report, study_stationarity
 from .training.args import first_paragraph
@@ -164,14 +169,16 @@ def ticket_flags(records: Path, step: int, ratio: float) -> list[str]:
             "--inter-pruning-ratio", str(ratio), "--rewind", "init"]
 
 
-def eb_flags(method: str, total: int) -> list[str]:
-    """EB-Train's detector flags for the study's parameters scaled to a run of `total` steps."""
-    return [item for name, value in scaled_params(method, total)[0].items()
-            for item in (f"--eb-{name.replace('_', '-')}", str(value))]
+def eb_flags(method: str, total: int, profile: str = DEFAULT_PROFILE) -> list[str]:
+    """EB-Train's detector flags for the study's parameters scaled to a run of `total` steps, under `profile`."""
+    scaled = scaled_params(method, total, profile=profile, block=DETECTOR_BLOCK)[0]
+    return ["--eb-profile", profile] + [item for name, value in scaled.items()
+                                        for item in (f"--eb-{name.replace('_', '-')}", str(value))]
 
 
-def plan_tickets(records, total: int, fractions=FRACTIONS) -> tuple[dict, dict]:
-    """(step, ratio) of every ticket: fixed fractions and detector draws; and the detector draws themselves."""
+def plan_tickets(records, total: int, fractions=FRACTIONS, profile: str = DEFAULT_PROFILE) -> tuple[dict, dict]:
+    """(step, ratio) of every ticket: fixed fractions and detector draws; and the detector draws themselves
+    ({(method, ratio): DetectionResult}) under `profile`."""
     recorded = [int(s) for s in records.steps]
     first = recorded[0]
     tickets = {}
@@ -180,20 +187,23 @@ def plan_tickets(records, total: int, fractions=FRACTIONS) -> tuple[dict, dict]:
         for ratio in RATIOS:
             tickets[(step, ratio)] = f"fraction {fraction:.0%}"
     draws = {}
-    params = {method: scaled_params(method, total)[0] for method in DETECTORS}
+    detectors = get_profile(profile).detectors
+    params = {method: scaled_params(method, total, profile=profile, block=DETECTOR_BLOCK)[0] for method in detectors}
     for ratio in RATIOS:
-        for method, result in detect_many(records, DETECTOR_BLOCK, ratio, "layerwise", params).items():
-            draws[(method, ratio)] = result.draw_step
-    for (method, ratio), step in draws.items():
-        if step is not None:
-            tickets.setdefault((step, ratio), f"{method} draw")
+        for method, result in detect_many(records, DETECTOR_BLOCK, ratio, None, params, profile=profile).items():
+            draws[(method, ratio)] = result
+    for (method, ratio), result in draws.items():
+        if result.draw_step is not None:
+            tickets.setdefault((result.draw_step, ratio), f"{method} draw")
     return tickets, draws
 
 
 def reproduce(entry: str, out: Path, data_flags: list[str], *, smoke: bool = False, steps: int | None = None,
               workers: int = 2, seed: int = 42, fractions=FRACTIONS, random_baseline: bool = True,
-              ebtrain: bool = True, force: bool = False, log=print) -> Path:
-    """Run the study with `entry` (an entry point's path) and `data_flags` (its model / data flags) into `out`."""
+              ebtrain: bool = True, force: bool = False, profile: str = DEFAULT_PROFILE, log=print) -> Path:
+    """Run the study with `entry` (an entry point's path) and `data_flags` (its model / data flags) into `out`,
+    detecting under the detection profile `profile`."""
+    profile = get_profile(profile).name
     start = time.perf_counter()
     if not Path(entry).is_file():
         raise EarlyBirdError(f"--entry {entry}: no such entry point (expected ViT_pretraining/main.py)")
@@ -213,15 +223,19 @@ def reproduce(entry: str, out: Path, data_flags: list[str], *, smoke: bool = Fal
                         "dense": [*base, "--output-dir", str(dense)]}, logs, log, finished)
         records = load_records(RunLayout(slim).records)
         total = int(records.steps[-1])
-        params, _, _, factor = study_stationarity(total)
-        log(f"2/4 detectors on {total} steps: stationarity smooth/window/every = {params['smooth']}/{params['window']}/"
+        params, _, _, factor = study_stationarity(total, profile=profile, block=DETECTOR_BLOCK)
+        log(f"2/4 detectors on {total} steps{'' if profile == DEFAULT_PROFILE else f', profile {profile}'}: "
+            f"stationarity smooth/window/every = {params['smooth']}/{params['window']}/"
             f"{params['every']} (the study's 200/300/100 x {factor:.4f} = {total}/14774 steps, with floors)")
-        tickets, draws = plan_tickets(records, total, fractions)
-        for (method, ratio), step in draws.items():
-            log(f"  {method:8s} ratio {ratio:.0%}: draw step {step}")
+        tickets, draws = plan_tickets(records, total, fractions, profile)
+        for (method, ratio), result in draws.items():
+            log(f"  {method:8s} ratio {ratio:.0%}: draw step {result.draw_step}"
+                + (f" (the original code's number {result.draw_index})" if result.indexed else ""))
+        indices = {f"{m}@{r}": result.draw_index for (m, r), result in draws.items() if result.indexed}
         (out / STUDY_DRAWS).write_text(json.dumps(
-            {f"{m}@{r}": s for (m, r), s in draws.items()} | {"stationarity_params": params, "scale": factor},
-            indent=2))
+            {f"{m}@{r}": result.draw_step for (m, r), result in draws.items()}
+            | {"stationarity_params": params, "scale": factor, "profile": profile}
+            | ({"draw_indices": indices} if indices else {}), indent=2))
         log(f"3/4 {len(tickets)} tickets" + (f", {len(RATIOS)} random baselines" if random_baseline else "")
             + (" and EB-Train" if ebtrain else ""))
         jobs = {}
@@ -237,14 +251,14 @@ def reproduce(entry: str, out: Path, data_flags: list[str], *, smoke: bool = Fal
         if ebtrain:
             jobs["ebtrain-slope"] = [
                 *base, "--output-dir", str(runs / "ebtrain-slope"), *slimming_flags(), "--eb-method", "slope",
-                "--eb-block", DETECTOR_BLOCK, *eb_flags("slope", total), "--self-pruning-ratio", str(RATIOS[0]),
+                "--eb-block", DETECTOR_BLOCK, *eb_flags("slope", total, profile), "--self-pruning-ratio", str(RATIOS[0]),
                 "--inter-pruning-ratio", str(RATIOS[0])]
         run_jobs(pool, jobs, logs, log, finished)
         pool.close()
         pool.join()
     log("4/4 report")
     # this study's runs only (the directory may hold runs of an earlier pass with other settings)
-    report = build_report([slim, dense, *(runs / name for name in sorted(jobs))], out,
+    report = build_report([slim, dense, *(runs / name for name in sorted(jobs))], out, profile=profile,
                           log=lambda line: log("  " + line))
     log(f"reproduce: done in {time.perf_counter() - start:.0f}s; report: {report}")
     return report
@@ -267,13 +281,17 @@ def main(argv=None) -> int:
     parser.add_argument("--no-ebtrain", action="store_true", help="skip the EB-Train run")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (default 2)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--profile", choices=tuple(PROFILES), default=DEFAULT_PROFILE,
+                        help="detection profile of the draws, EB-Train and the report (default paper; see "
+                             "docs/library.md)")
     parser.add_argument("data_flags", nargs=argparse.REMAINDER, help="-- then the entry point's model/data flags")
     args = parser.parse_args(argv)
     data_flags = args.data_flags[1:] if args.data_flags[:1] == ["--"] else args.data_flags
     try:
         reproduce(args.entry, Path(args.out), data_flags, smoke=args.smoke, steps=args.steps,
                   workers=max(1, args.workers), seed=args.seed, fractions=tuple(args.fractions),
-                  random_baseline=not args.no_random, ebtrain=not args.no_ebtrain, force=args.force)
+                  random_baseline=not args.no_random, ebtrain=not args.no_ebtrain, force=args.force,
+                  profile=args.profile)
     except EarlyBirdError as err:
         print(f"reproduce: error: {err}", file=sys.stderr)
         return 2

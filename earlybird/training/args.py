@@ -14,6 +14,7 @@ import sys
 from ..blocks import BLOCK_NAMES
 from ..detectors import DETECTORS, add_param_arguments
 from ..masks import SCOPES
+from ..profiles import DEFAULT_PROFILE, PROFILES
 
 
 def first_paragraph(doc: str | None) -> str | None:
@@ -106,9 +107,12 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--prune-step", type=int, default=None, help="the recorded step whose masks are used")
     g.add_argument("--self-pruning-ratio", type=float, default=0.0, help="fraction of heads pruned, in [0, 1)")
     g.add_argument("--inter-pruning-ratio", type=float, default=0.0, help="fraction of FFN neurons pruned, in [0, 1)")
-    g.add_argument("--self-pruning-scope", "--self-pruning-method", choices=SCOPES, default="layerwise",
-                   help="layerwise: the same fraction of every layer; global: the smallest over all layers")
-    g.add_argument("--inter-pruning-scope", "--inter-pruning-method", choices=SCOPES, default="layerwise")
+    g.add_argument("--self-pruning-scope", "--self-pruning-method", choices=SCOPES, default=None,
+                   help="layerwise: the same fraction of every layer; global: the smallest over all layers (default: "
+                        "the profile's, layerwise)")
+    g.add_argument("--inter-pruning-scope", "--inter-pruning-method", choices=SCOPES, default=None,
+                   help="as --self-pruning-scope, for the FFN neurons (default: the profile's: layerwise; global "
+                        "under --eb-profile original)")
     g.add_argument("--random-prune", type=int, default=None, metavar="SEED",
                    help="random baseline: the same number pruned per layer, chosen at random")
     g.add_argument("--rewind", choices=("init", "none"), default="init",
@@ -124,7 +128,13 @@ def common_parser() -> argparse.ArgumentParser:
                    help="coefficients the detector watches (both: draw when both have drawn)")
     g.add_argument("--eb-ratio", type=float, default=None,
                    help="pruning ratio of the detector's masks (default: the block's pruning ratio, else 0.3)")
-    g.add_argument("--eb-scope", choices=SCOPES, default="layerwise", help="masks per layer (default) or global")
+    g.add_argument("--eb-scope", choices=SCOPES, default=None,
+                   help="masks per layer or global (default: the profile's: layerwise; under --eb-profile original "
+                        "layerwise for msa, global for mlp)")
+    g.add_argument("--eb-profile", choices=tuple(PROFILES), default=DEFAULT_PROFILE,
+                   help="detection profile: the mask rule (also of the in-place prune), the detector's variant and "
+                        "defaults, the default scopes (default paper; original: the original research code's rules, "
+                        "see docs/library.md)")
     g.add_argument("--eb-scale", action="store_true",
                    help="scale the study's step-counted detector parameters (smoothing, window, check period; chosen "
                         "for its 14,774-step run) down to this run's length; --eb-<parameter> flags given are kept")

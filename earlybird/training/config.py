@@ -20,6 +20,7 @@ from ..blocks import BLOCKS, MLP, MSA
 from ..detectors import check_applicable, describe_scaling, detector_class, scaled_params
 from ..errors import EarlyBirdError
 from ..masks import check_ratio
+from ..profiles import DEFAULT_PROFILE, get_profile
 
 
 def _at_least(name: str, value, minimum=1) -> None:
@@ -139,7 +140,8 @@ class SlimmingConfig:
 
 @dataclass(frozen=True)
 class PruningConfig:
-    """How much of each block a ticket or EB-Train prunes, and whether per layer or over all layers."""
+    """How much of each block a ticket or EB-Train prunes, and whether per layer or over all layers (`from_args`
+    resolves a scope not given to the detection profile's default: EB-Train's --eb-profile, else the paper's)."""
 
     self_pruning_ratio: float = 0.0
     inter_pruning_ratio: float = 0.0
@@ -207,24 +209,28 @@ class EBConfig:
     eb_method: str | None = None
     eb_block: str = "msa"  # msa, mlp or both
     eb_ratio: float | None = None  # as given; `ratio` resolves the default
-    eb_scope: str = "layerwise"
+    eb_scope: str | None = None  # None: the profile's default for each block
     eb_scale: bool = False  # the study's step-counted parameters scaled to the run's length
+    eb_profile: str = DEFAULT_PROFILE  # the detection profile (earlybird.profiles)
     params: Mapping = field(default_factory=dict)  # the detector parameters set by --eb-<name>
 
     def __post_init__(self):
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        get_profile(self.eb_profile)
         if self.eb_method is None:
             if self.eb_scale:
                 raise EarlyBirdError("--eb-scale needs --eb-method")
+            if self.eb_profile != DEFAULT_PROFILE:
+                raise EarlyBirdError("--eb-profile needs --eb-method")
             if self.params or self.eb_ratio is not None:
                 flag = f"--eb-{next(iter(self.params), 'ratio')}".replace("_", "-")
                 raise EarlyBirdError(f"{flag} needs --eb-method")
             return
-        detector_class(self.eb_method)
+        detector_class(self.eb_method, self.eb_profile)
         if self.eb_ratio is not None:
             _ratio("eb_ratio", self.eb_ratio)
         check_applicable(self.eb_method, dict(self.params), flag=lambda name: _flag(f"eb_{name}"),
-                         method_flag="--eb-method")
+                         method_flag="--eb-method", profile=self.eb_profile)
 
     @property
     def enabled(self) -> bool:
@@ -234,14 +240,16 @@ class EBConfig:
     def blocks(self) -> tuple:
         return tuple(BLOCKS) if self.eb_block == "both" else (self.eb_block,)
 
-    def detector_params(self, total_steps: int) -> tuple[dict, str | None]:
-        """The detector's parameters for a run of `total_steps` steps: those given, over the study's scaled ones
-        with --eb-scale; and the line saying how they were scaled (None without --eb-scale)."""
+    def detector_params(self, total_steps: int, block: str | None = None) -> tuple[dict, str | None]:
+        """The detector's parameters for `block` in a run of `total_steps` steps: those given, over the study's scaled
+        ones with --eb-scale (a profile's per-block defaults scale per block); and the line saying how they were
+        scaled (None without --eb-scale)."""
         if not self.eb_scale:
             return dict(self.params), None
-        scaled, factor = scaled_params(self.eb_method, total_steps)
+        scaled, factor = scaled_params(self.eb_method, total_steps, profile=self.eb_profile, block=block)
         kept = {name: value for name, value in scaled.items() if name not in self.params}
-        return {**scaled, **self.params}, describe_scaling(self.eb_method, total_steps, kept, factor)
+        return {**scaled, **self.params}, describe_scaling(self.eb_method, total_steps, kept, factor,
+                                                           self.eb_profile, block)
 
     def ratio(self, pruning: PruningConfig) -> float:
         """The detector's mask ratio: --eb-ratio, else the watched block's pruning ratio, else 0.3."""
@@ -281,8 +289,11 @@ class TrainConfig:
         """The configs of a run from the entry point's parsed flags (`earlybird.training.args.common_parser`)."""
         from ..detectors import given_params
 
+        profile = get_profile(args.eb_profile)  # its default scopes fill the pruning scopes not given
+        scopes = {f"{b.prefix}_pruning_scope": profile.scope(b.name, getattr(args, f"{b.prefix}_pruning_scope"))
+                  for b in BLOCKS.values()}
         return cls(run=_from(RunConfig, args), slimming=_from(SlimmingConfig, args),
-                   pruning=_from(PruningConfig, args), ticket=_from(TicketConfig, args),
+                   pruning=_from(PruningConfig, args, **scopes), ticket=_from(TicketConfig, args),
                    eb=_from(EBConfig, args, params=given_params(args, prefix="eb_")))
 
     @property

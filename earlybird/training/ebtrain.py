@@ -1,13 +1,15 @@
 """EB-Train: run an early-bird detector while training with slimming, and prune in place when it draws.
 
 Feeding the detector. The coefficients of each recorded step stay on the device in a small buffer; the
-buffer goes to the detector (one host transfer) at the steps where the detector *checks* (its `every`
-clock, see earlybird.detectors), because a detector can only draw at a check. The draw is therefore
+buffer goes to the detector (one host transfer) at the steps where the detector *checks* (its clock,
+`Detector.checks_at`: the `every` clock, or under the original profile the records at which a window is
+decided, see earlybird.detectors), because a detector can only draw at a check. The draw is therefore
 seen at the very step it happens, with one sync per `every` steps instead of one per step (Hamming
 checks every step by default: that is one small sync per step, the method's own cost).
 
 The plan at the draw comes from the coefficients of the draw step with earlybird's mask function
-(`make_plan`), the same plan `earlybird plan` would write from the records at that step.
+(`make_plan`, the profile's mask rule), the same plan `earlybird plan --profile P` would write from the
+records at that step.
 
 Under several processes every process runs the same detector on the same (all-reduced) coefficients,
 and the main process's decision and plan are broadcast, so all prune at the same step.
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from ..blocks import BLOCKS
-from ..detectors import OnlineEarlyBird, is_check, never_tests_message
+from ..detectors import OnlineEarlyBird, never_tests_message
 from ..errors import EarlyBirdError
 from ..plans import plan_from_coefficients
 from ..records import derived_meta
@@ -35,14 +37,17 @@ class EBTrain:
         self.total_steps = total_steps
         self.blocks = eb.blocks
         self.ratio = eb.ratio(pruning)
-        params, self.scaling = eb.detector_params(total_steps)
+        params = {block: eb.detector_params(total_steps, block) for block in self.blocks}
+        lines = dict.fromkeys(line for _, line in params.values() if line)  # one per distinct scaling
+        self.scaling = "; ".join(lines) if lines else None
         self.detector = OnlineEarlyBird(block=self.blocks, ratio=self.ratio, scope=eb.eb_scope, method=eb.eb_method,
-                                        **params)
-        self.every = next(iter(self.detector.detectors.values())).every
+                                        profile=eb.eb_profile,
+                                        block_params={block: p for block, (p, _) in params.items()})
         self.num_processes = num_processes
         self._steps: list[int] = []
         self._buffer: dict[str, list] = {b: [] for b in BLOCKS}
         self._last_observed: int | None = None
+        self._observed = 0  # records observed: the index of the next one (the original profile's clock)
         self.draw_step: int | None = None
         self.draw_coefficients: dict | None = None
 
@@ -69,8 +74,9 @@ class EBTrain:
         self._steps.append(int(step))
         self._buffer["msa"].append(msa)
         self._buffer["mlp"].append(mlp)
-        check = is_check(step, self._last_observed, self.every)
+        check = self.detector.checks_at(step, self._last_observed, self._observed)
         self._last_observed = int(step)
+        self._observed += 1
         # A cap keeps the buffer bounded whatever `every` is; feeding early changes nothing but timing.
         if check or len(self._steps) >= 1024:
             return self._feed()
@@ -117,20 +123,27 @@ class EBTrain:
             raise EarlyBirdError(f"--resume: the detector draws at step {self.detector.draw_step} on the records, "
                                  "but the checkpoint is from before the draw: records and checkpoint disagree")
         self._last_observed = steps[-1]
+        self._observed = len(steps)
+
+    @property
+    def scope(self):
+        """The detector's mask scope: one name, or {block: scope} when the watched blocks' scopes differ."""
+        scopes = self.detector.scopes
+        return next(iter(scopes.values())) if len(set(scopes.values())) == 1 else dict(scopes)
 
     def plan(self, shape: dict, meta: dict) -> dict:
         """The in-place pruning plan from the draw step's coefficients."""
         coefficients = {name: (self.draw_coefficients or {}).get(name) for name in BLOCKS}
         meta = {**derived_meta(coefficients.get("msa"), coefficients.get("mlp")), **meta}
         plan = plan_from_coefficients(coefficients, self.draw_step, self.pruning.ratios, self.pruning.scopes,
-                                      layers=shape["layers"], meta=meta)
+                                      layers=shape["layers"], meta=meta, profile=self.config.eb_profile)
         plan["shape"] = {**shape, **{k: v for k, v in plan["shape"].items() if v is not None}}
         plan["provenance"]["ebtrain"] = {"method": self.config.eb_method, "block": self.config.eb_block,
-                                         "ratio": self.ratio, "scope": self.config.eb_scope}
+                                         "ratio": self.ratio, "scope": self.scope, "profile": self.config.eb_profile}
         return plan
 
     def summary(self) -> dict:
         results = {b: self.detector.result(b).to_dict() for b in self.blocks}
         return {"method": self.config.eb_method, "block": self.config.eb_block, "ratio": self.ratio,
-                "scope": self.config.eb_scope, "params": next(iter(results.values()))["params"],
-                "draw_step": self.draw_step, "detectors": results}
+                "scope": self.scope, "profile": self.config.eb_profile,
+                "params": next(iter(results.values()))["params"], "draw_step": self.draw_step, "detectors": results}
