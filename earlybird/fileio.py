@@ -72,3 +72,17 @@ def write_text_atomic(text: str, path) -> None:
 def write_json_atomic(obj, path) -> None:
     """`obj` as indented JSON with sorted keys, written atomically (see write_text_atomic)."""
     write_text_atomic(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+
+
+def replace_marked(path, name: str, text: str) -> bool:
+    """Replace what lies between `<!-- name:start -->` and `<!-- name:end -->` in a markdown file (the generated
+    tables in docs/), atomically; False (nothing written) when the file lacks the markers."""
+    import re
+
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    doc = Path(path).read_text()
+    if start not in doc or end not in doc:
+        return False
+    write_text_atomic(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{text}\n{end}", doc,
+                             flags=re.S), path)
+    return True

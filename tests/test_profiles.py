@@ -428,3 +428,25 @@ def test_unknown_profile():
         get_profile("nope")
     with pytest.raises(EarlyBirdError, match="unknown profile"):
         detect(Records.from_arrays(msa=np.ones((3, 1, 2), np.float32)), method="hamming", profile="nope")
+
+
+def test_the_differences_tool(run_dir, tmp_path):
+    from test_training_support import load_script
+
+    tool = load_script("tools/profile_differences.py", "profile_differences")
+    doc = tmp_path / "library.md"
+    doc.write_text(f"before\n<!-- {tool.MARKER}:start -->\nold\n<!-- {tool.MARKER}:end -->\nafter\n")
+    assert tool.main([str(run_dir), "-o", str(tmp_path / "differences.md"), "--write", str(doc)]) == 0
+    run = tool.measure(str(run_dir))
+    for row in run["rows"]:
+        for profile, key in (("paper", "paper"), ("original", "original")):
+            params = scaled_params(row["method"], 300, profile=profile, block=row["block"])[0]
+            result = detect(run_dir, row["block"], row["ratio"], method=row["method"], profile=profile, **params)
+            assert row[key] == result.draw_step and (profile == "paper" or row["index"] == result.draw_index)
+        # a rule is measured only where it applies: the FFN scope on MLP rows
+        if row["block"] == "msa":
+            assert "MLP global" not in row["rules"]
+    text = doc.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert tool.summary([run]) in text and "| all (the `original` profile) |" in text
+    assert tool.run_table(run) in (tmp_path / "differences.md").read_text()

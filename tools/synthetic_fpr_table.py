@@ -10,14 +10,14 @@ tests/test_synthetic_fpr.py): 12 layers x 12 heads, 3000 steps, plateau at step 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
 
+from earlybird.fileio import replace_marked
 from earlybird.synthetic import DEFAULT_DETECTORS, measure_detectors
 
-START, END = "<!-- synthetic-fpr:start -->", "<!-- synthetic-fpr:end -->"
+MARKER = "synthetic-fpr"  # the table's place in docs/library.md
 
 DETECTORS = {
     **DEFAULT_DETECTORS,
@@ -53,14 +53,9 @@ def main(argv=None) -> int:
     text = table(args.seeds, args.ratios)
     print(text)
     print(f"\n({time.time() - started:.0f} s)", file=sys.stderr)
-    if args.write:
-        doc = args.write.read_text()
-        if START not in doc or END not in doc:
-            print(f"{args.write}: no {START} ... {END} markers", file=sys.stderr)
-            return 2
-        doc = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{text}\n{END}", doc,
-                     flags=re.S)
-        args.write.write_text(doc)
+    if args.write and not replace_marked(args.write, MARKER, text):
+        print(f"{args.write}: no <!-- {MARKER}:start --> ... <!-- {MARKER}:end --> markers", file=sys.stderr)
+        return 2
     return 0
 
 
