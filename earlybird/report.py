@@ -294,13 +294,15 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str | None
     md.append(f"Records: {records.total_steps} steps (steps {int(records.steps[0])}..{int(records.steps[-1])}), "
               f"blocks {', '.join(records.blocks)}, {records.layers} layers"
               + (f", model `{records.meta.get('model_type')}`" if records.meta.get("model_type") else "") + ".")
+    # a block whose smoothing differs from the MSA's (the original profile's FFN series: not smoothed)
+    smooths = {block: study_stationarity(total, scale, profile.name, block)[0]["smooth"] for block in records.blocks}
+    smoothing = "".join(f" {block.upper()}: " + (f"smooth {value}." if value else "not smoothed.")
+                        for block, value in smooths.items() if value != stationarity["smooth"])
     md.append(_profile_line(profile, scopes) + f" Stationarity tests: smooth {stationarity['smooth']}, "
               f"window {stationarity['window']}, check every {stationarity['every']} steps"
               + (f" — the study's {' / '.join(map(str, study.values()))} scaled by {factor:.4f} = {total} / "
                  f"{STUDY_STEPS} steps (floors {floors})." if factor < 1 else " (the study's values).")
-              + "".join(f" {block.upper()}: smooth {other['smooth']} (0: not smoothed)." for block in records.blocks
-                        for other in [study_stationarity(total, scale, profile.name, block)[0]]
-                        if other != stationarity))
+              + smoothing)
     md.append("")
 
     # Figure 2
