@@ -1,6 +1,7 @@
 """The differences between the `paper` and `original` detection profiles, measured on runs' records.
 
-    .venv/bin/python tools/profile_differences.py RUN [RUN ...] -o docs/profile_differences.md --write docs/library.md
+    .venv/bin/python tools/profile_differences.py RUN [RUN ...] [--study-values RUN ...] \
+        -o docs/profile_differences.md --write docs/library.md
 
 For each slimming run (its directory or records), MSA and MLP masks at ratios 0.3 and 0.8 and every detector: the
 draw step under each profile, the original code's own number, and the draw step with one rule of the original
@@ -20,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from earlybird.detectors import (DETECTORS, OriginalHammingEB, OriginalSlopeEB, SlopeEB, WindowedStationarityEB,
-                                 default_maxlags, detect, feed, make_detector, scaled_params, slope_test)
+from earlybird.detectors import (DETECTORS, STUDY_STEPS, OriginalHammingEB, OriginalSlopeEB, SlopeEB,
+                                 WindowedStationarityEB, default_maxlags, detect, feed, make_detector, scaled_params,
+                                 slope_test)
 from earlybird.fileio import replace_marked
 from earlybird.layout import records_path
 from earlybird.masks import compute_mask
@@ -118,36 +120,41 @@ def _delta(step, reference) -> str:
     return "—" if step is None or reference is None else f"{step - reference:+d}"
 
 
-def measure(path: str) -> dict:
-    """Every (block, ratio, detector) of a run: the draws under both profiles and under each single rule."""
+def measure(path: str, study_values: bool = False) -> dict:
+    """Every (block, ratio, detector) of a run: the draws under both profiles and under each single rule, with the
+    step-counted parameters scaled to the run (or, `study_values`, the study's own)."""
     records = load_records(records_path(path))
     total = int(records.steps[-1])
-    variants = _variants(records, total)
+    length = STUDY_STEPS if study_values else total  # the run length the parameters are scaled to
+    variants = _variants(records, length)
     rows = []
     for block in BLOCKS:
         if records.block(block) is None:
             continue
         for ratio in RATIOS:
             for method in DETECTORS:
-                paper = detect(records, block, ratio, None, method, **_params(method, total, "paper", block))
+                paper = detect(records, block, ratio, None, method, **_params(method, length, "paper", block))
                 original = detect(records, block, ratio, None, method, profile="original",
-                                  **_params(method, total, "original", block))
+                                  **_params(method, length, "original", block))
                 rules = {label: variant(block, ratio, method) for label, (applies, variant) in variants.items()
                          if applies(block, method)}
-                literal = _literal(records, block, ratio, method, total) if method != "hamming" else original.draw_step
+                literal = _literal(records, block, ratio, method, length) if method != "hamming" else original.draw_step
                 rows.append({"block": block, "ratio": ratio, "method": method, "paper": paper.draw_step,
                              "original": original.draw_step, "index": original.draw_index, "rules": rules,
                              "literal": literal})
-    return {"path": path, "records": records, "total": total, "rules": list(variants), "rows": rows}
+    return {"path": path, "records": records, "total": total, "length": length, "rules": list(variants),
+            "rows": rows}
 
 
 def run_table(run: dict) -> str:
     records, total = run["records"], run["total"]
-    scaled = _params("slope", total, "paper", "msa")
+    scaled = " / ".join(str(v) for v in _params("slope", run["length"], "paper", "msa").values())
     lines = [f"### `{run['path']}`: {records.total_steps} records (steps {int(records.steps[0])}..{total}), "
-             f"{records.layers} layers, {records.meta.get('heads')} heads, {records.meta.get('neurons')} neurons", "",
-             f"Stationarity parameters scaled to {total} steps: smooth / window / every = "
-             + " / ".join(str(v) for v in scaled.values()) + " (the original's FFN series: not smoothed).", ""]
+             f"{records.layers} layers, {records.meta.get('heads')} heads, {records.meta.get('neurons')} neurons"
+             + ("" if run["length"] == total else ", the study's values"), "",
+             (f"Stationarity parameters scaled to {total} steps" if run["length"] == total else
+              "Stationarity parameters: the study's, unscaled") + f": smooth / window / every = {scaled} (the "
+             "original's FFN series: not smoothed).", ""]
     header = ["block", "ratio", "detector", "paper", "original", "Δ", "original's number",
               *(f"+ {label}" for label in run["rules"]), "notebook-literal"]
     lines += ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * (len(header) - 3)]
@@ -161,8 +168,8 @@ def run_table(run: dict) -> str:
     return "\n".join(lines)
 
 
-def _effect(pairs) -> str:
-    """'changed c of n draws: Δ a..b' for (draw, paper draw) pairs."""
+def _effect(pairs, reference: str = "paper") -> str:
+    """'c of n: Δ a .. b' for (draw, reference draw) pairs."""
     changed = [(step, paper) for step, paper in pairs if step != paper]
     if not pairs:
         return "·"
@@ -172,15 +179,17 @@ def _effect(pairs) -> str:
     text = f"{len(changed)} of {len(pairs)}"
     if deltas:
         text += f": Δ {deltas[0]:+d}" + (f" .. {deltas[-1]:+d}" if len(deltas) > 1 else "")
-    if lost or gained:
-        text += f" ({lost} never draw, {gained} draw where paper does not)" if lost and gained else (
-            f" ({lost} never draw)" if lost else f" ({gained} draw where paper does not)")
-    return text
+    notes = [f"{lost} no longer drawn"] * bool(lost) + [f"{gained} drawn where {reference} never draws"] * bool(gained)
+    return text + (f" ({', '.join(notes)})" if notes else "")
 
 
-def summary(runs: list[dict]) -> str:
+def _title(run: dict) -> str:
+    return f"{run['total']}-step run" + ("" if run["length"] == run["total"] else ", the study's values")
+
+
+def summary(runs: list[dict], link: bool = True) -> str:
     """One row per rule: over each run's (block, ratio, detector) draws, how many it changes and by how much."""
-    header = ["rule switched on over `paper`"] + [f"{run['total']}-step run" for run in runs]
+    header = ["rule switched on over `paper`"] + [_title(run) for run in runs]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for label in runs[0]["rules"]:
         lines.append("| " + " | ".join([label] + [_effect([(row["rules"][label], row["paper"]) for row in run["rows"]
@@ -188,9 +197,10 @@ def summary(runs: list[dict]) -> str:
     lines.append("| " + " | ".join(["all (the `original` profile)"] + [
         _effect([(row["original"], row["paper"]) for row in run["rows"]]) for run in runs]) + " |")
     lines.append("| " + " | ".join(["notebook-literal vs `original`"] + [
-        _effect([(row["literal"], row["original"]) for row in run["rows"]]) for run in runs]) + " |")
+        _effect([(row["literal"], row["original"]) for row in run["rows"]], "original") for run in runs]) + " |")
     return ("Draws changed (of the MSA/MLP x ratio 0.3/0.8 x detector draws that the rule applies to) and the "
-            "range of the change in training steps; detail in [profile_differences.md](profile_differences.md).\n\n"
+            "range of the change in training steps"
+            + ("; detail in [profile_differences.md](profile_differences.md)" if link else "") + ".\n\n"
             + "\n".join(lines))
 
 
@@ -232,21 +242,24 @@ def document(runs: list[dict]) -> str:
              "", f"Generated by `tools/profile_differences.py {' '.join(run['path'] for run in runs)}`; see "
              "docs/library.md (\"Detection profiles\") for the rules.", "",
              "## Entries pruned per layer by each mask rule", "", pruned_counts(), "",
-             "## Summary", "", summary(runs), "", "## Draw steps", "", LEGEND]
+             "## Summary", "", summary(runs, link=False), "", "## Draw steps", "", LEGEND]
     for run in runs:
         parts += [run_table(run), ""]
-    return "\n".join(parts)
+    return "\n".join(parts) + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="slimming run directories (or their records)")
+    parser.add_argument("--study-values", nargs="*", default=[], metavar="RUN",
+                        help="runs (among RUN) measured a second time with the study's unscaled step-counted "
+                             "parameters (200 / 300 / 100): for runs long enough to test them")
     parser.add_argument("-o", "--output", type=Path, help="markdown file to write (default: print)")
     parser.add_argument("--write", type=Path, help="markdown file whose marked summary table to replace "
                                                    "(docs/library.md)")
     args = parser.parse_args(argv)
     started = time.time()
-    runs = [measure(path) for path in args.runs]
+    runs = [measure(path) for path in args.runs] + [measure(path, study_values=True) for path in args.study_values]
     text = document(runs)
     if args.output:
         args.output.write_text(text)
