@@ -230,7 +230,7 @@ def reproduce(entry: str, out: Path, data_flags: list[str], *, smoke: bool = Fal
         tickets, draws = plan_tickets(records, total, fractions, profile)
         for (method, ratio), result in draws.items():
             log(f"  {method:8s} ratio {ratio:.0%}: draw step {result.draw_step}"
-                + (f" (the original code's number {result.draw_index})" if result.indexed else ""))
+                + (f" (the original code's number {result.draw_index})" if result.draw_index is not None else ""))
         indices = {f"{m}@{r}": result.draw_index for (m, r), result in draws.items() if result.indexed}
         (out / STUDY_DRAWS).write_text(json.dumps(
             {f"{m}@{r}": result.draw_step for (m, r), result in draws.items()}
