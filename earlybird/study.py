@@ -1,6 +1,6 @@
 """Evidence over seeds: the same study (`earlybird.reproduce`) run with several seeds, summarised as mean ± sd.
 
-    python -m earlybird.study OUT/seed-1 OUT/seed-2 OUT/seed-3 -o OUT     # writes OUT/summary.md and a figure
+    earlybird study OUT/seed-1 OUT/seed-2 OUT/seed-3 -o OUT     # writes OUT/summary.md and a figure
 
 Each seed's study directory holds its runs (`runs/`), the detectors' draws and the fixed pruning steps
 (`draws.json`). For every pruning step (as a fraction of training) and ratio, the summary gives the tickets' accuracy
@@ -11,11 +11,9 @@ FLOPs spent until the draw (the slimming run's FLOPs per step x the draw step). 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,20 +213,3 @@ def plot_study(seeds: list[Seed], detectors: list[dict], ratios, out: Path) -> P
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="earlybird-study", description=__doc__.strip().split("\n\n")[0])
-    parser.add_argument("seeds", nargs="+", help="the study directory of each seed (reproduce's output)")
-    parser.add_argument("-o", "--output", required=True, help="where summary.md and its figure go")
-    args = parser.parse_args(argv)
-    try:
-        summarize(args.seeds, args.output)
-    except EarlyBirdError as err:
-        print(f"earlybird-study: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

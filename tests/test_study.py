@@ -53,3 +53,14 @@ def test_summary_is_computed_from_the_seeds(tmp_path):
 def test_a_directory_that_is_not_a_study_is_refused(tmp_path):
     with pytest.raises(EarlyBirdError, match="draws.json"):
         load_seed(tmp_path)
+
+
+def test_the_cli_writes_the_summary_and_refuses_bad_input(tmp_path, capsys):
+    from earlybird.cli import main
+
+    a = make_study(tmp_path, 1, {(10, 0.3): 0.70, (50, 0.3): 0.80}, {("slope", 0.3): 50}, dense=0.85)
+    assert main(["study", str(a), "-o", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "summary.md").exists()
+    assert main(["study", str(tmp_path / "nothing"), "-o", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("earlybird: error:") and "draws.json" in err[-1]
