@@ -281,6 +281,14 @@ register("study", "mean ± sd over seeds of the same study: tickets by pruning s
          _add_study, _run_study)
 
 
+# --------------------------------------------------------------------------- export
+
+from .export import add_export_arguments, run_export  # noqa: E402 -- light at import: torch is loaded by the export
+
+register("export", "a pruned ticket for machines without the patch: a transformers folder (trust_remote_code) or ONNX",
+         add_export_arguments, run_export)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
