@@ -15,7 +15,6 @@ the figures are ratios of medians (wall time and this process's CPU time), not t
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -29,16 +28,16 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import onnxruntime  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from pruned_speed import alternate, model_specs, random_plan  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from earlybird.export import export, quiet_libraries, sample_inputs, task_auto_class  # noqa: E402
 from earlybird.slimming import apply_plan, fold_slimming  # noqa: E402
+
+from benchlib import emit, make_parser, set_threads  # noqa: E402
+from pruned_speed import alternate, model_specs, random_plan  # noqa: E402
 
 RATIO = 0.8
 RUNTIMES = ("PyTorch", "onnxruntime")
@@ -175,14 +174,12 @@ def findings(speed: list[dict], sizes: list[dict]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny configs, a pass of seconds")
+    parser = make_parser(__doc__, "tiny configs, a pass of seconds")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per variant (default 7, quick 2)")
-    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads (default 1)")
     parser.add_argument("--workdir", help="where the tickets and exports are written (default: a temporary directory)")
-    parser.add_argument("--out", help="also write the markdown to this file")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args)
+    threads = torch.get_num_threads()  # onnxruntime gets as many
     hf_logging.disable_progress_bar()
     repeats = args.repeats or (2 if args.quick else 7)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="eb-export-speed-"))
@@ -194,18 +191,14 @@ def main(argv=None) -> int:
                 exports = export_both(build_models(spec), workdir / kind)
             for variant, entry in exports.items():
                 sizes.append(dict(config=title, variant=variant, seconds=entry["seconds"], **entry["mb"]))
-            runners = load_runners(exports, args.threads)
+            runners = load_runners(exports, threads)
             speed += measure(title, spec[2], runners, [1, 8] if not args.quick else [1, 4],
                              32 if args.quick else 128, repeats)
             del runners
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    text = render(speed, sizes, repeats, args.threads)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
+    return emit(render(speed, sizes, repeats, threads), args)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,10 @@ import sys
 import warnings
 from pathlib import Path
 
+from .blocks import BLOCKS, MLP, MSA
 from .errors import EarlyBirdError
-from .records import _fsync_dir
+from .fileio import fsync_dir, fsync_tree
+from .layout import FINAL
 
 FORMATS = ("hf", "onnx")
 MODEL_TYPES = ("vit", "bert")
@@ -55,13 +57,13 @@ class ExportError(RuntimeError):
 
 def find_model_dir(path: Path) -> Path:
     """MODEL_DIR itself (a `save_pretrained` folder) or, for a run directory, its `final/`."""
-    expected = "expected a save_pretrained folder (config.json + weights) or a run directory with final/"
+    expected = f"expected a save_pretrained folder (config.json + weights) or a run directory with {FINAL}/"
     if not path.is_dir():
         raise EarlyBirdError(f"{path}: no such directory; {expected}")
-    for candidate in (path, path / "final"):
+    for candidate in (path, path / FINAL):
         if (candidate / "config.json").is_file():
             return candidate
-    raise EarlyBirdError(f"{path}: not a model (no config.json, nor final/config.json); {expected}")
+    raise EarlyBirdError(f"{path}: not a model (no config.json, nor {FINAL}/config.json); {expected}")
 
 
 def _read_model_type(model_dir: Path) -> str:
@@ -116,19 +118,19 @@ def load_ticket(model_dir: Path, log=print):
         fold_slimming(model)
         log(f"note: folded {sum(c.numel() for c in coefficients)} slimming coefficients into the adjacent weights "
             "(outputs unchanged; the export is a plain pruned model)")
-    if not (config.pruned_heads or config.pruned_intermediate):
+    if not any(getattr(config, block.plan_key) for block in BLOCKS.values()):
         log(f"note: {model_dir} is not pruned ({len(encoder_layers(model))} full layers); exporting it as it is")
     return model
 
 
 def describe(model) -> str:
     """`BertForSequenceClassification, 4 layers, heads 3/1/4/2 of 4, neurons 20/37/5/9 of 37`."""
-    from .training.loop import kept_sizes
+    from .slimming import kept_sizes
 
     config, kept = model.config, kept_sizes(model)
-    return (f"{type(model).__name__}, {len(kept['heads'])} layers, heads {'/'.join(map(str, kept['heads']))} of "
-            f"{config.num_attention_heads}, neurons {'/'.join(map(str, kept['intermediate']))} of "
-            f"{config.intermediate_size}")
+    heads, neurons = ("/".join(map(str, kept[block.shape_key])) for block in (MSA, MLP))
+    return (f"{type(model).__name__}, {config.num_hidden_layers} layers, heads {heads} of "
+            f"{config.num_attention_heads}, neurons {neurons} of {config.intermediate_size}")
 
 
 def sample_inputs(config, batch: int = 2, seq_len: int = 16, seed: int = 0) -> dict:
@@ -412,13 +414,11 @@ def export(model_dir, out, fmt: str, log=print) -> tuple[Path, str]:
         raise EarlyBirdError(f"{out.parent}: cannot write there ({err.strerror}); expected a writable directory") from None
     try:
         difference = EXPORTERS[fmt](model, source, tmp, log)
-        for path in tmp.iterdir():  # on disk before the rename makes them visible
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+        fsync_tree(tmp)  # on disk before the rename makes it visible
         if out.exists():
             raise EarlyBirdError(f"{out}: appeared while exporting; expected a new path. Nothing was written")
         os.rename(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
