@@ -16,7 +16,8 @@ Either way the slimming coefficients are folded first (the export is a plain pru
 checked against the patched one on a sample input before anything is committed, and everything is written to a
 temporary directory beside OUT, renamed into place at the end: a failure leaves nothing.
 
-Only the standard library is imported at module level (the CLI imports this module for every command).
+Only the standard library and light project modules are imported at module level (the CLI imports this module for
+every command); torch, transformers and onnxruntime are imported when an export runs.
 """
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ def outputs(model, inputs: dict) -> dict:
     return {name: value.detach() for name, value in out.items() if isinstance(value, torch.Tensor)}
 
 
-def _max_difference(expected: dict, got: dict, what: str) -> float:
+def check_close(expected: dict, got: dict, atol: float, what: str) -> float:
+    """The largest absolute difference between two sets of named outputs; ExportError above `atol`."""
     import numpy as np
 
     if list(expected) != list(got):
@@ -171,15 +173,9 @@ def _max_difference(expected: dict, got: dict, what: str) -> float:
         if value.shape != other.shape:
             raise ExportError(f"{what} output {name} has shape {other.shape}, the patched model's {value.shape}")
         worst = max(worst, float(np.abs(value - other).max(initial=0.0)))
-    return worst
-
-
-def check_close(expected: dict, got: dict, atol: float, what: str) -> float:
-    """The largest absolute difference between two sets of named outputs; ExportError above `atol`."""
-    worst = _max_difference(expected, got, what)
     if not worst <= atol:
-        raise ExportError(f"{what} differs from the patched model by {worst:.3g} (> {atol:g}): the export is "
-                               "wrong; nothing was written")
+        raise ExportError(f"{what} differs from the patched model by {worst:.3g} (> {atol:g}): the export is wrong; "
+                          "nothing was written")
     return worst
 
 
@@ -297,20 +293,31 @@ def task_auto_class(config_dict: dict) -> str:
     raise ExportError(f"auto_map names no auto class for {architecture}")
 
 
-def _save_preprocessing(model_dir: Path, out: Path, model_type: str, log) -> None:
-    """The tokenizer (BERT) or image processor (ViT) saved beside the ticket, for `pipeline(...)`."""
+# What a ticket folder holds for `pipeline(...)`: any of these files means it has one (transformers would otherwise
+# make an empty tokenizer out of nothing).
+PREPROCESSING = {"vit": ("image processor", ("preprocessor_config.json",)),
+                 "bert": ("tokenizer", ("tokenizer_config.json", "tokenizer.json", "vocab.txt"))}
+
+
+def load_preprocessing(model_dir: Path, log=print):
+    """The ticket's tokenizer (BERT) or image processor (ViT), saved into the export for `pipeline(...)`; None (said
+    in `log`) when the folder has none."""
     import transformers
 
-    kind, auto = (("image processor", transformers.AutoImageProcessor) if model_type == "vit"
-                  else ("tokenizer", transformers.AutoTokenizer))
+    model_type = _read_model_type(model_dir)
+    kind, files = PREPROCESSING[model_type]
+    if not any((model_dir / name).is_file() for name in files):
+        log(f"note: {model_dir} has no {kind} ({', '.join(files)}); the export has none either: give pipeline(...) one")
+        return None
+    auto = transformers.AutoImageProcessor if model_type == "vit" else transformers.AutoTokenizer
     try:
-        auto.from_pretrained(model_dir).save_pretrained(out)
-    except (OSError, ValueError) as err:
-        log(f"note: no {kind} in {model_dir} ({' '.join(str(err).split())[:120]}); the export has none: pass one "
-            "to pipeline(...) yourself")
+        return auto.from_pretrained(model_dir)
+    except Exception as err:  # noqa: BLE001 -- transformers raises many kinds for a broken file
+        raise EarlyBirdError(f"{model_dir}: its {kind} cannot be loaded ({' '.join(str(err).split())[:200]}); "
+                             f"expected a working one or none") from None
 
 
-def export_hf(model, model_dir: Path, out: Path, log=print) -> float:
+def export_hf(model, processor, out: Path) -> float:
     """Weights, config.json with `auto_map`, the generated code and the tokenizer / image processor into `out`.
 
     Loads `out` back through its auto class with `trust_remote_code=True` and returns the largest difference of its
@@ -329,7 +336,8 @@ def export_hf(model, model_dir: Path, out: Path, log=print) -> float:
     config["model_type"] = remote_model_type(model.config.model_type)
     config["auto_map"] = auto_map(model)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    _save_preprocessing(model_dir, out, model.config.model_type, log)
+    if processor is not None:
+        processor.save_pretrained(out)
 
     auto = getattr(transformers, task_auto_class(config))
     exported = auto.from_pretrained(out, trust_remote_code=True).eval()
@@ -346,7 +354,7 @@ def onnx_io_names(model) -> tuple[list[str], list[str]]:
     return list(inputs), list(outputs(model, inputs))
 
 
-def export_onnx(model, model_dir: Path, out: Path, log=print) -> float:
+def export_onnx(model, processor, out: Path) -> float:
     """`model.onnx` (dynamic batch, and sequence for BERT), config.json and the tokenizer / image processor into `out`.
 
     Runs the graph under onnxruntime on a sample (another batch size and length than the export's) and returns the
@@ -381,7 +389,8 @@ def export_onnx(model, model_dir: Path, out: Path, log=print) -> float:
                       input_names=input_names, output_names=output_names,
                       dynamic_shapes=(tuple(dims for _ in input_names),), verbose=False, report=False)
     model.config.save_pretrained(out)  # labels (id2label) and sizes, for the user's pre- and post-processing
-    _save_preprocessing(model_dir, out, model.config.model_type, log)
+    if processor is not None:
+        processor.save_pretrained(out)
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     check = sample_inputs(model.config, batch=3, seq_len=11, seed=1)
@@ -405,6 +414,7 @@ def export(model_dir, out, fmt: str, log=print) -> tuple[Path, str]:
     if not out.parent.is_dir():
         raise EarlyBirdError(f"{out}: its parent {out.parent} is not a directory; expected a path in an existing one")
     source = find_model_dir(Path(model_dir))
+    processor = load_preprocessing(source, log)
     model = load_ticket(source, log)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -413,7 +423,7 @@ def export(model_dir, out, fmt: str, log=print) -> tuple[Path, str]:
     except OSError as err:
         raise EarlyBirdError(f"{out.parent}: cannot write there ({err.strerror}); expected a writable directory") from None
     try:
-        difference = EXPORTERS[fmt](model, source, tmp, log)
+        difference = EXPORTERS[fmt](model, processor, tmp)
         fsync_tree(tmp)  # on disk before the rename makes it visible
         if out.exists():
             raise EarlyBirdError(f"{out}: appeared while exporting; expected a new path. Nothing was written")

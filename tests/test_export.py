@@ -399,6 +399,7 @@ def test_an_unpruned_model_is_exported_as_it_is_with_a_note(tmp_path):
     code, stdout, stderr = run_cli("export", tmp_path / "dense", "-o", tmp_path / "out")
     assert code == 0, stderr
     assert "not pruned" in stderr and f"folded {LAYERS * (HEADS + INTER)} slimming coefficients" in stderr
+    assert "has no tokenizer" in stderr and not (tmp_path / "out" / "tokenizer.json").exists()
     reloaded = AutoModel.from_pretrained(tmp_path / "out", trust_remote_code=True).eval()
     inputs = make_inputs("bert", batch=2)
     fold_slimming(model.eval())
@@ -462,6 +463,12 @@ def _config_without_the_pruned_structure(tmp_path, tickets):
     return tmp_path / "ticket", tmp_path / "out"
 
 
+def _broken_tokenizer(tmp_path, tickets):
+    shutil.copytree(tickets["bert-qa"], tmp_path / "ticket")
+    (tmp_path / "ticket" / "tokenizer.json").write_text("{not json")
+    return tmp_path / "ticket", tmp_path / "out"
+
+
 def _out_exists(tmp_path, tickets):
     (tmp_path / "out").mkdir()
     return tickets["bert-qa"], tmp_path / "out"
@@ -476,6 +483,7 @@ BAD_INPUTS = {
     "truncated weights": (_truncated_weights, "ticket: cannot load the weights"),
     "config.json without the pruned structure": (_config_without_the_pruned_structure,
                                                  "ticket: cannot load the weights"),
+    "a broken tokenizer": (_broken_tokenizer, "ticket: its tokenizer cannot be loaded"),
     "OUT already exists": (_out_exists, "out: already exists"),
     "OUT's parent does not exist": (lambda tmp_path, tickets: (tickets["bert-qa"], tmp_path / "no" / "out"),
                                     "is not a directory"),
