@@ -355,7 +355,7 @@ def test_the_remote_code_is_the_patched_modules_with_only_imports_and_model_type
                               (configuration_bert, "configuration_earlybird_bert.py")):
         original = Path(module.__file__).read_text().splitlines()
         lines = (out / generated).read_text().splitlines()
-        header = [line for line in lines[: len(lines) - len(original)]]
+        header = lines[: len(lines) - len(original)]
         assert header and all(line.startswith("# ") for line in header)
         changed = [(a, b) for a, b in zip(original, lines[len(header):]) if a != b]
         assert changed, "no import was rewritten"
