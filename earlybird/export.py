@@ -414,8 +414,6 @@ def export(model_dir, out, fmt: str, log=print) -> tuple[Path, str]:
     if not out.parent.is_dir():
         raise EarlyBirdError(f"{out}: its parent {out.parent} is not a directory; expected a path in an existing one")
     source = find_model_dir(Path(model_dir))
-    processor = load_preprocessing(source, log)
-    model = load_ticket(source, log)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -423,6 +421,8 @@ def export(model_dir, out, fmt: str, log=print) -> tuple[Path, str]:
     except OSError as err:
         raise EarlyBirdError(f"{out.parent}: cannot write there ({err.strerror}); expected a writable directory") from None
     try:
+        processor = load_preprocessing(source, log)
+        model = load_ticket(source, log)
         difference = EXPORTERS[fmt](model, processor, tmp)
         fsync_tree(tmp)  # on disk before the rename makes it visible
         if out.exists():

@@ -487,6 +487,8 @@ BAD_INPUTS = {
     "OUT already exists": (_out_exists, "out: already exists"),
     "OUT's parent does not exist": (lambda tmp_path, tickets: (tickets["bert-qa"], tmp_path / "no" / "out"),
                                     "is not a directory"),
+    "OUT where nothing can be written": (lambda tmp_path, tickets: (tickets["bert-qa"], Path("/sys/eb-export")),
+                                         "/sys: cannot write there"),  # EACCES / EPERM even for root
 }
 
 
