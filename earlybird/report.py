@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from .blocks import BLOCK_NAMES, BLOCKS
-from .detectors import (DETECTORS, STATIONARITY_PARAMS, STUDY_STEPS, HammingEB, detect_many, hamming_table,
-                        scaled_params, smooth_series)
+from .detectors import (DETECTORS, STATIONARITY_PARAMS, STUDY_STEPS, HammingEB, _json_safe, detect_many,
+                        hamming_table, scaled_params, smooth_series)
 from .errors import EarlyBirdError
 from .fileio import write_text_atomic
 from .layout import REPORT, RUN_KINDS, Run, RunLayout, read_run, records_path
@@ -129,19 +129,9 @@ def _save(fig, path: Path, annotations: dict) -> Path:
         for axis in (ax.xaxis, ax.yaxis):
             if isinstance(axis.get_major_formatter(), ScalarFormatter):
                 axis.get_major_formatter().set_useOffset(False)
-    fig.savefig(path, dpi=_DPI, metadata={ANNOTATIONS_KEY: json.dumps(_json_ready(annotations))})
+    fig.savefig(path, dpi=_DPI, metadata={ANNOTATIONS_KEY: json.dumps(_json_safe(annotations))})
     _pyplot().close(fig)
     return path
-
-
-def _json_ready(value):
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def draw_steps(results: dict) -> dict:
@@ -349,8 +339,10 @@ def plot_pvalues(results: dict, titles: dict, total_steps: int, out: Path, title
                 ms=5, mfc="white", mec=style.color, mew=0.9, zorder=3,
                 label="constant window: stationary by convention, not tested")
         step = result.draw_step
-        ax.axvline(step if step is not None else np.nan, color=style.color, ls=style.linestyle, lw=1.3,
-                   label="draw: never" if step is None else f"draw: step {step}")
+        if step is None:
+            ax.plot([], [], color=style.color, ls=style.linestyle, lw=1.3, label="draw: never")
+        else:
+            ax.axvline(step, color=style.color, ls=style.linestyle, lw=1.3, label=f"draw: step {step}")
         ax.set_ylim(-0.04, 1.04)
         ax.set_xlim(0, max(total_steps, 1))
         ax.set_xlabel("training step")
@@ -376,9 +368,12 @@ def plot_tickets(tickets: list[Run], dense: Run | None, randoms: list[Run], draw
     methods = list(next(iter(draws.values()), {}))
     fig = _figure(_PANEL[0] * len(ratios), _PANEL[1] + _strip_height(len(methods)) + 2.0)
     grid = fig.add_gridspec(1, len(ratios))
-    panels = []
+    panels, first = [], None
     for col, ratio in enumerate(ratios):
         strip, ax = _panel_axes(fig, grid[0, col], len(draws.get(ratio, {})))
+        first = first or ax
+        if ax is not first:
+            ax.sharey(first)  # the ratios on one scale
         curve = sorted((t.prune_step, 100 * t.metric[1]) for t in tickets
                        if t.ratios == ratio and t.prune_step is not None and t.metric[1] is not None)
         ax.plot(*zip(*curve), color="black", marker="o", ms=3.5, lw=1.0)
@@ -400,7 +395,8 @@ def plot_tickets(tickets: list[Run], dense: Run | None, randoms: list[Run], draw
         ax.set_ylabel(f"ticket {metric} (%)")
         panels.append(panel)
     handles = [Line2D([], [], color="black", marker="o", ms=3.5, lw=1.0, label="ticket pruned at that step"),
-               Line2D([], [], color="0.35", ls=(0, (4, 2)), lw=1.0, label="dense model"),
+               Line2D([], [], color="0.35", ls=(0, (4, 2)), lw=1.0,
+                      label="dense model" + (f": {_fmt_metric(dense.metric[1])}" if dense is not None else "")),
                Line2D([], [], color="0.45", ls="none", marker="X", ms=7, label="random pruning (same counts)")]
     _legend_below(fig, handles + _detector_handles(methods, styles, titles))
     fig.suptitle(f"Ticket {metric} by pruning step; each detector's draw labelled with the ticket's {metric} there")
