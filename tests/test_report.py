@@ -2,6 +2,7 @@
 
 import json
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -73,8 +74,23 @@ def test_stationarity_parameters_scale_down_never_up():
     assert scaled_params("hamming", 1477)[0] == {}  # nothing of the Hamming rule is counted in steps
 
 
-def test_report_numbers_come_from_the_runs(slim_run, tmp_path):
-    runs = tmp_path / "runs"
+def keep_figures(monkeypatch) -> dict:
+    """The matplotlib figures as `_save` writes them, by file name (drawn: offsets and legend positions are final)."""
+    saved, save = {}, report_module._save
+
+    def keep(fig, path, annotations):
+        saved[path.name] = fig
+        return save(fig, path, annotations)
+
+    monkeypatch.setattr(report_module, "_save", keep)
+    return saved
+
+
+@pytest.fixture(scope="module")
+def full_report(slim_run, tmp_path_factory):
+    """The report over the slimming run, its tickets, a dense, a random and an EB-Train run; its figures as saved."""
+    root = tmp_path_factory.mktemp("report")
+    runs = root / "runs"
     runs.mkdir()
     tickets = {}
     for i, (step, ratio) in enumerate([(24, 0.3), (120, 0.3), (24, 0.8), (120, 0.8)]):
@@ -87,11 +103,17 @@ def test_report_numbers_come_from_the_runs(slim_run, tmp_path):
              {"records": "x", "step": 120, "self_ratio": 0.3, "inter_ratio": 0.3, "random_seed": 7})
     make_run(runs, "eb", "ebtrain", {"accuracy": 0.8123, "train_flops": 3.0e9, "train_wall_s": 4.0},
              ebtrain={"method": "slope", "draw_step": 150, "total_steps": STEPS, "flops": {"total": 3.0e9}})
-    report = build_report([slim_run, *sorted(runs.iterdir())], tmp_path / "out", log=lambda _: None)
-    text = report.read_text()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        figures = keep_figures(monkeypatch)
+        report = build_report([slim_run, *sorted(runs.iterdir())], root / "out", log=lambda _: None)
+    return SimpleNamespace(out=root / "out", text=report.read_text(), tickets=tickets, figures=figures)
+
+
+def test_report_numbers_come_from_the_runs(slim_run, full_report):
+    text = full_report.text
     for png in ["hamming_distances.png", "coefficients.png", "pvalues_msa_30.png", "pvalues_mlp_80.png",
                 "nuclear_norm_msa_30.png", "tickets.png"]:
-        assert (tmp_path / "out" / png).stat().st_size > 5000
+        assert (full_report.out / png).stat().st_size > 5000
         assert f"]({png})" in text
     # Hamming table: the library's numbers
     table = hamming_table(slim_run / "records", "msa", (0.3, 0.8), (5, 50, 100, 500, 2000), (0.1, 0.01))
@@ -120,22 +142,10 @@ def summary_draws(text: str) -> dict:
             for block, ratio, title, step in rows}
 
 
-def test_figures_mark_the_draws_of_the_summary_table(slim_run, tmp_path):
+def test_figures_mark_the_draws_of_the_summary_table(slim_run, full_report):
     """Every draw a figure marks is the draw the detector summary lists, for the same block and ratio; Figure 5 marks
     the MSA draws on the tickets' accuracies; p-value figures tell constant windows apart from tested checks."""
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    accuracy = {}
-    for i, step in enumerate((1, 60, 120, 480)):
-        for ratio in (0.3, 0.8):
-            accuracy[(step, ratio)] = 0.6 + 0.01 * i + ratio / 10
-            make_run(runs, f"ticket-{step}-{ratio}", "ticket", {"accuracy": accuracy[(step, ratio)]},
-                     {"records": "x", "step": step, "self_ratio": ratio, "inter_ratio": ratio})
-    make_run(runs, "dense", "dense", {"accuracy": 0.777})
-    make_run(runs, "random", "random", {"accuracy": 0.4242},
-             {"records": "x", "step": 120, "self_ratio": 0.8, "inter_ratio": 0.8, "random_seed": 7})
-    out = tmp_path / "out"
-    text = build_report([slim_run, *sorted(runs.iterdir())], out, log=lambda _: None).read_text()
+    out, text = full_report.out, full_report.text
     table = summary_draws(text)
     titles = {m: cls(**scaled_params(m, STEPS)[0]).describe() for m, cls in DETECTORS.items()}
     assert len(table) == 2 * 2 * len(DETECTORS) and any(step is not None for step in table.values())
@@ -156,9 +166,10 @@ def test_figures_mark_the_draws_of_the_summary_table(slim_run, tmp_path):
     for panel in tickets:
         ratio = panel["ratios"][0]
         assert panel["draws"] == table_draws("msa", ratio)
-        assert panel["tickets"] == {str(s): pytest.approx(100 * a) for (s, r), a in accuracy.items() if r == ratio}
+        assert panel["tickets"] == {str(s): pytest.approx(100 * a) for (s, r), a in full_report.tickets.items()
+                                    if r == ratio}
         assert panel["dense"] == pytest.approx(77.7)
-        assert panel.get("random", []) == ([[120, pytest.approx(42.42)]] if ratio == 0.8 else [])
+        assert panel.get("random", []) == ([[120, pytest.approx(42.42)]] if ratio == 0.3 else [])
     constant_seen = False
     for block in ("msa", "mlp"):
         for ratio in (0.3, 0.8):
@@ -184,20 +195,8 @@ def test_every_registered_detector_has_a_style_of_its_own(monkeypatch):
     assert len({s.color for s in styles.values()}) == len(DETECTORS)  # up to 9 detectors: a colour each
 
 
-@pytest.fixture
-def saved_figures(monkeypatch):
-    """The matplotlib figures as `_save` wrote them, by file name (drawn: offsets and legend positions are final)."""
-    saved, save = {}, report_module._save
-
-    def keep(fig, path, annotations):
-        saved[path.name] = fig
-        return save(fig, path, annotations)
-
-    monkeypatch.setattr(report_module, "_save", keep)
-    return saved
-
-
-def test_coefficient_panels_share_one_y_scale_per_block_without_offsets(tmp_path, saved_figures):
+def test_coefficient_panels_share_one_y_scale_per_block_without_offsets(tmp_path, monkeypatch):
+    saved_figures = keep_figures(monkeypatch)
     steps = 50
     rng = np.random.default_rng(0)
     # values near 1 that differ in the fourth decimal: matplotlib would write them as an offset (+0.998) by default
@@ -225,9 +224,9 @@ def test_coefficient_panels_share_one_y_scale_per_block_without_offsets(tmp_path
     assert all(axis.get_offset_text().get_text() == "" for ax in fig.axes for axis in (ax.xaxis, ax.yaxis))
 
 
-def test_legends_are_outside_the_axes(slim_run, tmp_path, saved_figures):
-    build_report([slim_run], tmp_path / "out", log=lambda _: None)
-    assert {"hamming_distances.png", "nuclear_norm_msa_30.png", "pvalues_msa_30.png"} <= set(saved_figures)
+def test_legends_are_outside_the_axes(full_report):
+    saved_figures = full_report.figures
+    assert {"hamming_distances.png", "nuclear_norm_msa_30.png", "pvalues_msa_30.png", "tickets.png"} <= set(saved_figures)
     for name, fig in saved_figures.items():
         canvas = FigureCanvasAgg(fig)  # the figure was closed: draw it again, as saved
         canvas.draw()
