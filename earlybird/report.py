@@ -174,7 +174,7 @@ def _mark_draws(strip, ax, draws: dict, styles: dict, total: int, labels: dict |
         strip.annotate(str(step) if labels is None else labels[method], (step, y), xytext=(-6 if left else 6, 0),
                        textcoords="offset points", ha="right" if left else "left", va="center", fontsize=7)
     strip.set_ylim(-0.7, len(methods) - 0.3)
-    strip.set_yticks(sorted(rows.values()), [m for m in sorted(rows, key=rows.get)], fontsize=7)
+    strip.set_yticks(sorted(rows.values()), sorted(rows, key=rows.get), fontsize=7)
     strip.tick_params(axis="x", which="both", bottom=False, labelbottom=False)
     strip.tick_params(axis="y", length=0)
     for y in rows.values():
