@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .blocks import BLOCK_NAMES, BLOCKS
-from .detectors import (DETECTORS, STATIONARITY_PARAMS, STUDY_STEPS, HammingEB, _json_safe, detect_many,
+from .detectors import (DETECTORS, STATIONARITY_PARAMS, STUDY_STEPS, HammingEB, json_safe, detect_many,
                         hamming_table, scaled_params, smooth_series)
 from .errors import EarlyBirdError
 from .fileio import write_text_atomic
@@ -129,7 +129,7 @@ def _save(fig, path: Path, annotations: dict) -> Path:
         for axis in (ax.xaxis, ax.yaxis):
             if isinstance(axis.get_major_formatter(), ScalarFormatter):
                 axis.get_major_formatter().set_useOffset(False)
-    fig.savefig(path, dpi=_DPI, metadata={ANNOTATIONS_KEY: json.dumps(_json_safe(annotations))})
+    fig.savefig(path, dpi=_DPI, metadata={ANNOTATIONS_KEY: json.dumps(json_safe(annotations))})
     _pyplot().close(fig)
     return path
 
