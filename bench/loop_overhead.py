@@ -1,0 +1,303 @@
+"""Loop overhead: a step of the real training loop vs the bare model step, on the digits default; and startup time.
+
+The real loop is the entry point's (`ViT_pretraining/main.py`, the digits preset: small ViT, batch 64) with both
+slimmings, L1 1e-4 on both and the coefficients recorded every step -- a default slimming run as `reproduce.sh` makes
+it, tqdm and the loss log every 50 steps included -- called in-process through `main(argv)`, so its `Trainer`
+(`earlybird/training/loop.py`) runs with the entry point's data pipeline. The bare step is the same model (built by the
+same task with the same slimming flags and weights), the same optimizer (`make_optimizer`: AdamW, the same parameter
+groups) and the same loss on one pre-made batch: forward, backward, AdamW step, zero_grad -- nothing else.
+
+Side by side, alternating: the bench wraps `Trainer._micro_batches` so that, every K loop steps, K bare steps run
+from inside the loop's batch iterator (same process, same moment, same machine load); the time between two such
+pauses is K full loop steps. The first round is a warm-up and is dropped; the figure is the median over rounds of
+(loop time / bare time). The breakdown of the loop's step comes from timestamps around its parts in the same run
+(batch fetch; the loss to the end of backward, L1 penalty included; gradient clipping + AdamW step; the recorder;
+the log lines; the rest: schedule, zero_grad, tqdm, the FLOP count).
+
+Startup: seconds from launching the entry point to the end of its first optimizer step (it is stopped there by the
+test-only `EARLYBIRD_FAULT=step:kill@1`), against `python -c "import torch, transformers.models.vit.modeling_vit"`,
+the import floor of any ViT run, alternated; medians.
+
+    .venv/bin/python bench/loop_overhead.py [--quick] [--rounds N] [--chunk K] [--threads T] [--startup N] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SLIM = ["--self-slimming", "--inter-slimming", "--l1-self", "1e-4", "--l1-inter", "1e-4"]
+GOAL = 1.15
+PARTS = ("data", "forward + backward", "optimizer", "recording", "logging")
+
+
+def load_entry(relative: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class BareStep:
+    """The trainer's model, rebuilt bare: same task, flags, weights and optimizer groups, one pre-made batch."""
+
+    def __init__(self, trainer, batch: dict):
+        from earlybird.training.loop import make_optimizer
+        from earlybird.training.runner import slimming_flags
+
+        self.model = trainer.task.build_model(slimming_flags(trainer.args)).train()
+        self.model.load_state_dict(trainer.unwrapped.state_dict())
+        self.optimizer = make_optimizer(self.model, trainer.args)
+        self.batch = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        compute = trainer.task.compute_loss
+        self.loss = (lambda: compute(self.model, self.batch)) if compute is not None else \
+            (lambda: self.model(**self.batch).loss)
+        self.parts = defaultdict(float)
+        self.run(1)  # warm-up: allocator, AdamW state
+        self.parts.clear()
+
+    def run(self, steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            self.loss().backward()
+            t1 = time.perf_counter()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            t2 = time.perf_counter()
+            self.parts["forward + backward"] += t1 - t0
+            self.parts["optimizer"] += t2 - t1
+        return time.perf_counter() - start
+
+
+class Alternation:
+    """Runs `chunk` bare steps after every `chunk` loop steps, from inside the loop's batch iterator."""
+
+    def __init__(self, chunk: int, rounds: int):
+        self.chunk, self.rounds = chunk, rounds
+        self.loop: list[float] = []  # seconds per step, per round
+        self.bare: list[float] = []
+        self.parts = defaultdict(float)  # loop parts, summed over the measured rounds
+        self.bare_parts: dict = {}
+        self.measured_steps = 0
+        self.closed = False
+
+    def total_steps(self) -> int:
+        # + 1: the iterator is asked for the batch after the last measured round, which closes that round
+        return (self.rounds + 1) * self.chunk + 1
+
+    def _hook(self, trainer) -> None:
+        """Timestamps around the loop's parts (instance attributes: the library is not touched)."""
+        clock = time.perf_counter
+        marks = {}
+
+        def timed_call(obj, name, before=None, after=None):
+            original = getattr(obj, name)
+
+            def wrapper(*args, **kwargs):
+                if before:
+                    before()
+                start = clock()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    if after:
+                        after(start, clock())
+            setattr(obj, name, wrapper)
+
+        def loss_start():
+            marks["loss"] = clock()
+
+        def backward_end(start, end):
+            self._add("forward + backward", end - marks.pop("loss", start))
+            marks["backward"] = end
+
+        def step_end(start, end):
+            self._add("optimizer", end - marks.pop("backward", start))  # clipping + AdamW step
+
+        timed_call(trainer, "_loss", before=loss_start)
+        timed_call(trainer.accelerator, "backward", after=backward_end)
+        timed_call(trainer.optimizer, "step", after=step_end)
+        if trainer.recorder is not None:
+            timed_call(trainer.recorder, "record", after=lambda s, e: self._add("recording", e - s))
+        timed_call(trainer, "_log_line", after=lambda s, e: self._add("logging", e - s))
+
+    def _add(self, part: str, seconds: float) -> None:
+        if not self.closed:
+            self.parts[part] += seconds
+
+    def interleave(self, trainer, source):
+        self._hook(trainer)
+        clock = time.perf_counter
+        bare = None
+        served = 0
+        mark = clock()
+        while True:
+            if served and served % self.chunk == 0:
+                now = clock()
+                loop = (now - mark) / self.chunk
+                seconds = bare.run(self.chunk) / self.chunk
+                if served == self.chunk:  # the warm-up round: dropped
+                    self.parts.clear()
+                    bare.parts.clear()
+                else:
+                    self.loop.append(loop)
+                    self.bare.append(seconds)
+                    self.measured_steps += self.chunk
+                    self.closed = len(self.loop) == self.rounds  # the step after the last round is not measured
+                mark = clock()
+            start = clock()
+            batch = next(source)
+            self._add("data", clock() - start)
+            if bare is None:
+                bare = BareStep(trainer, batch)
+                self.bare_parts = bare.parts
+                mark += clock() - start  # building the bare model is not a loop step
+            served += 1
+            yield batch
+
+
+def measure_loop(chunk: int, rounds: int, workdir: Path) -> Alternation:
+    from earlybird.training.loop import Trainer
+
+    entry = load_entry("ViT_pretraining/main.py", "bench_loop_overhead_main")
+    alternation = Alternation(chunk, rounds)
+    original = Trainer._micro_batches
+
+    def micro_batches(trainer):
+        return alternation.interleave(trainer, original(trainer))
+
+    argv = ["--output-dir", str(workdir / "run"), "--overwrite-output-dir", *SLIM,
+            "--max-steps", str(alternation.total_steps())]
+    sink = io.StringIO()
+    Trainer._micro_batches = micro_batches
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            code = entry.main(argv)
+    finally:
+        Trainer._micro_batches = original
+    if code or len(alternation.loop) != rounds:
+        raise RuntimeError(f"the digits run failed (exit {code}, {len(alternation.loop)} rounds):\n{sink.getvalue()[-3000:]}")
+    return alternation
+
+
+def measure_startup(repeats: int, workdir: Path, threads: int | None) -> dict:
+    """Median seconds of each launch, alternated: the entry point to its first step, and the import floor."""
+    env = {**os.environ, "EARLYBIRD_FAULT": "step:kill@1"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    entry = [sys.executable, str(ROOT / "ViT_pretraining" / "main.py"), "--output-dir", str(workdir / "startup"),
+             "--overwrite-output-dir", "--disable-tqdm", *SLIM]
+    floor = [sys.executable, "-c", "import torch, transformers.models.vit.modeling_vit"]
+    times = {"entry": [], "floor": []}
+    for rep in range(repeats):
+        order = (("entry", entry), ("floor", floor)) if rep % 2 == 0 else (("floor", floor), ("entry", entry))
+        for name, cmd in order:
+            start = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            times[name].append(time.perf_counter() - start)
+            expected = -signal.SIGKILL if name == "entry" else 0  # the entry point is stopped after its first step
+            if proc.returncode != expected:
+                raise RuntimeError(f"{' '.join(cmd)}: exit {proc.returncode}, expected {expected}\n{proc.stderr[-3000:]}")
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def report(alt: Alternation, startup: dict | None, threads: int, chunk: int) -> str:
+    ratios = [loop / bare for loop, bare in zip(alt.loop, alt.bare)]
+    ratio = statistics.median(ratios)
+    loop_ms, bare_ms = 1e3 * statistics.median(alt.loop), 1e3 * statistics.median(alt.bare)
+    n = alt.measured_steps
+    loop_total = 1e3 * sum(alt.loop) * chunk / n
+    bare_total = 1e3 * sum(alt.bare) * chunk / n
+    lines = [
+        f"Loop overhead on the digits default (small ViT, batch 64, both slimmings + L1, recording every step): "
+        f"{len(alt.loop)} rounds of {chunk} loop steps and {chunk} bare steps, alternating; torch {torch.__version__}, "
+        f"{threads} thread(s), {'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
+        "",
+        "| variant | ms / step (median of rounds) | ratio to bare (median of rounds) |",
+        "|---|---:|---:|",
+        f"| bare step (forward + backward + AdamW, pre-made batch) | {bare_ms:.2f} | 1.000 |",
+        f"| training loop (`Trainer.fit` of `ViT_pretraining/main.py`) | {loop_ms:.2f} | {ratio:.3f} |",
+        "",
+        f"Where a step's time goes (ms / step, mean over the {n} measured steps of each):",
+        "",
+        "| part | loop | bare |",
+        "|---|---:|---:|",
+    ]
+    named = 0.0
+    for part in PARTS:
+        loop_part = 1e3 * alt.parts.get(part, 0.0) / n
+        named += loop_part
+        bare_part = 1e3 * alt.bare_parts.get(part, 0.0) / n
+        lines.append(f"| {part} | {loop_part:.2f} | {bare_part:.2f} |" if part in alt.bare_parts
+                     else f"| {part} | {loop_part:.2f} | - |")
+    lines += [
+        f"| other (schedule, zero_grad, tqdm, FLOP count, coefficient read) | {loop_total - named:.2f} | - |",
+        f"| total | {loop_total:.2f} | {bare_total:.2f} |",
+        "",
+        f"- Goal (loop <= {GOAL:.2f}x the bare step): {'met' if ratio <= GOAL else 'NOT met'} ({ratio:.3f}x; "
+        f"rounds: {', '.join(f'{r:.3f}' for r in ratios)})",
+    ]
+    if startup is not None:
+        lines += [
+            "",
+            "| startup | seconds (median) |",
+            "|---|---:|",
+            f"| `ViT_pretraining/main.py` (digits, slimming) from launch to the end of its first step | {startup['entry']:.2f} |",
+            f"| import floor: `python -c \"import torch, transformers.models.vit.modeling_vit\"` | {startup['floor']:.2f} |",
+            f"| the entry point's own share (difference) | {startup['entry'] - startup['floor']:.2f} |",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 5 steps, one startup launch each")
+    parser.add_argument("--rounds", type=int, default=None, help="measured rounds (default 10, quick 3)")
+    parser.add_argument("--chunk", type=int, default=None, help="steps per variant and round (default 20, quick 5)")
+    parser.add_argument("--startup", type=int, default=None, help="launches of each startup variant (default 3, "
+                        "quick 1; 0: skip)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 is steadiest on a shared machine")
+    parser.add_argument("--out", help="also write the markdown table to this file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rounds = args.rounds or (3 if args.quick else 10)
+    chunk = args.chunk or (5 if args.quick else 20)
+    launches = args.startup if args.startup is not None else (1 if args.quick else 3)
+    workdir = Path(tempfile.mkdtemp(prefix="eb-loop-overhead-"))
+    try:
+        alternation = measure_loop(chunk, rounds, workdir)
+        startup = measure_startup(launches, workdir, args.threads) if launches else None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    text = report(alternation, startup, torch.get_num_threads(), chunk)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
