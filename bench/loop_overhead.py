@@ -1,4 +1,5 @@
-"""Loop overhead: a step of the real training loop vs the bare model step, on the digits default; and startup time.
+"""Loop overhead: a step of the real training loop vs the bare model step, on the digits default; startup time; and the
+throughput of the image loader on files.
 
 The real loop is the entry point's (`ViT_pretraining/main.py`, the digits preset: small ViT, batch 64) with both
 slimmings, L1 1e-4 on both and the coefficients recorded every step -- a default slimming run as `reproduce.sh` makes
@@ -18,7 +19,14 @@ Startup: seconds from launching the entry point to the end of its first optimize
 test-only `EARLYBIRD_FAULT=step:kill@1`), against `python -c "import torch, transformers.models.vit.modeling_vit"`,
 the import floor of any ViT run, alternated; medians.
 
-    .venv/bin/python bench/loop_overhead.py [--quick] [--rounds N] [--chunk K] [--threads T] [--startup N] [--out FILE]
+Loader throughput (data from files, the ViT fine-tuning path): images per second that the training DataLoader
+delivers -- decoding, RandomResizedCrop to 224, flip, normalisation, as `Finetuning/run_vit.py` sets them up -- from an
+imagefolder of ImageNet-sized JPEGs (500x375, made here), with 0, 1, ... worker processes (up to the CPUs of this
+machine), batches of 64, from the loader's creation to its last batch. Compare with what the model
+consumes: on a GPU, images/s of a ViT-Base training step (see docs/benchmarks.md for the figure assumed).
+
+    .venv/bin/python bench/loop_overhead.py [--quick] [--rounds N] [--chunk K] [--threads T] [--startup N]
+                                            [--loader-images N] [--out FILE]
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,7 +231,43 @@ def measure_startup(repeats: int, workdir: Path, threads: int | None) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def report(alt: Alternation, startup: dict | None, threads: int, chunk: int) -> str:
+def make_jpeg_folder(path: Path, count: int) -> Path:
+    """imagefolder of `count` 500x375 JPEGs (quality 90) in 2 classes, smooth like photographs (upsampled noise)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        folder = path / "train" / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        small = rng.integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((500, 375), Image.BICUBIC).save(folder / f"{i}.jpg", quality=90)
+    return path
+
+
+def measure_loader(count: int, workers: list[int], workdir: Path, batch: int = 64) -> dict:
+    """Images per second of the training DataLoader over JPEG files, per worker count."""
+    from torch.utils.data import DataLoader
+
+    from earlybird.data import common, images
+
+    folder = make_jpeg_folder(workdir / "jpeg", count)
+    split = common.load_dataset_any(str(folder), cache_dir=str(workdir / "cache"), builder="imagefolder")["train"]
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ViT-Base's image processor
+    dataset = images.ImageClassificationDataset(split, "image", "label", images.ImageTransform("train", 224, mean, std))
+    assert dataset.decodes_from_files
+    sampler = [common.EpochIndices(list(range(start, start + batch)), 0) for start in range(0, count - batch + 1, batch)]
+    rates = {}
+    for n in workers:
+        # From the loader's creation (worker start-up included: once per run, small against 20 batches) to the last
+        # batch; timing from the first batch instead would credit the batches the other workers made meanwhile.
+        start = time.perf_counter()
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=images.collate_images, num_workers=n)
+        served = sum(len(b["labels"]) for b in loader)
+        rates[n] = served / (time.perf_counter() - start)
+    return {"rates": rates, "default": common.default_num_workers(dataset)}
+
+
+def report(alt: Alternation, startup: dict | None, loader: dict | None, threads: int, chunk: int) -> str:
     ratios = [loop / bare for loop, bare in zip(alt.loop, alt.bare)]
     ratio = statistics.median(ratios)
     loop_ms, bare_ms = 1e3 * statistics.median(alt.loop), 1e3 * statistics.median(alt.bare)
@@ -267,6 +312,19 @@ def report(alt: Alternation, startup: dict | None, threads: int, chunk: int) -> 
             f"| import floor: `python -c \"import torch, transformers.models.vit.modeling_vit\"` | {startup['floor']:.2f} |",
             f"| the entry point's own share (difference) | {startup['entry'] - startup['floor']:.2f} |",
         ]
+    if loader is not None:
+        rates = loader["rates"]
+        lines += [
+            "",
+            f"Loader throughput, data from files (500x375 JPEGs, RandomResizedCrop 224 + flip + normalise, batch 64; "
+            f"{os.cpu_count()} CPUs here, default workers here: {loader['default']}):",
+            "",
+            "| worker processes | images / s |",
+            "|---|---:|",
+        ]
+        lines += [f"| {n} | {rate:.0f} |" for n, rate in rates.items()]
+        lines += ["", f"- One process decodes and augments {rates[0]:.0f} images/s here: a loader that must feed N "
+                      f"images/s needs about N / {rates[0]:.0f} worker processes (and as many free CPU cores)."]
     return "\n".join(lines)
 
 
@@ -277,6 +335,8 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk", type=int, default=None, help="steps per variant and round (default 20, quick 5)")
     parser.add_argument("--startup", type=int, default=None, help="launches of each startup variant (default 3, "
                         "quick 1; 0: skip)")
+    parser.add_argument("--loader-images", type=int, default=None,
+                        help="JPEGs for the loader throughput (default 1280, quick 128; 0: skip)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 is steadiest on a shared machine")
     parser.add_argument("--out", help="also write the markdown table to this file")
     args = parser.parse_args(argv)
@@ -285,13 +345,16 @@ def main(argv=None) -> int:
     rounds = args.rounds or (3 if args.quick else 10)
     chunk = args.chunk or (5 if args.quick else 20)
     launches = args.startup if args.startup is not None else (1 if args.quick else 3)
+    jpegs = args.loader_images if args.loader_images is not None else (128 if args.quick else 1280)
+    workers = list(range(0, min(2 if args.quick else 4, os.cpu_count() or 1) + 1))
     workdir = Path(tempfile.mkdtemp(prefix="eb-loop-overhead-"))
     try:
         alternation = measure_loop(chunk, rounds, workdir)
         startup = measure_startup(launches, workdir, args.threads) if launches else None
+        loader = measure_loader(jpegs, workers, workdir) if jpegs else None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    text = report(alternation, startup, torch.get_num_threads(), chunk)
+    text = report(alternation, startup, loader, torch.get_num_threads(), chunk)
     print(text)
     if args.out:
         with open(args.out, "w") as handle:

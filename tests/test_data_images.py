@@ -249,8 +249,8 @@ def test_worker_processes_and_batching_do_not_change_the_batches(tmp_path):
 
 
 def test_augmented_run_resumed_with_workers_repeats_the_run_without(tmp_path, monkeypatch):
-    """Crops, flips and RandAugment on data from files: a run interrupted and resumed with 2 worker processes (the
-    default here) gives bitwise the records and losses of an uninterrupted run in the main process; and the training
+    """Crops, flips and RandAugment on data from files: a run interrupted with 2 worker processes and resumed with the
+    default number gives bitwise the records and losses of an uninterrupted run in the main process; and the training
     DataLoader is made once per run, not once per epoch (6 batches an epoch, 20 steps)."""
     from earlybird.training import loop
     from test_training_support import load_script, one_thread, read_json, read_jsonl
@@ -275,13 +275,25 @@ def test_augmented_run_resumed_with_workers_repeats_the_run_without(tmp_path, mo
         assert train_loaders == [0]  # one for 20 steps over 3+ epochs
         made.clear()
         cut = tmp_path / "cut"
-        assert pretrain.main(["--output-dir", str(cut), *argv, "--debug-crash-at-step", "11"]) == 3
+        assert pretrain.main(["--output-dir", str(cut), *argv, "--debug-crash-at-step", "11",
+                              "--dataloader-num-workers", "2"]) == 3
         assert pretrain.main(["--output-dir", str(cut), *argv, "--resume"]) == 0
-    assert [w for d, w in made if d.transform.kind == "cifar"] == [common.default_num_workers(made[0][0])] * 2
-    assert common.default_num_workers(made[0][0]) >= 1
+    default = common.default_num_workers(made[0][0])
+    assert default >= 1 and [w for d, w in made if d.transform.kind == "cifar"] == [2, default]
     whole, again = load_records(tmp_path / "whole" / "records"), load_records(cut / "records")
     assert whole.steps.tolist() == again.steps.tolist() == list(range(1, 21))
     assert np.array_equal(whole.msa, again.msa) and np.array_equal(whole.mlp, again.mlp)
     losses = lambda p: [(l["step"], l["loss"]) for l in read_jsonl(p / "metrics.jsonl") if l["type"] == "train"]  # noqa: E731
     assert losses(tmp_path / "whole") == losses(cut)
     assert read_json(tmp_path / "whole" / "results.json")["accuracy"] == read_json(cut / "results.json")["accuracy"]
+
+
+@pytest.mark.parametrize("cpus,local,expected", [(2, 1, 1), (16, 1, 15), (16, 8, 1), (96, 8, 11), (128, 1, 16)])
+def test_default_workers_share_the_cpus_of_the_node(monkeypatch, cpus, local, expected):
+    class FromFiles:
+        decodes_from_files = True
+
+    monkeypatch.setattr(common.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local))
+    assert common.default_num_workers(FromFiles()) == expected
+    assert common.default_num_workers(object()) == 0  # in memory

@@ -151,19 +151,21 @@ class EpochIndices(list):
         self.epoch = int(epoch)
 
 
-MAX_DEFAULT_WORKERS = 4
+MAX_DEFAULT_WORKERS = 16
 
 
 def default_num_workers(dataset) -> int:
     """DataLoader worker processes when --dataloader-num-workers is not given.
 
-    A dataset that decodes from files (`decodes_from_files`: images read from Arrow files, imagefolder, the Hub) gets
-    up to MAX_DEFAULT_WORKERS, one per CPU this process may use (the CPUs shared among the node's processes), so
-    decoding overlaps the step; data held in memory (decoded once, or tokenised once) gets 0: a batch is a gather
-    and a normalisation, which a worker process would only add copies to.
+    Data held in memory (decoded once, or tokenised once) gets 0: a batch is a gather and a normalisation, which a
+    worker process would only add copies to. A dataset that decodes from files (`decodes_from_files`: images from
+    imagefolder, the Hub, save_to_disk) gets every CPU this process may use but one (left to the training process),
+    the CPUs shared among the node's processes, at least 1 and at most MAX_DEFAULT_WORKERS: one process decodes and
+    augments ~200 ImageNet-sized JPEGs per second, and a ViT-Base step on a current GPU consumes thousands
+    (docs/benchmarks.md, "Data loading").
     """
     if not getattr(dataset, "decodes_from_files", False):
         return 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(1, min(MAX_DEFAULT_WORKERS, per_process))
+    return max(1, min(MAX_DEFAULT_WORKERS, per_process - 1))

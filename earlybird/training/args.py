@@ -73,8 +73,8 @@ def common_parser() -> argparse.ArgumentParser:
                    help="global batch = per-device batch x processes x this")
     g.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     g.add_argument("--dataloader-num-workers", type=int, default=None,
-                   help="DataLoader worker processes (default: up to 4, one per CPU, for images decoded from files; "
-                        "0 for data held in memory)")
+                   help="DataLoader worker processes (default: for images decoded from files, the CPUs of this "
+                        "process but one, 1 to 16; 0 for data held in memory)")
     g.add_argument("--max-train-samples", type=int, default=None)
     g.add_argument("--max-eval-samples", type=int, default=None)
 
