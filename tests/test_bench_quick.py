@@ -63,6 +63,15 @@ EXPECTED = {
         "| ViT (tiny, 32², batch 4) | sdpa |",
         "| BERT (tiny, seq 32, batch 4) | eager |",
     ],
+    "loop_overhead.py": [
+        "| bare step (forward + backward + AdamW, pre-made batch) |",
+        "| training loop (`Trainer.fit` of `ViT_pretraining/main.py`) |",
+        "| data |",
+        "| recording |",
+        "- Goal (loop <= 1.15x the bare step)",
+        "| `ViT_pretraining/main.py` (digits, slimming) from launch to the end of its first step |",
+        "| 0 |",
+    ],
 }
 
 

@@ -297,3 +297,30 @@ def test_default_workers_share_the_cpus_of_the_node(monkeypatch, cpus, local, ex
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local))
     assert common.default_num_workers(FromFiles()) == expected
     assert common.default_num_workers(object()) == 0  # in memory
+
+
+def test_digits_are_cached_and_read_back_identical(tmp_path, monkeypatch):
+    """The first load builds the split and caches it; later loads read it into memory without scikit-learn and give
+    bitwise the same data set; an unreadable cache is rebuilt."""
+    from earlybird.data import digits
+
+    def same(a, b):
+        assert list(a) == list(b) and all(a[k].features == b[k].features for k in a)
+        for name in a:
+            assert a[name]["label"] == b[name]["label"]
+            assert [im.tobytes() for im in a[name]["image"]] == [im.tobytes() for im in b[name]["image"]]
+
+    built = digits.build_digits_dataset()
+    first = digits.load_digits_dataset(tmp_path)
+    assert digits.cache_path(tmp_path).is_dir()
+    same(first, built)
+    with monkeypatch.context() as patch:
+        patch.setattr(digits, "build_digits_dataset", None)  # a build (and scikit-learn's import) would fail
+        cached = digits.load_digits_dataset(tmp_path)
+    same(cached, built)
+    assert all(not split.cache_files for split in cached.values())  # in memory: no worker processes by default
+    (digits.cache_path(tmp_path) / "dataset_dict.json").write_text("{")
+    same(digits.load_digits_dataset(tmp_path), built)
+    with monkeypatch.context() as patch:
+        patch.setattr(digits, "build_digits_dataset", None)
+        same(digits.load_digits_dataset(tmp_path), built)  # cached again
