@@ -17,7 +17,7 @@ the log lines; the rest: schedule, zero_grad, tqdm, the FLOP count).
 
 Startup: seconds from launching the entry point to the end of its first optimizer step (it is stopped there by the
 test-only `EARLYBIRD_FAULT=step:kill@1`), against `python -c "import torch, transformers.models.vit.modeling_vit"`,
-the import floor of any ViT run, alternated; medians.
+the import floor of any ViT run, alternated; medians of wall and of CPU time (user + sys of the process).
 
 Loader throughput (data from files, the ViT fine-tuning path): images per second that the training DataLoader
 delivers -- decoding, RandomResizedCrop to 224, flip, normalisation, as `Finetuning/run_vit.py` sets them up -- from an
@@ -36,6 +36,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -218,13 +219,16 @@ def measure_startup(repeats: int, workdir: Path, threads: int | None) -> dict:
     entry = [sys.executable, str(ROOT / "ViT_pretraining" / "main.py"), "--output-dir", str(workdir / "startup"),
              "--overwrite-output-dir", "--disable-tqdm", *SLIM]
     floor = [sys.executable, "-c", "import torch, transformers.models.vit.modeling_vit"]
-    times = {"entry": [], "floor": []}
+    times = {"entry": [], "floor": [], "entry_cpu": [], "floor_cpu": []}
     for rep in range(repeats):
         order = (("entry", entry), ("floor", floor)) if rep % 2 == 0 else (("floor", floor), ("entry", entry))
         for name, cmd in order:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             times[name].append(time.perf_counter() - start)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            times[f"{name}_cpu"].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
             expected = -signal.SIGKILL if name == "entry" else 0  # the entry point is stopped after its first step
             if proc.returncode != expected:
                 raise RuntimeError(f"{' '.join(cmd)}: exit {proc.returncode}, expected {expected}\n{proc.stderr[-3000:]}")
@@ -306,11 +310,16 @@ def report(alt: Alternation, startup: dict | None, loader: dict | None, threads:
     if startup is not None:
         lines += [
             "",
-            "| startup | seconds (median) |",
-            "|---|---:|",
-            f"| `ViT_pretraining/main.py` (digits, slimming) from launch to the end of its first step | {startup['entry']:.2f} |",
-            f"| import floor: `python -c \"import torch, transformers.models.vit.modeling_vit\"` | {startup['floor']:.2f} |",
-            f"| the entry point's own share (difference) | {startup['entry'] - startup['floor']:.2f} |",
+            "| startup (median of launches, alternated) | wall s | CPU s (user + sys) |",
+            "|---|---:|---:|",
+            f"| `ViT_pretraining/main.py` (digits, slimming) from launch to the end of its first step | "
+            f"{startup['entry']:.2f} | {startup['entry_cpu']:.2f} |",
+            f"| import floor: `python -c \"import torch, transformers.models.vit.modeling_vit\"` | {startup['floor']:.2f} | "
+            f"{startup['floor_cpu']:.2f} |",
+            f"| the entry point's own share (difference) | {startup['entry'] - startup['floor']:.2f} | "
+            f"{startup['entry_cpu'] - startup['floor_cpu']:.2f} |",
+            "",
+            "- CPU time is the steadier figure on a shared machine (wall time there includes waiting for a core).",
         ]
     if loader is not None:
         rates = loader["rates"]
