@@ -17,7 +17,8 @@ the log lines; the rest: schedule, zero_grad, tqdm, the FLOP count).
 
 Startup: seconds from launching the entry point to the end of its first optimizer step (it is stopped there by the
 test-only `EARLYBIRD_FAULT=step:kill@1`), against `python -c "import torch; from transformers import ViTConfig,
-ViTForImageClassification"`, the import floor of any ViT run, alternated; medians of wall and of CPU time (user + sys of the process).
+ViTForImageClassification"`, the import floor of any ViT run, alternated; medians of wall and of CPU time (user + sys
+of the process).
 
 Loader throughput (data from files, the ViT fine-tuning path): images per second that the training DataLoader
 delivers -- decoding, RandomResizedCrop to 224, flip, normalisation, as `Finetuning/run_vit.py` sets them up -- from an

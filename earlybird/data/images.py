@@ -165,13 +165,15 @@ class ImageTransform:
     @property
     def random(self) -> bool:
         """Whether it draws random numbers (else it takes no generator, and none is made per example)."""
-        return self.kind == "train" or (self.kind == "cifar" and (self.padding > 0 or self.flip or self.randaug_ops > 0))
+        cifar_random = self.padding > 0 or self.flip or self.randaug_ops > 0
+        return self.kind == "train" or (self.kind == "cifar" and cifar_random)
 
     def geometry(self, image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         size = self.size
         if self.kind == "eval":
-            # resize + centre crop of an image already size x size is the image itself
-            return image if image.shape[:2] == (size, size) else np.asarray(resize_center_crop(Image.fromarray(image), size))
+            if image.shape[:2] == (size, size):  # resize + centre crop of a size x size image is the image itself
+                return image
+            return np.asarray(resize_center_crop(Image.fromarray(image), size))
         if self.kind == "train":
             image = np.asarray(random_resized_crop(Image.fromarray(image), rng, size))
         else:
