@@ -72,6 +72,15 @@ EXPECTED = {
         "| BERT-tiny, seq 32 | 80% ticket |",
         "- ViT-tiny, 32²: the exported 80% ticket takes",
     ],
+    "loop_overhead.py": [
+        "| bare step (forward + backward + AdamW, pre-made batch) |",
+        "| training loop (`Trainer.fit` of `ViT_pretraining/main.py`) |",
+        "| data |",
+        "| recording |",
+        "- Goal (loop <= 1.15x the bare step)",
+        "| `ViT_pretraining/main.py` (digits, slimming) from launch to the end of its first step |",
+        "| 0 |",
+    ],
 }
 
 
