@@ -176,14 +176,17 @@ def eb_flags(method: str, total: int, profile: str = DEFAULT_PROFILE) -> list[st
                                         for item in (f"--eb-{name.replace('_', '-')}", str(value))]
 
 
+def fixed_steps(records, total: int, fractions=FRACTIONS) -> dict:
+    """{fraction: the pruning step at that fraction of training} (at least the first recorded step)."""
+    first = int(records.steps[0])
+    return {fraction: max(first, int(round(fraction * total))) for fraction in fractions}
+
+
 def plan_tickets(records, total: int, fractions=FRACTIONS, profile: str = DEFAULT_PROFILE) -> tuple[dict, dict]:
     """(step, ratio) of every ticket: fixed fractions and detector draws; and the detector draws themselves
     ({(method, ratio): DetectionResult}) under `profile`."""
-    recorded = [int(s) for s in records.steps]
-    first = recorded[0]
     tickets = {}
-    for fraction in fractions:
-        step = max(first, int(round(fraction * total)))
+    for fraction, step in fixed_steps(records, total, fractions).items():
         for ratio in RATIOS:
             tickets[(step, ratio)] = f"fraction {fraction:.0%}"
     draws = {}
@@ -231,11 +234,14 @@ def reproduce(entry: str, out: Path, data_flags: list[str], *, smoke: bool = Fal
         for (method, ratio), result in draws.items():
             log(f"  {method:8s} ratio {ratio:.0%}: draw step {result.draw_step}"
                 + (f" (the original code's number {result.draw_index})" if result.draw_index is not None else ""))
-        indices = {f"{m}@{r}": result.draw_index for (m, r), result in draws.items() if result.indexed}
-        (out / STUDY_DRAWS).write_text(json.dumps(
-            {f"{m}@{r}": result.draw_step for (m, r), result in draws.items()}
-            | {"stationarity_params": params, "scale": factor, "profile": profile}
-            | ({"draw_indices": indices} if indices else {}), indent=2))
+        # 'method@ratio' under the default profile, 'profile:method@ratio' under another (earlybird.study reads both)
+        key = (lambda m, r: f"{m}@{r}") if profile == DEFAULT_PROFILE else (lambda m, r: f"{profile}:{m}@{r}")
+        indices = {key(m, r): result.draw_index for (m, r), result in draws.items() if result.indexed}
+        write_json_atomic({key(m, r): result.draw_step for (m, r), result in draws.items()}
+                          | {"stationarity_params": params, "scale": factor, "total_steps": total,
+                             "fixed": {str(f): s for f, s in fixed_steps(records, total, fractions).items()},
+                             "profile": profile}
+                          | ({"draw_indices": indices} if indices else {}), out / STUDY_DRAWS)
         log(f"3/4 {len(tickets)} tickets" + (f", {len(RATIOS)} random baselines" if random_baseline else "")
             + (" and EB-Train" if ebtrain else ""))
         jobs = {}
@@ -280,18 +286,28 @@ def main(argv=None) -> int:
     parser.add_argument("--no-random", action="store_true", help="skip the random-pruning baselines")
     parser.add_argument("--no-ebtrain", action="store_true", help="skip the EB-Train run")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (default 2)")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, nargs="+", default=[42],
+                        help="the seed of every run (default 42); several: one study per seed in OUT/seed-S and their "
+                             "summary (mean ± sd) in OUT/summary.md")
     parser.add_argument("--profile", choices=tuple(PROFILES), default=DEFAULT_PROFILE,
                         help="detection profile of the draws, EB-Train and the report (default paper; see "
                              "docs/library.md)")
     parser.add_argument("data_flags", nargs=argparse.REMAINDER, help="-- then the entry point's model/data flags")
     args = parser.parse_args(argv)
     data_flags = args.data_flags[1:] if args.data_flags[:1] == ["--"] else args.data_flags
+    out = Path(args.out)
     try:
-        reproduce(args.entry, Path(args.out), data_flags, smoke=args.smoke, steps=args.steps,
-                  workers=max(1, args.workers), seed=args.seed, fractions=tuple(args.fractions),
-                  random_baseline=not args.no_random, ebtrain=not args.no_ebtrain, force=args.force,
-                  profile=args.profile)
+        if len(set(args.seed)) != len(args.seed):
+            raise EarlyBirdError(f"--seed {' '.join(map(str, args.seed))}: each seed once")
+        studies = [out / f"seed-{seed}" for seed in args.seed] if len(args.seed) > 1 else [out]
+        for seed, study in zip(args.seed, studies):
+            reproduce(args.entry, study, data_flags, smoke=args.smoke, steps=args.steps,
+                      workers=max(1, args.workers), seed=seed, fractions=tuple(args.fractions),
+                      random_baseline=not args.no_random, ebtrain=not args.no_ebtrain, force=args.force, profile=args.profile)
+        if len(studies) > 1:
+            from .study import summarize
+
+            summarize(studies, out)
     except EarlyBirdError as err:
         print(f"reproduce: error: {err}", file=sys.stderr)
         return 2
