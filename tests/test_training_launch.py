@@ -78,11 +78,12 @@ def test_scripts_default_to_the_study_and_take_overrides(script, tmp_path):
         assert expected in command, (expected, command)
     assert f"--output-dir {tmp_path / 'out'}" in command
     env.update(NUM_PROCESSES="3", MAX_STEPS="7", SEED="5", RANDOM_SEED="9", REWIND="none", TASK="glue",
-               TRAIN_FILE="t.tsv", MIXED_PRECISION="bf16")
+               TRAIN_FILE="t.tsv", MIXED_PRECISION="bf16", REPORT_TO="tensorboard", CHECKPOINT_MINUTES="15")
     command = subprocess.run(["bash", str(ROOT / script)], capture_output=True, text=True, env=env,
                              timeout=60).stderr.strip().splitlines()[-1]
     assert "--multi_gpu --num_processes 3" in command and "--max-steps 7" in command and "--seed 5" in command
     assert "--mixed_precision bf16" in command and "--mixed-precision bf16" in command
+    assert "--report-to tensorboard" in command and "--checkpoint-minutes 15" in command
     if "prune" in script:
         assert "--random-prune 9" in command and "--rewind none" in command
     if "llm" in script:
