@@ -498,8 +498,12 @@ class Trainer:
                 self.log_line(entry)
                 progress.set_postfix(loss=f"{entry['loss']:.4f}", refresh=False)
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step != self.total_steps:
+                # The evaluation's DataLoader draws its seed from torch's RNG: forked, so that evaluating leaves the
+                # training's randomness (dropout) as it was -- a run is the same run whatever --eval-every is.
+                with torch.random.fork_rng(devices=[]):
+                    metrics = self.evaluate("validation")
                 self.log_line({"type": "eval", "split": "validation", "step": self.step,
-                                "elapsed": self._elapsed(tic), **self.evaluate("validation")})
+                               "elapsed": self._elapsed(tic), **metrics})
             if self.cfg.snapshot_due(self.step):
                 self.save_weights(self.run.snapshot(self.step))
             if cfg.checkpoint_due(self.step) or minutes_due:
