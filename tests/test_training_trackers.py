@@ -5,6 +5,7 @@ distances and nuclear norms -- at the same steps; a resumed run's trackers end a
 
 import json
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -157,14 +158,12 @@ def test_the_recorder_hands_each_flushed_chunk_to_its_listener(tmp_path):
 # --------------------------------------------------------------------------- W&B (offline), where installed
 
 
-def wandb_history(run) -> list[dict]:
-    """The history rows of the run's offline W&B file. wandb 0.31 ships no reader for it: the file is a LevelDB-style
-    log (a 7-byte file header, 32 KiB blocks of records with a 7-byte header: crc, length, type full/first/middle/last)
-    of protobuf `Record`s."""
+def wandb_records(path) -> list:
+    """The protobuf `Record`s of an offline W&B run file. wandb 0.31 ships no reader for it: the file is a LevelDB-style
+    log (a 7-byte file header, 32 KiB blocks of records with a 7-byte header: crc, length, type full/first/middle/last)."""
     from wandb.proto import wandb_internal_pb2
 
-    [path] = (run / "tracking" / "wandb").glob("offline-run-*/run-*.wandb")
-    data, pos, pending, rows = path.read_bytes(), 7, b"", []
+    data, pos, pending, records = path.read_bytes(), 7, b"", []
     while pos + 7 <= len(data):
         if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
             pos += 32768 - pos % 32768
@@ -175,10 +174,20 @@ def wandb_history(run) -> list[dict]:
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
-            if record.WhichOneof("record_type") == "history":
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                             for item in record.history.item})
-    return rows
+            records.append(record)
+    return records
+
+
+def wandb_history(run) -> list[dict]:
+    """The history rows of the run's offline W&B file, once W&B's service has written all of it (its `exit` record:
+    run.finish() may return before the separate wandb-core process has)."""
+    [path] = (run / "tracking" / "wandb").glob("offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + 120
+    while not any(r.WhichOneof("record_type") == "exit" for r in wandb_records(path)):
+        assert time.monotonic() < deadline, f"{path} has no exit record"
+        time.sleep(0.5)
+    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            for record in wandb_records(path) if record.WhichOneof("record_type") == "history"]
 
 
 def test_wandb_offline_gets_the_same_values(tmp_path, monkeypatch):

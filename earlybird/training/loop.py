@@ -487,8 +487,8 @@ class Trainer:
                         plan = self._prune_in_place()
                         phase = "after_draw"
                         self.log_line({"type": "draw", "step": self.step, "shape": self.draw_state["shape_after"],
-                                        "pruned_heads": sum(len(v) for v in plan["pruned_heads"].values()),
-                                        "pruned_neurons": sum(len(v) for v in plan["pruned_intermediate"].values())})
+                                       "pruned_heads": sum(len(v) for v in plan["pruned_heads"].values()),
+                                       "pruned_neurons": sum(len(v) for v in plan["pruned_intermediate"].values())})
                         self.log(f"EB-Train: early bird drawn at step {self.step}; pruned in place to "
                                  f"{self.draw_state['shape_after']}")
 

@@ -130,27 +130,25 @@ class CoefficientSummaries:
         self.previous: dict = {}  # block -> the mask of the last recorded step seen
 
     def __call__(self, steps, blocks: dict) -> None:
-        rows = [{} for _ in steps]
+        columns = {}  # tag -> one value per step (NaN: none at that step)
         for block, coefs in blocks.items():
             coefs = np.asarray(coefs)
-            summary = {"mean": coefs.mean(axis=(1, 2)), "min": coefs.min(axis=(1, 2)), "max": coefs.max(axis=(1, 2)),
-                       f"below_{SMALL_COEFFICIENT:g}": (np.abs(coefs) < SMALL_COEFFICIENT).mean(axis=(1, 2))}
-            ratio, scope = self.masks[block]
-            masks = compute_mask(coefs, ratio, scope)
-            hamming = np.full(len(masks), np.nan)
+            magnitude = np.abs(coefs)
+            columns.update({f"coefficients/{block}/mean": coefs.mean(axis=(1, 2)),
+                            f"coefficients/{block}/min": coefs.min(axis=(1, 2)),
+                            f"coefficients/{block}/max": coefs.max(axis=(1, 2)),
+                            f"coefficients/{block}/below_{SMALL_COEFFICIENT:g}":
+                                (magnitude < SMALL_COEFFICIENT).mean(axis=(1, 2))})
+            masks = compute_mask(coefs, *self.masks[block])
+            hamming = np.full(len(masks), np.nan)  # the first recorded step has no previous mask
             hamming[1:] = hamming_distance(masks[1:], masks[:-1])
             if block in self.previous:
                 hamming[0] = hamming_distance(masks[0], self.previous[block])
             self.previous[block] = masks[-1]
-            summary["nuclear_norm"] = nuclear_norm(masks)
-            for i, row in enumerate(rows):
-                row.update({f"coefficients/{block}/{name}": float(values[i]) for name, values in summary.items()
-                            if name != "nuclear_norm"})
-                row[f"masks/{block}/nuclear_norm"] = float(summary["nuclear_norm"][i])
-                if not np.isnan(hamming[i]):
-                    row[f"masks/{block}/hamming"] = float(hamming[i])
-        for step, row in zip(steps, rows):
-            self.log(row, int(step))
+            columns[f"masks/{block}/hamming"] = hamming
+            columns[f"masks/{block}/nuclear_norm"] = nuclear_norm(masks)
+        for i, step in enumerate(steps):
+            self.log({tag: float(values[i]) for tag, values in columns.items() if not np.isnan(values[i])}, int(step))
 
     def replay(self, records, after_step: int) -> None:
         """On resume: take the last mask at or before `after_step` from the records as the previous one, and log the
