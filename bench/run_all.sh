@@ -24,7 +24,7 @@ fi
 mkdir -p "$OUT"
 SCRATCH_ARGS=()
 if [[ -n "${SCRATCH:-}" ]]; then SCRATCH_ARGS=(--dir "$SCRATCH"); fi
-NAMES=(pruned_speed recorder_cost detector_cost ebtrain_savings slimming_overhead)
+NAMES=(pruned_speed recorder_cost detector_cost ebtrain_savings slimming_overhead export_speed loop_overhead)
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
 
 declare -A SECONDS_TAKEN
@@ -50,6 +50,8 @@ if [[ -n "${SST2_DIR:-}" && -n "${BERT_MODEL:-}" && ${#QUICK[@]} -eq 0 ]]; then 
   NAMES+=(ebtrain_savings_sst2)
 fi
 run slimming_overhead "$PYTHON" bench/slimming_overhead.py "${QUICK[@]}" --threads "$THREADS" "${SLIM_REPEATS_ARGS[@]}"
+run export_speed "$PYTHON" bench/export_speed.py "${QUICK[@]}" --threads "$THREADS"
+run loop_overhead "$PYTHON" bench/loop_overhead.py "${QUICK[@]}" --threads "$THREADS"
 
 {
   echo "# Benchmark results"

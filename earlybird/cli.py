@@ -1,4 +1,4 @@
-"""The ``earlybird`` command line: detect, hamming-table, plan, report.
+"""The ``earlybird`` command line: detect, hamming-table, plan, report, study.
 
 Subcommands live in one registry (:data:`SUBCOMMANDS`); a new one is added with
 :func:`register` (a function adding its arguments and a function running it). Bad input
@@ -260,6 +260,33 @@ def _run_report(args) -> int:
 
 register("report", "the study's figures and tables (report.md + PNGs) for a slimming run and its tickets",
          _add_report, _run_report)
+
+
+# --------------------------------------------------------------------------- study
+
+
+def _add_study(p: argparse.ArgumentParser) -> None:
+    p.add_argument("studies", nargs="+", help="the study directory of each seed (reproduce's output, one per seed)")
+    p.add_argument("-o", "--output", required=True, help="where summary.md and its figure go")
+
+
+def _run_study(args) -> int:
+    from .study import summarize  # matplotlib is imported only here
+
+    summarize(args.studies, args.output, log=lambda line: print(line, file=sys.stderr))
+    return 0
+
+
+register("study", "mean ± sd over seeds of the same study: tickets by pruning step, each detector's draw and regret",
+         _add_study, _run_study)
+
+
+# --------------------------------------------------------------------------- export
+
+from .export import add_export_arguments, run_export  # noqa: E402 -- light at import: torch is loaded by the export
+
+register("export", "a pruned ticket for machines without the patch: a transformers folder (trust_remote_code) or ONNX",
+         add_export_arguments, run_export)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -49,20 +49,20 @@ class DetectionResult:
             "method": self.method,
             "draw_step": self.draw_step,
             "total_steps": self.total_steps,
-            "params": _json_safe(self.params),
-            "trace": _json_safe(self.trace),
+            "params": json_safe(self.params),
+            "trace": json_safe(self.trace),
         }
 
     def to_json(self, indent=None) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
 
-def _json_safe(value):
+def json_safe(value):
     """Strict JSON: NaN/inf become null, numpy scalars become Python numbers."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (float, np.floating)):

@@ -16,8 +16,8 @@ reproduce, the CLI) both take their paths from here.
       final/                the trained model (save_pretrained), with its tokenizer / image processor
       tracking/<name>/      experiment-tracker files (--report-to: TensorBoard event files, W&B's offline run)
 
-A study directory (`earlybird.reproduce`) holds runs/<name>/ (run directories), logs/<name>.log, draws.json and
-the report (report.md and its figures).
+A study directory (`earlybird.reproduce`) holds runs/<name>/ (run directories), logs/<name>.log, draws.json,
+jobs.json (each finished run's command, so a second pass reuses it) and the report (report.md and its figures).
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ STATE = "state.json"
 STUDY_RUNS = "runs"
 STUDY_LOGS = "logs"
 STUDY_DRAWS = "draws.json"
+STUDY_JOBS = "jobs.json"  # the finished runs and the command each was made with: what a second pass reuses
 REPORT = "report.md"
 
 # The kinds of run, written into results.json by the run itself (earlybird.training.config.TrainConfig.kind).

@@ -3,27 +3,34 @@
 `build_report(run_dirs, out_dir)` reads a slimming run's records (ours or the original research layout) and, when
 given, the ticket, dense and EB-Train run directories, and writes `report.md` with PNG figures:
 
-- consecutive-mask Hamming distances for MSA and MLP at two ratios, and the table of Hamming draw steps (Figure 2);
-- the coefficient trajectories of one layer's heads, and the nuclear norm of the masks with its moving average
-  (Figure 3);
-- ticket accuracy by pruning step x ratio with the dense reference (Figure 5's table);
-- each stationarity test's p-value trace with its threshold and the draw step marked (Figures 6 and 9);
+- consecutive-mask Hamming distances for MSA and MLP at two ratios with the Hamming rule's statistic and threshold ε,
+  and the table of Hamming draw steps (Figure 2);
+- the coefficient trajectories of one layer's heads and of a subset of its neurons, and the nuclear norm of the masks
+  with its moving average (Figure 3);
+- ticket accuracy by pruning step x ratio with the dense reference and the random baselines, as a plot and a table
+  (Figure 5);
+- each stationarity test's p-value trace with its threshold, its passing checks (those decided on a constant window
+  apart) and its draw (Figures 6 and 9);
 - a detector summary: draw step (absolute and % of training), the accuracy of the ticket drawn there, the compute
   spent until the draw, and EB-Train's total compute and accuracy against dense training.
 
-Every number in the report is computed here from the files it names.
+Every detector's draw is marked on the Hamming, nuclear-norm and ticket figures, in one style per detector
+(`detector_styles`, from the registry); each PNG carries what it marks (`figure_annotations`). Every number in the
+report is computed here from the files it names.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .blocks import BLOCKS
-from .detectors import (DETECTORS, STATIONARITY_PARAMS, STUDY_STEPS, detect_many, hamming_table, scaled_params,
-                        smooth_series)
+from .blocks import BLOCK_NAMES, BLOCKS
+from .detectors import (DETECTORS, STATIONARITY_PARAMS, STUDY_STEPS, HammingEB, json_safe, detect_many,
+                        hamming_table, scaled_params, smooth_series)
 from .errors import EarlyBirdError
 from .fileio import write_text_atomic
 from .layout import REPORT, RUN_KINDS, Run, RunLayout, read_run, records_path
@@ -64,6 +71,41 @@ def _plots_p_values(method: str) -> bool:
 
 # --------------------------------------------------------------------------- figures
 
+# PNG text chunk holding, as JSON, what a figure marks (draw steps, thresholds, ...): `figure_annotations` reads it.
+ANNOTATIONS_KEY = "earlybird-annotations"
+# Detector styles: colours for detectors only (the data are drawn in black and grey), so a colour always means a
+# detector; the colours, markers and line styles cycle independently, so the first 36 detectors all look different.
+_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+           "tab:cyan")
+_MARKERS = ("v", "o", "s", "D", "^", "P", "X", "*", "h", "<", ">")
+_LINESTYLES = ("-", "--", ":", "-.")
+_DPI = 110
+_PANEL = (5.2, 2.6)  # inches of one data axes
+_STRIP_ROW = 0.19  # inches per detector in the draw strip above an axes
+
+
+@dataclass(frozen=True)
+class DetectorStyle:
+    color: str
+    marker: str
+    linestyle: str
+
+
+def detector_styles() -> dict[str, DetectorStyle]:
+    """One colour, marker and line style per registered detector, from its place in `DETECTORS`: the same detector
+    looks the same in every figure, and a newly registered one gets a style of its own."""
+    return {method: DetectorStyle(_COLORS[i % len(_COLORS)], _MARKERS[i % len(_MARKERS)],
+                                  _LINESTYLES[i % len(_LINESTYLES)])
+            for i, method in enumerate(DETECTORS)}
+
+
+def figure_annotations(path) -> dict:
+    """What a report figure marks, as it was drawn (draw steps per panel, thresholds, ...), read back from the PNG."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return json.loads(image.text[ANNOTATIONS_KEY])
+
 
 def _pyplot():
     import matplotlib
@@ -74,95 +116,291 @@ def _pyplot():
     return plt
 
 
-def plot_hamming(series: dict, total_steps: int, out: Path) -> Path:
-    """Figure 2 (a, b): consecutive-mask Hamming distance over steps; rows are blocks (MSA first), columns ratios."""
-    plt = _pyplot()
+def _figure(width: float, height: float):
+    return _pyplot().figure(figsize=(width, height), layout="constrained")
+
+
+def _save(fig, path: Path, annotations: dict) -> Path:
+    """Write the figure with its annotations (see `figure_annotations`) and close it. Offset notation is off on every
+    axis: a tick reads as the value itself, never as `1e-3 + 0.998`."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if isinstance(axis.get_major_formatter(), ScalarFormatter):
+                axis.get_major_formatter().set_useOffset(False)
+    fig.savefig(path, dpi=_DPI, metadata={ANNOTATIONS_KEY: json.dumps(json_safe(annotations))})
+    _pyplot().close(fig)
+    return path
+
+
+def draw_steps(results: dict) -> dict:
+    """{method: draw step or None} of one (block, ratio)'s detection results: what the figures mark."""
+    return {method: result.draw_step for method, result in results.items()}
+
+
+def _panel_axes(fig, spec, detectors: int):
+    """(strip, axes): a data axes and above it a strip with one row per detector, sharing the x axis."""
+    if not detectors:
+        ax = fig.add_subplot(spec)
+        return ax, ax
+    sub = spec.subgridspec(2, 1, height_ratios=(_strip_height(detectors), _PANEL[1]))
+    ax = fig.add_subplot(sub[1])
+    strip = fig.add_subplot(sub[0], sharex=ax)
+    return strip, ax
+
+
+def _strip_height(detectors: int) -> float:
+    return _STRIP_ROW * detectors + 0.1 if detectors else 0.0
+
+
+def _mark_draws(strip, ax, draws: dict, styles: dict, total: int, labels: dict | None = None) -> None:
+    """Each detector's draw: in the strip, its row (named by the method) holds its marker at the draw step with the
+    step written next to it (or `never`); across the axes, a vertical line in its colour and line style. Detectors
+    drawing at the same step stay distinguishable: one row each."""
+    from matplotlib.transforms import blended_transform_factory
+
+    methods = list(draws)
+    rows = {method: len(methods) - 1 - i for i, method in enumerate(methods)}  # first detector on top
+    for method, step in draws.items():
+        style, y = styles[method], rows[method]
+        if step is None:
+            strip.text(0.99, y, "never", transform=blended_transform_factory(strip.transAxes, strip.transData),
+                       ha="right", va="center", fontsize=7, color=style.color)
+            continue
+        ax.axvline(step, color=style.color, ls=style.linestyle, lw=1.1, alpha=0.9, zorder=1)
+        strip.plot([step], [y], ls="none", marker=style.marker, color=style.color, ms=5.5, clip_on=False)
+        left = step > 0.8 * total  # labels near the right edge go to the left of their marker
+        strip.annotate(str(step) if labels is None else labels[method], (step, y), xytext=(-6 if left else 6, 0),
+                       textcoords="offset points", ha="right" if left else "left", va="center", fontsize=7)
+    strip.set_ylim(-0.7, len(methods) - 0.3)
+    strip.set_yticks(sorted(rows.values()), sorted(rows, key=rows.get), fontsize=7)
+    strip.tick_params(axis="x", which="both", bottom=False, labelbottom=False)
+    strip.tick_params(axis="y", length=0)
+    for y in rows.values():
+        strip.axhline(y, color="0.9", lw=0.6, zorder=0)
+
+
+def _detector_handles(methods, styles: dict, titles: dict) -> list:
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], color=styles[m].color, ls=styles[m].linestyle, marker=styles[m].marker, ms=5,
+                   label=f"{m}: {titles[m]}") for m in methods]
+
+
+def _legend_below(fig, handles: list, ncol: int = 2) -> None:
+    """The figure's legend under its axes: it never covers a trace."""
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(ncol, len(handles)), fontsize=8, frameon=False)
+
+
+def plot_hamming(series: dict, detections: dict, titles: dict, total_steps: int, out: Path) -> Path:
+    """Figure 2 (a, b): consecutive-mask Hamming distance over steps; rows are blocks (MSA first), columns ratios.
+
+    Every detector's draw on that block's masks at that ratio is marked (strip above each panel and a vertical line),
+    with the Hamming rule's own statistic -- at each check, the largest distance between the newest mask and the
+    other cached ones -- and its threshold ε.
+    """
+    from matplotlib.lines import Line2D
+
+    styles = detector_styles()
+    hamming = HammingEB.method
     blocks = sorted({b for b, _ in series}, key=lambda b: b != "msa")
     ratios = sorted({r for _, r in series})
-    fig, axes = plt.subplots(len(blocks), len(ratios), figsize=(5.0 * len(ratios), 3.2 * len(blocks)), squeeze=False)
+    methods = list(next(iter(detections.values())))
+    fig = _figure(_PANEL[0] * len(ratios), (_PANEL[1] + _strip_height(len(methods)) + 0.5) * len(blocks) + 1.2)
+    grid = fig.add_gridspec(len(blocks), len(ratios))
+    panels = []
     for row, block in enumerate(blocks):
         for col, ratio in enumerate(ratios):
-            ax, s = axes[row][col], series[(block, ratio)]
-            ax.plot(s["steps"][1:], s["distance"], lw=0.8, color="tab:blue")
-            ax.set_title(f"{block.upper()}, pruning ratio {ratio:.0%}")
+            s, results = series[(block, ratio)], detections[(block, ratio)]
+            strip, ax = _panel_axes(fig, grid[row, col], len(methods))
+            ax.plot(s["steps"][1:], s["distance"], lw=0.8, color="black", zorder=3)
+            panel = {"block": block, "ratio": ratio, "draws": draw_steps(results)}
+            if hamming in results:
+                rule = results[hamming]
+                trace = rule.trace
+                ax.plot([e["step"] for e in trace], [e["distance"] for e in trace], lw=0.8, color=styles[hamming].color,
+                        alpha=0.7, drawstyle="steps-post", zorder=2)
+                ax.axhline(rule.params["threshold"], color=styles[hamming].color, ls=(0, (4, 2)), lw=1.0)
+                panel.update(epsilon=rule.params["threshold"], cached=rule.params["cached"])
+            _mark_draws(strip, ax, panel["draws"], styles, total_steps)
+            strip.set_title(f"{BLOCKS[block].title}, pruning ratio {ratio:.0%}", fontsize=10)
             ax.set_xlabel("training step")
             ax.set_ylabel("Hamming distance")
             ax.set_xlim(0, max(total_steps, 1))
-    fig.suptitle("Normalised Hamming distance between consecutive pruning masks")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+            panels.append(panel)
+    handles = [Line2D([], [], color="black", lw=0.8, label="distance between consecutive masks")]
+    if hamming in methods:
+        params = detections[(blocks[0], ratios[0])][hamming].params
+        handles += [Line2D([], [], color=styles[hamming].color, lw=0.8, alpha=0.7,
+                           label=f"Hamming rule: largest distance from the newest mask to the {params['cached'] - 1} "
+                                 "older cached ones"),
+                    Line2D([], [], color=styles[hamming].color, ls=(0, (4, 2)), lw=1.0,
+                           label=f"ε = {params['threshold']} (the Hamming rule draws below it)")]
+    _legend_below(fig, handles + _detector_handles(methods, styles, titles))
+    fig.suptitle("Normalised Hamming distance between pruning masks, and each detector's draw")
+    return _save(fig, out, {"figure": "hamming_distances", "panels": panels})
 
 
-def plot_coefficients(records: Records, layer: int, out: Path, block: str = "msa", max_panels: int = 12) -> Path:
-    """Figure 3 (a): the coefficient trajectories of one layer's heads (or first neurons)."""
-    plt = _pyplot()
-    coefs = records.block(block)[:, layer, :max_panels]
-    n = coefs.shape[1]
-    cols = min(4, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
-    unit = BLOCKS[block].unit
-    for i, ax in enumerate(axes.flat):
-        if i >= n:
-            ax.axis("off")
-            continue
-        ax.plot(records.steps, coefs[:, i], lw=0.8, color="black")
-        ax.set_title(f"{unit} {i}", fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.set_ylabel("coefficient", fontsize=8)
-        ax.tick_params(labelsize=7)
-    fig.suptitle(f"Slimming coefficients, layer {layer} ({block.upper()})")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+def _pick_units(coefs: np.ndarray, count: int) -> np.ndarray:
+    """`count` units spread evenly over the final ranking (largest |coefficient| first), in that order."""
+    order = np.argsort(-np.abs(coefs[-1]), kind="stable")
+    if count >= len(order):
+        return order
+    return order[np.unique(np.linspace(0, len(order) - 1, count).round().astype(int))]
 
 
-def plot_nuclear_norm(series: dict, smooth: int, out: Path, title: str) -> Path:
-    """Figure 3 (b): the nuclear norm of the masks with its moving average."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    ax.plot(series["steps"], series["norm"], lw=0.8, color="tab:blue", label="nuclear norm of the masks")
-    ax.plot(series["steps"], smooth_series(series["norm"], smooth), lw=1.6, color="black",
-            label=f"moving average ({smooth} steps)")
+def plot_coefficients(records: Records, layer: int, out: Path, max_heads: int = 12, max_neurons: int = 8) -> Path:
+    """Figure 3 (a): one layer's coefficient trajectories, every block: its heads (up to `max_heads`) and a subset of
+    its neurons spread over their final ranking. All panels of a block share their y limits, so the units can be
+    ranked by eye; each panel names its unit's rank at the last step."""
+    blocks = sorted(records.blocks, key=lambda b: b != "msa")
+    picks = {b: _pick_units(records.block(b)[:, layer], max_heads if b == "msa" else max_neurons) for b in blocks}
+    cols = 4
+    rows = {b: math.ceil(len(p) / cols) for b, p in picks.items()}
+    fig = _figure(3.2 * cols, sum(2.0 * r + 0.6 for r in rows.values()) + 0.5)
+    subfigs = np.atleast_1d(fig.subfigures(len(blocks), 1, height_ratios=[2.0 * rows[b] + 0.6 for b in blocks]))
+    panels = []
+    for subfig, block in zip(subfigs, blocks):
+        coefs = records.block(block)[:, layer]
+        ranks = {int(u): r for r, u in enumerate(np.argsort(-np.abs(coefs[-1]), kind="stable"))}
+        # every unit: in index order; a subset: in rank order
+        shown = sorted(picks[block]) if len(picks[block]) == coefs.shape[1] else picks[block]
+        axes = subfig.subplots(rows[block], cols, sharex=True, sharey=True, squeeze=False)
+        unit = BLOCKS[block].unit
+        for i, ax in enumerate(axes.flat):
+            if i >= len(shown):
+                ax.axis("off")
+                continue
+            u = int(shown[i])
+            ax.plot(records.steps, coefs[:, u], lw=0.8, color="black")
+            ax.set_title(f"{unit} {u} (rank {ranks[u] + 1} of {coefs.shape[1]})", fontsize=9)
+            ax.tick_params(labelsize=7)
+            if i % cols == 0:
+                ax.set_ylabel("coefficient", fontsize=8)
+            if i >= len(shown) - cols:
+                ax.set_xlabel("step", fontsize=8)
+                ax.xaxis.set_tick_params(labelbottom=True)
+        what = (f"its {len(shown)} {BLOCKS[block].units}" if len(shown) == coefs.shape[1] else
+                f"{len(shown)} of its {coefs.shape[1]} {BLOCKS[block].units}, spread over their final ranking")
+        subfig.suptitle(f"{BLOCKS[block].title}: {what}", fontsize=10)
+        panels.append({"block": block, "layer": layer, "units": [int(u) for u in shown],
+                       "ylim": [float(v) for v in axes.flat[0].get_ylim()]})
+    fig.suptitle(f"Slimming coefficients of layer {layer} (rank 1 = the largest |coefficient| at the last step)")
+    return _save(fig, out, {"figure": "coefficients", "panels": panels})
+
+
+def plot_nuclear_norm(series: dict, results: dict, titles: dict, smooth: int, total_steps: int, out: Path,
+                      title: str) -> Path:
+    """Figure 3 (b): the nuclear norm of the masks with its moving average, and each detector's draw on them."""
+    from matplotlib.lines import Line2D
+
+    styles = detector_styles()
+    draws = draw_steps(results)
+    fig = _figure(7.2, _PANEL[1] + 0.6 + _strip_height(len(draws)) + 0.9 + 0.2 * math.ceil(len(draws) / 2))
+    strip, ax = _panel_axes(fig, fig.add_gridspec(1, 1)[0, 0], len(draws))
+    ax.plot(series["steps"], series["norm"], lw=0.8, color="0.55")
+    ax.plot(series["steps"], smooth_series(series["norm"], smooth), lw=1.6, color="black")
+    _mark_draws(strip, ax, draws, styles, total_steps)
+    ax.set_xlim(0, max(total_steps, 1))
     ax.set_xlabel("training step")
     ax.set_ylabel("nuclear norm")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    strip.set_title(title, fontsize=11)
+    handles = [Line2D([], [], color="0.55", lw=0.8, label="nuclear norm of the masks"),
+               Line2D([], [], color="black", lw=1.6, label=f"moving average ({smooth} steps)")]
+    _legend_below(fig, handles + _detector_handles(draws, styles, titles))
+    return _save(fig, out, {"figure": "nuclear_norm", "panels": [{"draws": draws, "smooth": smooth}]})
 
 
-def plot_pvalues(results: dict, titles: dict, out: Path, title: str) -> Path:
-    """Figures 6 / 9: each stationarity test's p-value trace, its threshold, and the steps where it passes."""
-    plt = _pyplot()
+def plot_pvalues(results: dict, titles: dict, total_steps: int, out: Path, title: str) -> Path:
+    """Figures 6 / 9: each stationarity test's p-value at every check, its threshold, its draw; passing checks
+    filled, and checks decided on a constant window (stationary by convention, no test run) as open markers."""
+    styles = detector_styles()
     methods = [m for m in results if _plots_p_values(m)]
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.6), squeeze=False)
-    for ax, method in zip(axes[0], methods):
-        result = results[method]
+    fig = _figure(4.8 * len(methods), 4.6)
+    axes = fig.subplots(1, len(methods), squeeze=False)[0]
+    panels = []
+    for ax, method in zip(axes, methods):
+        result, style = results[method], styles[method]
         trace = [e for e in result.trace if e.get("p_value") is not None]
-        steps = [e["step"] for e in trace]
-        ax.plot(steps, [e["p_value"] for e in trace], color="black", lw=1.0, label="p-value")
-        ax.axhline(result.params["alpha"], color="red", ls="--", lw=1.0, label=f"threshold {result.params['alpha']}")
-        passing = [e for e in trace if e["passed"]]
-        ax.scatter([e["step"] for e in passing], [e["p_value"] for e in passing], s=12, color="red", zorder=3,
-                   label="passes")
-        if result.draw_step is not None:
-            ax.axvline(result.draw_step, color="tab:green", lw=1.2, label=f"draw: step {result.draw_step}")
-        ax.set_ylim(-0.03, 1.03)
+        alpha = result.params["alpha"]
+        tested = [e for e in trace if not e.get("constant")]
+        constant = [e for e in trace if e.get("constant")]
+        passing = [e for e in tested if e["passed"]]
+        failing = [e for e in tested if not e["passed"]]
+        ax.plot([e["step"] for e in trace], [e["p_value"] for e in trace], color="black", lw=0.8, zorder=2,
+                label="p-value at each check")
+        ax.axhline(alpha, color="0.35", ls=(0, (4, 2)), lw=1.0, label=f"threshold α = {alpha}")
+        ax.plot([e["step"] for e in failing], [e["p_value"] for e in failing], ls="none", marker=".", ms=4,
+                color="black", zorder=3, label="test fails")
+        ax.plot([e["step"] for e in passing], [e["p_value"] for e in passing], ls="none", marker=style.marker, ms=4,
+                color=style.color, zorder=3, label="test passes")
+        ax.plot([e["step"] for e in constant], [e["p_value"] for e in constant], ls="none", marker=style.marker,
+                ms=5, mfc="white", mec=style.color, mew=0.9, zorder=3,
+                label="constant window: stationary by convention, not tested")
+        step = result.draw_step
+        if step is None:
+            ax.plot([], [], color=style.color, ls=style.linestyle, lw=1.3, label="draw: never")
+        else:
+            ax.axvline(step, color=style.color, ls=style.linestyle, lw=1.3, label=f"draw: step {step}")
+        ax.set_ylim(-0.04, 1.04)
+        ax.set_xlim(0, max(total_steps, 1))
         ax.set_xlabel("training step")
         ax.set_ylabel("p-value")
-        ax.set_title(titles[method], fontsize=10)
-        ax.legend(fontsize=7)
+        ax.set_title(f"{method}: {titles[method]}", fontsize=10, color=style.color)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7, frameon=False)
+        panels.append({"method": method, "alpha": alpha, "draw": step, "passes": [e["step"] for e in passing],
+                       "constant": [e["step"] for e in constant], "fails": [e["step"] for e in failing]})
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out, {"figure": "pvalues", "panels": panels})
+
+
+def plot_tickets(tickets: list[Run], dense: Run | None, randoms: list[Run], draws: dict, titles: dict,
+                 total_steps: int, out: Path) -> Path:
+    """Figure 5: ticket accuracy against pruning step, one panel per ratio, with the dense reference, the random-pruning
+    baselines, and each detector's draw (`draws`: {ratios: {method: step}}), labelled with the ticket's accuracy there
+    when one was trained."""
+    from matplotlib.lines import Line2D
+
+    styles = detector_styles()
+    metric = tickets[0].metric[0]
+    ratios = sorted({t.ratios for t in tickets})
+    methods = list(next(iter(draws.values()), {}))
+    fig = _figure(_PANEL[0] * len(ratios), _PANEL[1] + _strip_height(len(methods)) + 2.0)
+    grid = fig.add_gridspec(1, len(ratios))
+    panels, first = [], None
+    for col, ratio in enumerate(ratios):
+        strip, ax = _panel_axes(fig, grid[0, col], len(draws.get(ratio, {})))
+        first = first or ax
+        if ax is not first:
+            ax.sharey(first)  # the ratios on one scale
+        curve = sorted((t.prune_step, 100 * t.metric[1]) for t in tickets
+                       if t.ratios == ratio and t.prune_step is not None and t.metric[1] is not None)
+        ax.plot(*zip(*curve), color="black", marker="o", ms=3.5, lw=1.0)
+        accuracy = dict(curve)
+        panel = {"ratios": list(ratio), "tickets": accuracy, "draws": draws.get(ratio, {})}
+        if dense is not None and dense.metric[1] is not None:
+            ax.axhline(100 * dense.metric[1], color="0.35", ls=(0, (4, 2)), lw=1.0)
+            panel["dense"] = 100 * dense.metric[1]
+        baseline = [(r.prune_step, 100 * r.metric[1]) for r in randoms if r.ratios == ratio and r.metric[1] is not None]
+        if baseline:
+            ax.plot(*zip(*baseline), ls="none", marker="X", ms=7, color="0.45")
+            panel["random"] = baseline
+        if panel["draws"]:
+            labels = {m: f"{s}" + (f": {accuracy[s]:.1f}" if s in accuracy else "") for m, s in panel["draws"].items()}
+            _mark_draws(strip, ax, panel["draws"], styles, total_steps, labels)
+        strip.set_title(f"pruning ratio {_ratio_label(ratio)}", fontsize=10)
+        ax.set_xlim(0, max(total_steps, 1))
+        ax.set_xlabel(f"pruning step (of {total_steps} training steps)")
+        ax.set_ylabel(f"ticket {metric} (%)")
+        panels.append(panel)
+    handles = [Line2D([], [], color="black", marker="o", ms=3.5, lw=1.0, label="ticket pruned at that step"),
+               Line2D([], [], color="0.35", ls=(0, (4, 2)), lw=1.0,
+                      label="dense model" + (f": {_fmt_metric(dense.metric[1])}" if dense is not None else "")),
+               Line2D([], [], color="0.45", ls="none", marker="X", ms=7, label="random pruning (same counts)")]
+    _legend_below(fig, handles + _detector_handles(methods, styles, titles))
+    fig.suptitle(f"Ticket {metric} by pruning step; each detector's draw labelled with the ticket's {metric} there")
+    return _save(fig, out, {"figure": "tickets", "panels": panels})
 
 
 # --------------------------------------------------------------------------- tables
@@ -279,37 +517,11 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str = "lay
                  f"{STUDY_STEPS} steps (floors {floors})." if factor < 1 else " (the study's values)."))
     md.append("")
 
-    # Figure 2
-    series = {(b, r): mask_series(records, b, r, scope) for b in records.blocks for r in ratios}
-    fig = plot_hamming(series, total, out_dir / "hamming_distances.png")
-    md += ["## Hamming distances between consecutive masks (Figure 2)", "", f"![]({fig.name})", ""]
-    for block in records.blocks:
-        table = hamming_table(records, block, ratios, grid["cached"], grid["thresholds"], scope)
-        md += [f"Hamming draw steps, {block.upper()} (total {total} steps):", "",
-               hamming_markdown(table, ratios, grid["cached"], grid["thresholds"]), ""]
-
-    # Figure 3
     block0 = "msa" if "msa" in records.blocks else records.blocks[0]
     if not 0 <= layer < records.layers:
         raise EarlyBirdError(f"report: --layer {layer} outside 0..{records.layers - 1}")
-    fig_c = plot_coefficients(records, layer, out_dir / "coefficients.png", block0)
-    md += ["## Coefficients and the nuclear norm of the masks (Figure 3)", "", f"![]({fig_c.name})", ""]
-    for r in ratios:
-        fig_n = plot_nuclear_norm(series[(block0, r)], stationarity["smooth"],
-                                  out_dir / f"nuclear_norm_{block0}_{int(round(r * 100))}.png",
-                                  f"Nuclear norm of the {block0.upper()} masks, ratio {r:.0%}")
-        md += [f"![]({fig_n.name})", ""]
 
-    # Figure 5
-    md += ["## Ticket accuracy by pruning step and ratio (Figure 5)", "",
-           ticket_table(kinds["ticket"], total, dense), ""]
-    for run in kinds["random"]:
-        md.append(f"Random-pruning baseline ({_ratio_label(run.ratios)}, seed {run.random_seed}, "
-                  f"step {run.prune_step}): {run.metric[0]} {_fmt_metric(run.metric[1])} (`{run.path.name}`).")
-    md.append("")
-
-    # Figures 6 / 9 and the detector summary
-    md += ["## Stationarity tests (Figures 6 and 9)", ""]
+    # Detection first: the figures mark every detector's draw
     params = {method: scaled_params(method, total, scale)[0] for method in DETECTORS}
     titles = {method: cls(**params[method]).describe() for method, cls in DETECTORS.items()}
     detections = {}
@@ -317,11 +529,44 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str = "lay
         for block in records.blocks:
             # every registered detector, with the study's parameters scaled to this run, in one pass over the masks;
             # full traces (the p-values are plotted)
-            results = detect_many(records, block, r, scope, params, stop_at_draw=False)
-            detections[(block, r)] = results
-            fig_p = plot_pvalues(results, titles, out_dir / f"pvalues_{block}_{int(round(r * 100))}.png",
-                                 f"EB identification, {block.upper()} masks, {r:.0%} pruning")
-            md += [f"![]({fig_p.name})", ""]
+            detections[(block, r)] = detect_many(records, block, r, scope, params, stop_at_draw=False)
+
+    # Figure 2
+    series = {(b, r): mask_series(records, b, r, scope) for b in records.blocks for r in ratios}
+    fig = plot_hamming(series, detections, titles, total, out_dir / "hamming_distances.png")
+    md += ["## Hamming distances between consecutive masks (Figure 2)", "", f"![]({fig.name})", ""]
+    for block in records.blocks:
+        table = hamming_table(records, block, ratios, grid["cached"], grid["thresholds"], scope)
+        md += [f"Hamming draw steps, {block.upper()} (total {total} steps):", "",
+               hamming_markdown(table, ratios, grid["cached"], grid["thresholds"]), ""]
+
+    # Figure 3
+    fig_c = plot_coefficients(records, layer, out_dir / "coefficients.png")
+    md += ["## Coefficients and the nuclear norm of the masks (Figure 3)", "", f"![]({fig_c.name})", ""]
+    for r in ratios:
+        fig_n = plot_nuclear_norm(series[(block0, r)], detections[(block0, r)], titles, stationarity["smooth"], total,
+                                  out_dir / f"nuclear_norm_{block0}_{int(round(r * 100))}.png",
+                                  f"Nuclear norm of the {block0.upper()} masks, ratio {r:.0%}")
+        md += [f"![]({fig_n.name})", ""]
+
+    # Figure 5
+    md += ["## Ticket accuracy by pruning step and ratio (Figure 5)", ""]
+    if kinds["ticket"]:
+        fig_t = plot_tickets(kinds["ticket"], dense, kinds["random"], _ticket_draws(kinds["ticket"], detections, block0),
+                             titles, total, out_dir / "tickets.png")
+        md += [f"![]({fig_t.name})", ""]
+    md += [ticket_table(kinds["ticket"], total, dense), ""]
+    for run in kinds["random"]:
+        md.append(f"Random-pruning baseline ({_ratio_label(run.ratios)}, seed {run.random_seed}, "
+                  f"step {run.prune_step}): {run.metric[0]} {_fmt_metric(run.metric[1])} (`{run.path.name}`).")
+    md.append("")
+
+    # Figures 6 / 9
+    md += ["## Stationarity tests (Figures 6 and 9)", ""]
+    for (block, r), results in detections.items():
+        fig_p = plot_pvalues(results, titles, total, out_dir / f"pvalues_{block}_{int(round(r * 100))}.png",
+                             f"EB identification, {block.upper()} masks, {r:.0%} pruning")
+        md += [f"![]({fig_p.name})", ""]
 
     md += ["## Detector summary", "", _detector_summary(detections, titles, total, kinds, slim_run, dense), ""]
     if kinds["ebtrain"]:
@@ -330,6 +575,13 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str = "lay
     write_text_atomic("\n".join(md) + "\n", report)
     log(f"report: {report}")
     return report
+
+
+def _ticket_draws(tickets: list[Run], detections: dict, block: str) -> dict:
+    """{ticket ratios: {method: draw step}}: the draws on `block`'s masks at that block's ratio of the tickets."""
+    which = BLOCK_NAMES.index(block)  # Run.ratios is (heads, neurons): the blocks' order
+    return {t.ratios: draw_steps(detections[(block, t.ratios[which])]) for t in tickets
+            if (block, t.ratios[which]) in detections}
 
 
 def _detector_summary(detections: dict, titles: dict, total: int, kinds: dict, slim_run: Run | None,

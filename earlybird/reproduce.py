@@ -21,14 +21,14 @@ import argparse
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from .detectors import DETECTORS, detect_many, scaled_params
 from .errors import EarlyBirdError
-from .layout import STUDY_DRAWS, STUDY_LOGS, STUDY_RUNS, RunLayout
+from .fileio import write_json_atomic
+from .layout import STUDY_DRAWS, STUDY_JOBS, STUDY_LOGS, STUDY_RUNS, RunLayout
 from .records import load_records
 from .report import build_report, study_stationarity
 from .training.args import first_paragraph
@@ -78,11 +78,59 @@ def _run_one(job: tuple[str, list[str], str]) -> tuple[str, int, float]:
     return name, status, time.perf_counter() - start
 
 
-def run_jobs(pool, jobs: dict[str, list[str]], logs: Path, log) -> None:
-    """Run named argv lists on the pool; stop at the first failure, showing the end of that run's log."""
+def _code_version() -> str:
+    """What made the runs: earlybird's version and, in a git checkout, its commit (a change of either recomputes)."""
+    import subprocess
+
+    from . import __version__
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__} {commit}".strip()
+
+
+class Jobs:
+    """The study's finished runs (jobs.json: name -> the command it ran with and the code that ran it).
+
+    A job whose run finished with the same command and code is reused; anything else is run again from scratch
+    (`--overwrite-output-dir`), and `force` recomputes everything. Written after each finished run, atomically, so
+    a killed study resumes where it stopped.
+    """
+
+    def __init__(self, out: Path, force: bool, log):
+        self.path = out / STUDY_JOBS
+        self.version = _code_version()
+        self.log = log
+        self.done = {} if force or not self.path.exists() else json.loads(self.path.read_text())
+
+    def reusable(self, name: str, argv: list[str], run: Path) -> bool:
+        entry = self.done.get(name)
+        return (entry is not None and entry == {"argv": argv, "code": self.version}
+                and RunLayout(run).results.is_file())
+
+    def finished(self, name: str, argv: list[str]) -> None:
+        self.done[name] = {"argv": argv, "code": self.version}
+        write_json_atomic(self.done, self.path)
+
+
+def run_jobs(pool, jobs: dict[str, list[str]], logs: Path, log, finished: Jobs) -> None:
+    """Run named argv lists on the pool (reusing finished ones); stop at the first failure, showing its log's end."""
     from tqdm.auto import tqdm
 
-    work = [(name, argv, str(logs / f"{name}.log")) for name, argv in jobs.items()]
+    runs = logs.parent / STUDY_RUNS
+    work, reused = [], []
+    for name, argv in jobs.items():
+        if finished.reusable(name, argv, runs / name):
+            reused.append(name)
+            continue
+        redo = ["--overwrite-output-dir"] if (runs / name).exists() else []
+        work.append((name, argv + redo, str(logs / f"{name}.log")))
+    if reused:
+        log(f"  reused {len(reused)} finished run(s) made with the same command and code: {', '.join(reused)} "
+            "(--force recomputes them)")
     with tqdm(total=len(work), desc="runs", unit="run", leave=False) as bar:
         for name, status, seconds in pool.imap_unordered(_run_one, work):
             bar.update()
@@ -90,8 +138,8 @@ def run_jobs(pool, jobs: dict[str, list[str]], logs: Path, log) -> None:
                 tail = (logs / f"{name}.log").read_text().strip().splitlines()[-5:]
                 raise EarlyBirdError(f"reproduce: run {name!r} failed (status {status}); its log "
                                      f"{logs / (name + '.log')} ends with: " + " | ".join(tail))
-            result = _read_result(logs.parent / STUDY_RUNS / name)
-            bar.write(f"  {name:22s} {seconds:5.1f}s  {result}")
+            finished.finished(name, jobs[name])
+            bar.write(f"  {name:22s} {seconds:5.1f}s  {_read_result(runs / name)}")
 
 
 def _read_result(run: Path) -> str:
@@ -122,13 +170,16 @@ def eb_flags(method: str, total: int) -> list[str]:
             for item in (f"--eb-{name.replace('_', '-')}", str(value))]
 
 
+def fixed_steps(records, total: int, fractions=FRACTIONS) -> dict:
+    """{fraction: the pruning step at that fraction of training} (at least the first recorded step)."""
+    first = int(records.steps[0])
+    return {fraction: max(first, int(round(fraction * total))) for fraction in fractions}
+
+
 def plan_tickets(records, total: int, fractions=FRACTIONS) -> tuple[dict, dict]:
     """(step, ratio) of every ticket: fixed fractions and detector draws; and the detector draws themselves."""
-    recorded = [int(s) for s in records.steps]
-    first = recorded[0]
     tickets = {}
-    for fraction in fractions:
-        step = max(first, int(round(fraction * total)))
+    for fraction, step in fixed_steps(records, total, fractions).items():
         for ratio in RATIOS:
             tickets[(step, ratio)] = f"fraction {fraction:.0%}"
     draws = {}
@@ -144,16 +195,15 @@ def plan_tickets(records, total: int, fractions=FRACTIONS) -> tuple[dict, dict]:
 
 def reproduce(entry: str, out: Path, data_flags: list[str], *, smoke: bool = False, steps: int | None = None,
               workers: int = 2, seed: int = 42, fractions=FRACTIONS, random_baseline: bool = True,
-              ebtrain: bool = True, log=print) -> Path:
+              ebtrain: bool = True, force: bool = False, log=print) -> Path:
     """Run the study with `entry` (an entry point's path) and `data_flags` (its model / data flags) into `out`."""
     start = time.perf_counter()
     if not Path(entry).is_file():
         raise EarlyBirdError(f"--entry {entry}: no such entry point (expected ViT_pretraining/main.py)")
-    if out.exists():
-        shutil.rmtree(out)
     runs, logs = out / STUDY_RUNS, out / STUDY_LOGS
-    runs.mkdir(parents=True)
-    logs.mkdir()
+    runs.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(exist_ok=True)
+    finished = Jobs(out, force, log)
     steps = SMOKE_STEPS if smoke else steps  # None: the entry point's own budget
     base = [*data_flags, *common_flags(steps, seed)]
     context = multiprocessing.get_context("spawn")
@@ -163,7 +213,7 @@ def reproduce(entry: str, out: Path, data_flags: list[str], *, smoke: bool = Fal
         log("1/4 slimming run and dense reference")
         slim, dense = runs / "slim", runs / "dense"
         run_jobs(pool, {"slim": [*base, "--output-dir", str(slim), *slimming_flags()],
-                        "dense": [*base, "--output-dir", str(dense)]}, logs, log)
+                        "dense": [*base, "--output-dir", str(dense)]}, logs, log, finished)
         records = load_records(RunLayout(slim).records)
         total = int(records.steps[-1])
         params, _, _, factor = study_stationarity(total)
@@ -172,9 +222,10 @@ def reproduce(entry: str, out: Path, data_flags: list[str], *, smoke: bool = Fal
         tickets, draws = plan_tickets(records, total, fractions)
         for (method, ratio), step in draws.items():
             log(f"  {method:8s} ratio {ratio:.0%}: draw step {step}")
-        (out / STUDY_DRAWS).write_text(json.dumps(
-            {f"{m}@{r}": s for (m, r), s in draws.items()} | {"stationarity_params": params, "scale": factor},
-            indent=2))
+        write_json_atomic({f"{m}@{r}": s for (m, r), s in draws.items()}
+                          | {"stationarity_params": params, "scale": factor, "total_steps": total,
+                             "fixed": {str(f): s for f, s in fixed_steps(records, total, fractions).items()}},
+                          out / STUDY_DRAWS)
         log(f"3/4 {len(tickets)} tickets" + (f", {len(RATIOS)} random baselines" if random_baseline else "")
             + (" and EB-Train" if ebtrain else ""))
         jobs = {}
@@ -192,11 +243,12 @@ def reproduce(entry: str, out: Path, data_flags: list[str], *, smoke: bool = Fal
                 *base, "--output-dir", str(runs / "ebtrain-slope"), *slimming_flags(), "--eb-method", "slope",
                 "--eb-block", DETECTOR_BLOCK, *eb_flags("slope", total), "--self-pruning-ratio", str(RATIOS[0]),
                 "--inter-pruning-ratio", str(RATIOS[0])]
-        run_jobs(pool, jobs, logs, log)
+        run_jobs(pool, jobs, logs, log, finished)
         pool.close()
         pool.join()
     log("4/4 report")
-    report = build_report([slim, *sorted(p for p in runs.iterdir() if p != slim)], out,
+    # this study's runs only (the directory may hold runs of an earlier pass with other settings)
+    report = build_report([slim, dense, *(runs / name for name in sorted(jobs))], out,
                           log=lambda line: log("  " + line))
     log(f"reproduce: done in {time.perf_counter() - start:.0f}s; report: {report}")
     return report
@@ -207,7 +259,10 @@ def main(argv=None) -> int:
         prog="reproduce", description=first_paragraph(__doc__),
         epilog="Arguments after `--` go to every run (the model and data flags of the entry point).")
     parser.add_argument("--entry", default="ViT_pretraining/main.py", help="the entry point to run")
-    parser.add_argument("--out", default="reproduce_out", help="output directory (replaced)")
+    parser.add_argument("--out", default="reproduce_out",
+                        help="output directory; a second pass reuses the runs that finished with the same command and "
+                             "code")
+    parser.add_argument("--force", action="store_true", help="recompute every run, finished or not")
     parser.add_argument("--smoke", action="store_true", help=f"every run {SMOKE_STEPS} steps: a sub-minute check")
     parser.add_argument("--steps", type=int, help="training steps of every run (default: the entry point's)")
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS),
@@ -215,14 +270,25 @@ def main(argv=None) -> int:
     parser.add_argument("--no-random", action="store_true", help="skip the random-pruning baselines")
     parser.add_argument("--no-ebtrain", action="store_true", help="skip the EB-Train run")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (default 2)")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, nargs="+", default=[42],
+                        help="the seed of every run (default 42); several: one study per seed in OUT/seed-S and their "
+                             "summary (mean ± sd) in OUT/summary.md")
     parser.add_argument("data_flags", nargs=argparse.REMAINDER, help="-- then the entry point's model/data flags")
     args = parser.parse_args(argv)
     data_flags = args.data_flags[1:] if args.data_flags[:1] == ["--"] else args.data_flags
+    out = Path(args.out)
     try:
-        reproduce(args.entry, Path(args.out), data_flags, smoke=args.smoke, steps=args.steps,
-                  workers=max(1, args.workers), seed=args.seed, fractions=tuple(args.fractions),
-                  random_baseline=not args.no_random, ebtrain=not args.no_ebtrain)
+        if len(set(args.seed)) != len(args.seed):
+            raise EarlyBirdError(f"--seed {' '.join(map(str, args.seed))}: each seed once")
+        studies = [out / f"seed-{seed}" for seed in args.seed] if len(args.seed) > 1 else [out]
+        for seed, study in zip(args.seed, studies):
+            reproduce(args.entry, study, data_flags, smoke=args.smoke, steps=args.steps,
+                      workers=max(1, args.workers), seed=seed, fractions=tuple(args.fractions),
+                      random_baseline=not args.no_random, ebtrain=not args.no_ebtrain, force=args.force)
+        if len(studies) > 1:
+            from .study import summarize
+
+            summarize(studies, out)
     except EarlyBirdError as err:
         print(f"reproduce: error: {err}", file=sys.stderr)
         return 2

@@ -63,6 +63,24 @@ EXPECTED = {
         "| ViT (tiny, 32², batch 4) | sdpa |",
         "| BERT (tiny, seq 32, batch 4) | eager |",
     ],
+    "export_speed.py": [
+        "| config | batch | runtime | model | latency (ms) |",
+        "| ViT-tiny, 32² | 1 | PyTorch | dense |",
+        "| ViT-tiny, 32² | 4 | onnxruntime | 80% ticket |",
+        "| BERT-tiny, seq 32 | 1 | onnxruntime | 80% ticket |",
+        "| config | model | checkpoint (MB) | hf export (MB) | ONNX (MB) |",
+        "| BERT-tiny, seq 32 | 80% ticket |",
+        "- ViT-tiny, 32²: the exported 80% ticket takes",
+    ],
+    "loop_overhead.py": [
+        "| bare step (forward + backward + AdamW, pre-made batch) |",
+        "| training loop (`Trainer.fit` of `ViT_pretraining/main.py`) |",
+        "| data |",
+        "| recording |",
+        "- Goal (loop <= 1.15x the bare step)",
+        "| `ViT_pretraining/main.py` (digits, slimming) from launch to the end of its first step |",
+        "| 0 |",
+    ],
 }
 
 

@@ -8,6 +8,7 @@ from PIL import Image
 from earlybird.data import common, images
 from earlybird.data.digits import load_digits_dataset
 from earlybird.errors import EarlyBirdError
+from earlybird.records import load_records
 from test_training_support import make_imagefolder, make_tiny_vit
 
 
@@ -46,7 +47,7 @@ def test_rand_augment_and_crops_keep_the_size():
     for _ in range(20):
         assert images.rand_augment(picture(12, 12), rng, num_ops=3, magnitude=9).size == (12, 12)
         assert images.random_resized_crop(picture(), rng, 8).size == (8, 8)
-        assert images.random_crop_with_padding(picture(8, 8), rng, 8, 2).size == (8, 8)
+        assert images.random_crop_with_padding(np.asarray(picture(8, 8)), rng, 2).shape == (8, 8, 3)
 
 
 def test_dataset_seeds_augmentation_per_epoch_and_example():
@@ -127,3 +128,212 @@ def test_a_broken_image_processor_is_reported_not_replaced(tmp_path, capsys):
     capsys.readouterr()
     images.image_settings(str(bare), ViTConfig(image_size=12))
     assert "has no preprocessor_config.json" in capsys.readouterr().err  # the fallback is said, not silent
+
+
+# --------------------------------------------------------------------------- the batched pipeline
+
+
+def reference_pipeline(image, transform, rng):
+    """The per-image PIL pipeline the batched one replaced, written out: PIL crops, flips and RandAugment, then the
+    numpy normalisation of each image."""
+    from PIL import ImageOps
+
+    image, size = images.to_pil(image), transform.size
+    if transform.kind == "eval":
+        image = images.resize_center_crop(image, size)
+    elif transform.kind == "train":
+        image = images.random_resized_crop(image, rng, size)
+        if transform.flip and rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+    else:
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BILINEAR)
+        if transform.padding > 0:
+            pad = transform.padding
+            padded = Image.new("RGB", (size + 2 * pad, size + 2 * pad))
+            padded.paste(image, (pad, pad))
+            left, top = (int(v) for v in rng.integers(0, 2 * pad + 1, size=2))
+            image = padded.crop((left, top, left + size, top + size))
+        if transform.flip and rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+        if transform.randaug_ops:
+            image = images.rand_augment(image, rng, transform.randaug_ops, transform.randaug_magnitude)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    array = (array - np.asarray(transform.mean, dtype=np.float32)) / np.asarray(transform.std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+TRANSFORMS = [("cifar", dict(padding=2, flip=True, randaug_ops=3, randaug_magnitude=5)),
+              ("cifar", dict(padding=0, flip=False, randaug_ops=0)),  # the digits preset
+              ("train", dict(flip=True)), ("eval", {})]
+
+
+@pytest.mark.parametrize("kind,options", TRANSFORMS)
+def test_batches_are_bitwise_the_per_image_pil_pipeline(kind, options):
+    """Same random draws per (seed, epoch, example), same pixels, same float32 values: a batch of __getitems__ equals
+    the per-image PIL pipeline, for the digits split (decoded once, in memory) and for images of mixed sizes."""
+    dd = load_digits_dataset()
+    transform = images.ImageTransform(kind, 8, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), **options)
+    ds = images.ImageClassificationDataset(dd["train"], "image", "label", transform, seed=3)
+    rows = list(range(0, len(dd["train"]), 37))
+    for epoch in (0, 2):
+        batch = ds.__getitems__(common.EpochIndices(rows, epoch))
+        expected = torch.stack([reference_pipeline(dd["train"][i]["image"], transform,
+                                                   np.random.default_rng([3, epoch, i])) for i in rows])
+        assert torch.equal(batch["pixel_values"], expected)
+        assert batch["labels"].tolist() == [dd["train"][i]["label"] for i in rows]
+    for i, size in enumerate([(30, 20), (8, 8), (5, 13), (8, 30)]):
+        rng_a, rng_b = np.random.default_rng([1, i]), np.random.default_rng([1, i])
+        assert torch.equal(transform(picture(*size, seed=i), rng_a), reference_pipeline(picture(*size, seed=i),
+                                                                                         transform, rng_b))
+
+
+def test_digits_preset_is_a_normalisation_of_the_decoded_split(monkeypatch):
+    """The digits preset draws nothing and resizes nothing: a batch is the split's pixels, decoded once when the
+    dataset is made, gathered and normalised -- no decoding, no PIL, no generator per example."""
+    from earlybird.training.tasks import PRETRAIN_PRESETS
+
+    preset = PRETRAIN_PRESETS["digits"]
+    transform = images.ImageTransform("cifar", preset["image_size"], (0.5,) * 3, (0.5,) * 3,
+                                      padding=preset["crop_padding"], flip=preset["flip"],
+                                      randaug_ops=preset["randaug_ops"])
+    assert not transform.random
+    train = load_digits_dataset()["train"]
+    ds = images.ImageClassificationDataset(train, "image", "label", transform)
+    pixels = np.stack([np.asarray(train[i]["image"]) for i in range(len(train))])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("per-example work in a batch of in-memory digits")
+
+    monkeypatch.setattr(images, "to_pil", refuse)
+    monkeypatch.setattr(images.ImageTransform, "geometry", refuse)
+    monkeypatch.setattr(np.random, "default_rng", refuse)
+    rows = [5, 0, 1196, 7]
+    batch = ds.__getitems__(rows)
+    expected = torch.from_numpy(((pixels[rows].astype(np.float32) / 255.0 - np.float32(0.5)) / np.float32(0.5))
+                                .transpose(0, 3, 1, 2).copy())
+    assert torch.equal(batch["pixel_values"], expected) and batch["pixel_values"].is_contiguous()
+
+
+def test_the_epoch_comes_with_the_indices():
+    dd = load_digits_dataset()
+    transform = images.ImageTransform("cifar", 8, (0.5,) * 3, (0.5,) * 3, padding=1)
+    ds = images.ImageClassificationDataset(dd["train"], "image", "label", transform, seed=3)
+    epoch1 = ds.__getitems__(common.EpochIndices([5, 6], 1))["pixel_values"]
+    assert not torch.equal(epoch1, ds.__getitems__([5, 6])["pixel_values"])  # self.epoch is 0
+    ds.set_epoch(1)
+    assert torch.equal(epoch1, ds.__getitems__([5, 6])["pixel_values"])
+    assert torch.equal(epoch1[0], ds[5]["pixel_values"])
+
+
+def saved_digits(tmp_path, rows=96):
+    """The digits train split written with save_to_disk and read back: a data set decoded from files."""
+    import datasets
+
+    dd = load_digits_dataset()
+    datasets.DatasetDict({"train": dd["train"].select(range(rows)), "validation": dd["validation"].select(range(32)),
+                          "test": dd["test"].select(range(32))}).save_to_disk(str(tmp_path / "digits"))
+    return tmp_path / "digits"
+
+
+def test_worker_processes_and_batching_do_not_change_the_batches(tmp_path):
+    """Data from files: decoded per batch (in workers by default); 2 worker processes living across epochs give the
+    batches that the main process gives, which are the per-example ones stacked."""
+    from torch.utils.data import DataLoader
+
+    split = common.load_dataset_any(str(saved_digits(tmp_path)))["train"]
+    transform = images.ImageTransform("cifar", 8, (0.5,) * 3, (0.5,) * 3, padding=1, randaug_ops=1)
+    ds = images.ImageClassificationDataset(split, "image", "label", transform, seed=7)
+    assert ds.decodes_from_files and common.default_num_workers(ds) >= 1
+    memory = images.ImageClassificationDataset(load_digits_dataset()["train"], "image", "label", transform)
+    assert not memory.decodes_from_files and common.default_num_workers(memory) == 0
+
+    sampler = [common.EpochIndices(list(range(b, b + 16)), epoch) for epoch in (0, 1) for b in range(0, 96, 16)]
+    batches = {}
+    for workers in (0, 2):
+        loader = DataLoader(ds, batch_sampler=sampler, collate_fn=images.collate_images, num_workers=workers)
+        batches[workers] = list(loader)
+    for one, other, indices in zip(batches[0], batches[2], sampler):
+        assert torch.equal(one["pixel_values"], other["pixel_values"]) and torch.equal(one["labels"], other["labels"])
+        ds.set_epoch(indices.epoch)
+        stacked = images.collate_images([ds[i] for i in indices])
+        assert torch.equal(one["pixel_values"], stacked["pixel_values"])
+    assert not torch.equal(batches[0][0]["pixel_values"], batches[0][6]["pixel_values"])  # epoch 1 differs
+
+
+def test_augmented_run_resumed_with_workers_repeats_the_run_without(tmp_path, monkeypatch):
+    """Crops, flips and RandAugment on data from files: a run interrupted with 2 worker processes and resumed with the
+    default number gives bitwise the records and losses of an uninterrupted run in the main process; and the training
+    DataLoader is made once per run, not once per epoch (6 batches an epoch, 20 steps)."""
+    from earlybird.training import loop
+    from test_training_support import load_script, one_thread, read_json, read_jsonl
+
+    pretrain = load_script("ViT_pretraining/main.py", "vit_pretraining_main")
+    made = []
+
+    class CountingLoader(torch.utils.data.DataLoader):
+        def __init__(self, dataset, *args, **kwargs):
+            made.append((dataset, kwargs.get("num_workers")))
+            super().__init__(dataset, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "DataLoader", CountingLoader)
+    argv = ["--dataset", str(saved_digits(tmp_path)), "--image-size", "8", "--patch-size", "4", "--num-layers", "1",
+            "--hidden-size", "16", "--num-heads", "2", "--intermediate-size", "16", "--crop-padding", "1", "--flip",
+            "--randaug-ops", "1", "--per-device-train-batch-size", "16", "--max-steps", "20", "--checkpoint-every",
+            "8", "--self-slimming", "--inter-slimming", "--l1-self", "1e-2", "--l1-inter", "1e-2", "--dropout", "0.1",
+            "--disable-tqdm", "--logging-steps", "4"]
+    with one_thread():
+        assert pretrain.main(["--output-dir", str(tmp_path / "whole"), *argv, "--dataloader-num-workers", "0"]) == 0
+        train_loaders = [w for d, w in made if d.transform.kind == "cifar"]
+        assert train_loaders == [0]  # one for 20 steps over 3+ epochs
+        made.clear()
+        cut = tmp_path / "cut"
+        assert pretrain.main(["--output-dir", str(cut), *argv, "--debug-crash-at-step", "11",
+                              "--dataloader-num-workers", "2"]) == 3
+        assert pretrain.main(["--output-dir", str(cut), *argv, "--resume"]) == 0
+    default = common.default_num_workers(made[0][0])
+    assert default >= 1 and [w for d, w in made if d.transform.kind == "cifar"] == [2, default]
+    whole, again = load_records(tmp_path / "whole" / "records"), load_records(cut / "records")
+    assert whole.steps.tolist() == again.steps.tolist() == list(range(1, 21))
+    assert np.array_equal(whole.msa, again.msa) and np.array_equal(whole.mlp, again.mlp)
+    losses = lambda p: [(l["step"], l["loss"]) for l in read_jsonl(p / "metrics.jsonl") if l["type"] == "train"]  # noqa: E731
+    assert losses(tmp_path / "whole") == losses(cut)
+    assert read_json(tmp_path / "whole" / "results.json")["accuracy"] == read_json(cut / "results.json")["accuracy"]
+
+
+@pytest.mark.parametrize("cpus,local,expected", [(2, 1, 1), (16, 1, 15), (16, 8, 1), (96, 8, 11), (128, 1, 16)])
+def test_default_workers_share_the_cpus_of_the_node(monkeypatch, cpus, local, expected):
+    class FromFiles:
+        decodes_from_files = True
+
+    monkeypatch.setattr(common.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local))
+    assert common.default_num_workers(FromFiles()) == expected
+    assert common.default_num_workers(object()) == 0  # in memory
+
+
+def test_digits_are_cached_and_read_back_identical(tmp_path, monkeypatch):
+    """The first load builds the split and caches it; later loads read it into memory without scikit-learn and give
+    bitwise the same data set; an unreadable cache is rebuilt."""
+    from earlybird.data import digits
+
+    def same(a, b):
+        assert list(a) == list(b) and all(a[k].features == b[k].features for k in a)
+        for name in a:
+            assert a[name]["label"] == b[name]["label"]
+            assert [im.tobytes() for im in a[name]["image"]] == [im.tobytes() for im in b[name]["image"]]
+
+    built = digits.build_digits_dataset()
+    first = digits.load_digits_dataset(tmp_path)
+    assert digits.cache_path(tmp_path).is_dir()
+    same(first, built)
+    with monkeypatch.context() as patch:
+        patch.setattr(digits, "build_digits_dataset", None)  # a build (and scikit-learn's import) would fail
+        cached = digits.load_digits_dataset(tmp_path)
+    same(cached, built)
+    assert all(not split.cache_files for split in cached.values())  # in memory: no worker processes by default
+    (digits.cache_path(tmp_path) / "dataset_dict.json").write_text("{")
+    same(digits.load_digits_dataset(tmp_path), built)
+    with monkeypatch.context() as patch:
+        patch.setattr(digits, "build_digits_dataset", None)
+        same(digits.load_digits_dataset(tmp_path), built)  # cached again

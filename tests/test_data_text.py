@@ -89,3 +89,71 @@ def test_postprocessing_recovers_answers_from_oracle_logits(tmp_path, tokenizer)
     scores = load_metric("squad").compute(
         predictions=[{"id": k, "prediction_text": v} for k, v in predictions.items()], references=references)
     assert scores == {"exact_match": 100.0, "f1": 100.0}
+
+
+# --------------------------------------------------------------------------- tokenised once
+
+
+@pytest.fixture(scope="module")
+def bert_workspace(tmp_path_factory):
+    from test_training_support import make_sentiment_tsv
+
+    root = tmp_path_factory.mktemp("bert-data")
+    return {"model": make_tiny_bert(root / "model", max_position=64), "tsv": make_sentiment_tsv(root / "sst"),
+            "train": make_squad_json(root / "train.json", n=24), "dev": make_squad_json(root / "dev.json", n=6, seed=1)}
+
+
+def bert_argv(ws, task, out, steps):
+    if task == "glue":
+        data = ["--train-file", str(ws["tsv"] / "train.tsv"), "--validation-file", str(ws["tsv"] / "dev.tsv"),
+                "--test-file", str(ws["tsv"] / "test.tsv")]
+    else:
+        data = ["--train-file", str(ws["train"]), "--predict-file", str(ws["dev"]), "--max-seq-length", "48",
+                "--doc-stride", "16"]
+    return ["--model-name-or-path", str(ws["model"]), "--task", task, *data, "--output-dir", str(out), "--max-steps",
+            str(steps), "--per-device-train-batch-size", "8", "--disable-tqdm"]
+
+
+@pytest.mark.parametrize("task", ["glue", "squad"])
+def test_text_is_tokenised_once_not_per_step(bert_workspace, tmp_path, monkeypatch, task):
+    """The tokenizer runs when the task is built (one `Dataset.map` batch per split), never during training: a run
+    of 12 steps (2 epochs of the GLUE file) calls it as often as a run of 1 step; batches are only padded."""
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    from test_training_support import load_script, one_thread
+
+    run_bert = load_script("Finetuning/run_bert.py", "run_bert")
+    calls = {"tokenize": 0, "pad": 0}
+    for name, key in (("__call__", "tokenize"), ("pad", "pad")):
+        original = getattr(PreTrainedTokenizerBase, name)
+
+        def counted(self, *args, _original=original, _key=key, **kwargs):
+            calls[_key] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(PreTrainedTokenizerBase, name, counted)
+    counts = {}
+    with one_thread():
+        for steps in (1, 12):
+            calls.update(tokenize=0, pad=0)
+            assert run_bert.main(bert_argv(bert_workspace, task, tmp_path / str(steps), steps)) == 0
+            counts[steps] = dict(calls)
+    splits = 3 if task == "glue" else 2  # glue: train, validation, test; squad: train and evaluation windows
+    assert counts[1]["tokenize"] == counts[12]["tokenize"] == splits
+    if task == "glue":  # dynamic padding: once per batch (glue evaluates validation and test only at the end)
+        assert counts[12]["pad"] - counts[1]["pad"] == 11
+
+
+def test_a_batch_of_rows_is_the_rows(tokenizer):
+    """`__getitems__` (one Arrow read of the batch) gives the rows that per-row reads give, columns selected."""
+    import datasets
+
+    rows = datasets.Dataset.from_dict({"sentence": ["paris is a city", "rome", "the river in london"],
+                                       "label": [1, 0, 1]})
+    tokenized = text.tokenize_classification(rows, tokenizer, ("sentence", None), 16)
+    ds = text.TokenizedDataset(tokenized)
+    assert ds.__getitems__([2, 0]) == [ds[2], ds[0]] and set(ds[0]) == {"input_ids", "token_type_ids",
+                                                                        "attention_mask", "labels"}
+    only = text.TokenizedDataset(tokenized, ["input_ids", "labels"])
+    assert only.__getitems__([1]) == [{"input_ids": ds[1]["input_ids"], "labels": 0}]
+    assert not ds.decodes_from_files

@@ -1,15 +1,19 @@
 """earlybird report: figures and tables from records and run directories; every number from the files."""
 
 import json
+import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+from earlybird import report as report_module
 from earlybird.cli import main as cli_main
-from earlybird.detectors import detect, hamming_table, scaled_params
+from earlybird.detectors import DETECTORS, detect, detect_many, hamming_table, scaled_params
 from earlybird.detectors import smooth_series as moving_average
 from earlybird.records import CoefficientRecorder
-from earlybird.report import build_report, mask_series
+from earlybird.report import build_report, detector_styles, figure_annotations, mask_series, plot_coefficients
 from earlybird.masks import compute_mask, hamming_distance, nuclear_norm
 from earlybird.records import load_records
 from earlybird.synthetic import synthetic_coefficients
@@ -70,8 +74,23 @@ def test_stationarity_parameters_scale_down_never_up():
     assert scaled_params("hamming", 1477)[0] == {}  # nothing of the Hamming rule is counted in steps
 
 
-def test_report_numbers_come_from_the_runs(slim_run, tmp_path):
-    runs = tmp_path / "runs"
+def keep_figures(monkeypatch) -> dict:
+    """The matplotlib figures as `_save` writes them, by file name (drawn: offsets and legend positions are final)."""
+    saved, save = {}, report_module._save
+
+    def keep(fig, path, annotations):
+        saved[path.name] = fig
+        return save(fig, path, annotations)
+
+    monkeypatch.setattr(report_module, "_save", keep)
+    return saved
+
+
+@pytest.fixture(scope="module")
+def full_report(slim_run, tmp_path_factory):
+    """The report over the slimming run, its tickets, a dense, a random and an EB-Train run; its figures as saved."""
+    root = tmp_path_factory.mktemp("report")
+    runs = root / "runs"
     runs.mkdir()
     tickets = {}
     for i, (step, ratio) in enumerate([(24, 0.3), (120, 0.3), (24, 0.8), (120, 0.8)]):
@@ -84,11 +103,17 @@ def test_report_numbers_come_from_the_runs(slim_run, tmp_path):
              {"records": "x", "step": 120, "self_ratio": 0.3, "inter_ratio": 0.3, "random_seed": 7})
     make_run(runs, "eb", "ebtrain", {"accuracy": 0.8123, "train_flops": 3.0e9, "train_wall_s": 4.0},
              ebtrain={"method": "slope", "draw_step": 150, "total_steps": STEPS, "flops": {"total": 3.0e9}})
-    report = build_report([slim_run, *sorted(runs.iterdir())], tmp_path / "out", log=lambda _: None)
-    text = report.read_text()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        figures = keep_figures(monkeypatch)
+        report = build_report([slim_run, *sorted(runs.iterdir())], root / "out", log=lambda _: None)
+    return SimpleNamespace(out=root / "out", text=report.read_text(), tickets=tickets, figures=figures)
+
+
+def test_report_numbers_come_from_the_runs(slim_run, full_report):
+    text = full_report.text
     for png in ["hamming_distances.png", "coefficients.png", "pvalues_msa_30.png", "pvalues_mlp_80.png",
-                "nuclear_norm_msa_30.png"]:
-        assert (tmp_path / "out" / png).stat().st_size > 5000
+                "nuclear_norm_msa_30.png", "tickets.png"]:
+        assert (full_report.out / png).stat().st_size > 5000
         assert f"]({png})" in text
     # Hamming table: the library's numbers
     table = hamming_table(slim_run / "records", "msa", (0.3, 0.8), (5, 50, 100, 500, 2000), (0.1, 0.01))
@@ -108,6 +133,109 @@ def test_report_numbers_come_from_the_runs(slim_run, tmp_path):
         assert f"{6.0e9 / STEPS * draw:.3g}" in text  # FLOPs until the draw, from the slimming run's results
     # EB-Train against dense: 2x fewer FLOPs, 2.5x less wall time
     assert "| `eb` | slope | 150 | 25.0% | 3e+09 | 2.00× | 4.0 | 2.50× | 81.2 |" in text
+
+
+def summary_draws(text: str) -> dict:
+    """{(block, ratio, detector title): draw step or None} from the report's detector summary table."""
+    rows = re.findall(r"^\| (MSA|MLP) \| (\d+)% \| ([^|]+) \| (never|\d+) \|", text, flags=re.M)
+    return {(block.lower(), int(ratio) / 100, title.strip()): None if step == "never" else int(step)
+            for block, ratio, title, step in rows}
+
+
+def test_figures_mark_the_draws_of_the_summary_table(slim_run, full_report):
+    """Every draw a figure marks is the draw the detector summary lists, for the same block and ratio; Figure 5 marks
+    the MSA draws on the tickets' accuracies; p-value figures tell constant windows apart from tested checks."""
+    out, text = full_report.out, full_report.text
+    table = summary_draws(text)
+    titles = {m: cls(**scaled_params(m, STEPS)[0]).describe() for m, cls in DETECTORS.items()}
+    assert len(table) == 2 * 2 * len(DETECTORS) and any(step is not None for step in table.values())
+
+    def table_draws(block, ratio):
+        return {m: table[(block, ratio, titles[m])] for m in DETECTORS}
+
+    hamming = figure_annotations(out / "hamming_distances.png")
+    assert {(p["block"], p["ratio"]) for p in hamming["panels"]} == {(b, r) for b in ("msa", "mlp") for r in (0.3, 0.8)}
+    for panel in hamming["panels"]:
+        assert panel["draws"] == table_draws(panel["block"], panel["ratio"])
+        assert panel["epsilon"] == 0.1 and panel["cached"] == 5  # the Hamming rule's parameters, as detected
+    for ratio in (0.3, 0.8):
+        (norm,) = figure_annotations(out / f"nuclear_norm_msa_{int(ratio * 100)}.png")["panels"]
+        assert norm["draws"] == table_draws("msa", ratio)
+    tickets = figure_annotations(out / "tickets.png")["panels"]
+    assert [tuple(p["ratios"]) for p in tickets] == [(0.3, 0.3), (0.8, 0.8)]
+    for panel in tickets:
+        ratio = panel["ratios"][0]
+        assert panel["draws"] == table_draws("msa", ratio)
+        assert panel["tickets"] == {str(s): pytest.approx(100 * a) for (s, r), a in full_report.tickets.items()
+                                    if r == ratio}
+        assert panel["dense"] == pytest.approx(77.7)
+        assert panel.get("random", []) == ([[120, pytest.approx(42.42)]] if ratio == 0.3 else [])
+    constant_seen = False
+    for block in ("msa", "mlp"):
+        for ratio in (0.3, 0.8):
+            panels = figure_annotations(out / f"pvalues_{block}_{int(ratio * 100)}.png")["panels"]
+            assert [p["method"] for p in panels] == [m for m, cls in DETECTORS.items() if cls.uses_norm]
+            params = {p["method"]: scaled_params(p["method"], STEPS)[0] for p in panels}
+            results = detect_many(slim_run / "records", block, ratio, "layerwise", params, stop_at_draw=False)
+            for panel in panels:
+                trace = results[panel["method"]].trace
+                assert panel["draw"] == table[(block, ratio, titles[panel["method"]])]
+                assert panel["constant"] == [e["step"] for e in trace if e["constant"]]
+                assert panel["passes"] == [e["step"] for e in trace if e["passed"] and not e["constant"]]
+                assert panel["fails"] == [e["step"] for e in trace if not e["passed"]]
+                constant_seen |= bool(panel["constant"])
+    assert constant_seen  # the fixture's masks freeze: some checks are decided on a constant window
+
+
+def test_every_registered_detector_has_a_style_of_its_own(monkeypatch):
+    monkeypatch.setitem(DETECTORS, "newcomer", object)
+    styles = detector_styles()
+    assert list(styles) == list(DETECTORS)
+    assert len({(s.color, s.marker, s.linestyle) for s in styles.values()}) == len(DETECTORS)
+    assert len({s.color for s in styles.values()}) == len(DETECTORS)  # up to 9 detectors: a colour each
+
+
+def test_coefficient_panels_share_one_y_scale_per_block_without_offsets(tmp_path, monkeypatch):
+    saved_figures = keep_figures(monkeypatch)
+    steps = 50
+    rng = np.random.default_rng(0)
+    # values near 1 that differ in the fourth decimal: matplotlib would write them as an offset (+0.998) by default
+    msa = 0.998 + 1e-4 * rng.random((steps, 2, 4)).cumsum(axis=0) / steps
+    mlp = 0.5 + 0.1 * rng.random((steps, 2, 30))
+    with CoefficientRecorder(tmp_path / "records", chunk=16) as recorder:
+        for t in range(steps):
+            recorder.record(t + 1, msa=msa[t], mlp=mlp[t])
+    records = load_records(tmp_path / "records")
+    path = plot_coefficients(records, 1, tmp_path / "coefficients.png")
+    fig = saved_figures["coefficients.png"]
+    panels = {p["block"]: p for p in figure_annotations(path)["panels"]}
+    assert panels["msa"]["units"] == [0, 1, 2, 3]  # every head, in order
+    final = np.argsort(-mlp[-1, 1], kind="stable")
+    assert panels["mlp"]["units"][0] == final[0] and panels["mlp"]["units"][-1] == final[-1]  # both ends of the ranking
+    assert len(panels["mlp"]["units"]) == 8
+    for subfig, block, coefs in zip(fig.subfigs, ("msa", "mlp"), (msa, mlp)):
+        axes = [ax for ax in subfig.axes if ax.has_data()]
+        assert len(axes) == len(panels[block]["units"])
+        limits = {ax.get_ylim() for ax in axes}
+        assert len(limits) == 1  # one y-scale per block
+        low, high = limits.pop()
+        assert low <= coefs[:, 1].min() and high >= coefs[:, 1].max()
+        assert [low, high] == pytest.approx(panels[block]["ylim"])
+    assert all(axis.get_offset_text().get_text() == "" for ax in fig.axes for axis in (ax.xaxis, ax.yaxis))
+
+
+def test_legends_are_outside_the_axes(full_report):
+    saved_figures = full_report.figures
+    assert {"hamming_distances.png", "nuclear_norm_msa_30.png", "pvalues_msa_30.png", "tickets.png"} <= set(saved_figures)
+    for name, fig in saved_figures.items():
+        canvas = FigureCanvasAgg(fig)  # the figure was closed: draw it again, as saved
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+        for legend in legends:
+            box = legend.get_window_extent(renderer)
+            for ax in fig.axes:
+                assert not box.overlaps(ax.get_window_extent(renderer)), (name, legend)
 
 
 def test_report_on_the_original_layout(tmp_path):

@@ -9,11 +9,15 @@ from earlybird.detectors import scaled_params
 REPO = Path(__file__).resolve().parents[1]
 
 
+def smoke(out, tmp_path):
+    return subprocess.run(["bash", str(REPO / "reproduce.sh"), "--smoke"], cwd=REPO, capture_output=True,
+                          text=True, env={"OUT": str(out), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                          timeout=600)
+
+
 def test_reproduce_smoke(tmp_path):
     out = tmp_path / "study"
-    result = subprocess.run(["bash", str(REPO / "reproduce.sh"), "--smoke"], cwd=REPO, capture_output=True,
-                            text=True, env={"OUT": str(out), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-                            timeout=600)
+    result = smoke(out, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = out / "report.md"
     assert f"report: {report}" in result.stdout + result.stderr
@@ -41,3 +45,28 @@ def test_reproduce_smoke(tmp_path):
     for png in ("hamming_distances.png", "coefficients.png", "pvalues_msa_30.png", "nuclear_norm_msa_80.png"):
         assert (out / png).stat().st_size > 5000
     assert (out / "logs" / "slim.log").exists()
+
+    # A second pass into the same directory reuses every finished run (nothing retrained) and writes the same report.
+    finished = {p: p.stat().st_mtime_ns for p in runs.glob("*/results.json")}
+    again = smoke(out, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "reused" in again.stdout + again.stderr
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("*/results.json")} == finished
+    assert report.read_text() == text
+
+
+def test_a_finished_job_is_reused_only_with_the_same_command_and_code(tmp_path):
+    from earlybird.reproduce import Jobs
+
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    jobs = Jobs(tmp_path, force=False, log=print)
+    jobs.finished("a", ["--seed", "1"])
+    assert not Jobs(tmp_path, False, print).reusable("a", ["--seed", "1"], run)  # no results.json: unfinished
+    (run / "results.json").write_text("{}")
+    assert Jobs(tmp_path, False, print).reusable("a", ["--seed", "1"], run)
+    assert not Jobs(tmp_path, False, print).reusable("a", ["--seed", "2"], run)
+    assert not Jobs(tmp_path, True, print).reusable("a", ["--seed", "1"], run)  # --force
+    other = Jobs(tmp_path, False, print)
+    other.version = "another version"
+    assert not other.reusable("a", ["--seed", "1"], run)

@@ -25,7 +25,7 @@ SEQ_LEN=${SEQ_LEN:-64}
 LR=${LR:-5e-5}
 WORKERS=${WORKERS:-2}
 FRACTIONS=${FRACTIONS:-"0 0.04 0.07 0.2 0.44 0.8"}
-SEED=${SEED:-42}
+SEEDS=${SEEDS:-"42 43 44"}               # one study per seed in OUT_DIR/seed-S, summarised in OUT_DIR/summary.md
 
 for f in train.tsv dev.tsv test.tsv; do
   [[ -f "$DATA_DIR/$f" ]] || { echo "study_sst2.bash: error: $DATA_DIR/$f not found" >&2; exit 2; }
@@ -35,7 +35,7 @@ done
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # shellcheck disable=SC2086
 exec .venv/bin/python -m earlybird.reproduce --entry Finetuning/run_bert.py --out "$OUT_DIR" --steps "$STEPS" \
-  --workers "$WORKERS" --seed "$SEED" --fractions $FRACTIONS --no-random -- \
+  --workers "$WORKERS" --seed $SEEDS --fractions $FRACTIONS --no-random -- \
   --model-name-or-path "$MODEL_DIR" --task glue \
   --train-file "$DATA_DIR/train.tsv" --validation-file "$DATA_DIR/dev.tsv" --test-file "$DATA_DIR/test.tsv" \
   --max-train-samples "$TRAIN_SAMPLES" --max-eval-samples "$EVAL_SAMPLES" \

@@ -1,7 +1,8 @@
-"""Data helpers shared by the image and text pipelines: loading from anywhere, columns, splits."""
+"""Data helpers shared by the image and text pipelines: loading from anywhere, columns, splits, loader defaults."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +133,39 @@ def check_labels(splits: dict, label_column: str, num_labels: int, where: str) -
     if classes.size < 2:
         raise EarlyBirdError(f"{where}: the train split has a single class (label {int(classes[0])}); expected at "
                              "least 2 classes to learn from")
+
+
+# --------------------------------------------------------------------------- loading batches
+
+
+class EpochIndices(list):
+    """A batch of example indices that knows its epoch.
+
+    The training loop's batch sampler yields these, and torch's DataLoader hands them as they are to a dataset's
+    `__getitems__` -- in the main process or in a worker -- so a dataset that augments can seed per (seed, epoch,
+    example) although its worker processes live across epochs and never see the main process's copy change.
+    """
+
+    def __init__(self, indices, epoch: int):
+        super().__init__(indices)
+        self.epoch = int(epoch)
+
+
+MAX_DEFAULT_WORKERS = 16
+
+
+def default_num_workers(dataset) -> int:
+    """DataLoader worker processes when --dataloader-num-workers is not given.
+
+    Data held in memory (decoded once, or tokenised once) gets 0: a batch is a gather and a normalisation, which a
+    worker process would only add copies to. A dataset that decodes from files (`decodes_from_files`: images from
+    imagefolder, the Hub, save_to_disk) gets every CPU this process may use but one (left to the training process),
+    the CPUs shared among the node's processes, at least 1 and at most MAX_DEFAULT_WORKERS: one process decodes and
+    augments ~200 ImageNet-sized JPEGs per second, and a ViT-Base step on a current GPU consumes thousands
+    (docs/benchmarks.md, "Data loading").
+    """
+    if not getattr(dataset, "decodes_from_files", False):
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(MAX_DEFAULT_WORKERS, per_process - 1))

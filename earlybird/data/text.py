@@ -116,16 +116,23 @@ def tokenize_classification(dataset, tokenizer, text_columns, max_seq_length: in
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
+    """Rows of a data set tokenised once (`Dataset.map`, before training): a batch is one read of its rows, which the
+    collator pads; no tokenizer runs during training. Held in memory or memory-mapped, so the loader needs no worker
+    processes (`decodes_from_files` is False)."""
+
+    decodes_from_files = False
+
     def __init__(self, dataset, columns=None):
-        self.dataset = dataset
-        self.columns = columns
+        self.dataset = dataset if columns is None else dataset.select_columns(list(columns))
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        row = self.dataset[int(index)]
-        return row if self.columns is None else {k: row[k] for k in self.columns}
+        return self.dataset[int(index)]
+
+    def __getitems__(self, indices) -> list[dict]:
+        return self.dataset.__getitems__([int(i) for i in indices])  # one Arrow read for the batch
 
 
 def pad_collator(tokenizer):

@@ -220,7 +220,9 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--gradient-accumulation-steps", type=int, default=1,
                    help="global batch = per-device batch x processes x this")
     g.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
-    g.add_argument("--dataloader-num-workers", type=int, default=0)
+    g.add_argument("--dataloader-num-workers", type=int, default=None,
+                   help="DataLoader worker processes (default: for images decoded from files, the CPUs of this "
+                        "process but one, 1 to 16; 0 for data held in memory)")
     g.add_argument("--max-train-samples", type=int, default=None)
     g.add_argument("--max-eval-samples", type=int, default=None)
 

@@ -71,7 +71,7 @@ class RunConfig:
     per_device_eval_batch_size: int = 16
     gradient_accumulation_steps: int = 1
     mixed_precision: str = "no"
-    dataloader_num_workers: int = 0
+    dataloader_num_workers: int | None = None  # None: chosen per data set (earlybird.data.common.default_num_workers)
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     # logging, evaluation, checkpoints

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 
 from .. import faults
 from ..blocks import BLOCKS
+from ..data.common import EpochIndices, default_num_workers
 from ..errors import EarlyBirdError
 from ..records import CoefficientRecorder, load_records
 from ..layout import CheckpointLayout
@@ -281,22 +282,32 @@ class Trainer:
         return 3.0 * per_token * seq_len * self.global_micro
 
     def _micro_batches(self):
-        """Endless micro-batches for this process, from micro-batch `self.micro` on (epochs roll over)."""
+        """Endless micro-batches for this process, from micro-batch `self.micro` on (epochs roll over).
+
+        One DataLoader for the rest of the run, so its worker processes (if any) are started once, not each epoch;
+        each batch of indices carries its epoch (EpochIndices) for the dataset's augmentations.
+        """
         cfg = self.cfg
         n = len(self.task.train_dataset)
-        while True:
-            epoch, offset = divmod(self.micro, self.batches_per_epoch)
-            if hasattr(self.task.train_dataset, "set_epoch"):
-                self.task.train_dataset.set_epoch(epoch)
-            perm = epoch_permutation(n, cfg.seed, epoch)
-            sampler = list(rank_batches(perm, offset, self.batches_per_epoch, cfg.per_device_train_batch_size,
-                                        self.world, self.rank))
-            # Its own generator: creating the iterator must not draw from the global RNG (resume exactness).
-            loader = DataLoader(self.task.train_dataset, batch_sampler=sampler, collate_fn=self.task.collate_fn,
-                                num_workers=cfg.dataloader_num_workers, pin_memory=torch.cuda.is_available(),
-                                generator=torch.Generator().manual_seed(cfg.seed + epoch))
-            for batch in loader:
-                yield batch
+
+        def batch_indices():
+            micro = self.micro
+            while True:
+                epoch, offset = divmod(micro, self.batches_per_epoch)
+                perm = epoch_permutation(n, cfg.seed, epoch)
+                for indices in rank_batches(perm, offset, self.batches_per_epoch, cfg.per_device_train_batch_size,
+                                            self.world, self.rank):
+                    yield EpochIndices(indices, epoch)
+                micro = (epoch + 1) * self.batches_per_epoch
+
+        # Its own generator: creating the iterator must not draw from the global RNG (resume exactness).
+        yield from DataLoader(self.task.train_dataset, batch_sampler=batch_indices(), collate_fn=self.task.collate_fn,
+                              num_workers=self._num_workers(self.task.train_dataset),
+                              pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(cfg.seed))
+
+    def _num_workers(self, dataset) -> int:
+        requested = self.cfg.dataloader_num_workers
+        return default_num_workers(dataset) if requested is None else requested
 
     def _loss(self, batch):
         if self.task.compute_loss is not None:
@@ -317,7 +328,7 @@ class Trainer:
         loader = DataLoader(eval_set.dataset, collate_fn=eval_set.collate_fn,
                             batch_sampler=list(rank_eval_batches(n, self.cfg.per_device_eval_batch_size,
                                                                  self.world, self.rank)),
-                            num_workers=self.cfg.dataloader_num_workers)
+                            num_workers=self._num_workers(eval_set.dataset))
         gathered = defaultdict(list)
         for batch in loader:
             batch = to_device(batch, self.accelerator.device)

@@ -34,7 +34,7 @@ class Task:
     model_class: type
     # config overrides (the slimming flags) -> the model a run starts from when it is not a ticket or a resume
     build_model: Callable[[dict], torch.nn.Module]
-    train_dataset: Any  # map-style; `set_epoch(epoch)` is called each epoch when it has one
+    train_dataset: Any  # map-style; its training batches of indices carry their epoch (`indices.epoch`)
     collate_fn: Callable
     eval_sets: dict
     final_split: str

@@ -36,7 +36,7 @@ def _image_datasets(args, accelerator, where: str):
         if args.dataset == "digits":
             from ..data.digits import load_digits_dataset
 
-            dd = load_digits_dataset()
+            dd = load_digits_dataset(args.cache_dir)
         else:
             dd = common.load_dataset_any(args.dataset, cache_dir=args.cache_dir, builder="imagefolder")
     first = next(iter(dd.values()))
