@@ -5,7 +5,8 @@ reproduce, the CLI) both take their paths from here.
       .lock                 held by the main process while a run is going (flock; it holds the owner's pid)
       args.json             the flags of the run (rewritten at each start, resumes included)
       metrics.jsonl         one JSON object per log / evaluation line
-      results.json          the final evaluation, with the run's kind ("slim", "ticket", "random", "ebtrain", "dense")
+      results.json          the final evaluation, with the run's kind ("slim", "ticket", "random", "ebtrain", "dense");
+                            written last: its presence means the run finished
       plan.json             the pruning plan used (tickets) or made at the draw (EB-Train)
       ebtrain.json          EB-Train summary: draw step, compute before / after it
       init/                 step-0 weights (slimming runs): `--rewind init` starts tickets from them
@@ -13,6 +14,7 @@ reproduce, the CLI) both take their paths from here.
       snapshots/step-S/     weights after S steps (--save-steps / --save-every): `--rewind none`
       checkpoints/step-S/   resumable state: model/, optimizer.pt, scheduler.pt, scaler.pt, rng-<rank>.pt, state.json
       final/                the trained model (save_pretrained), with its tokenizer / image processor
+      tracking/<name>/      experiment-tracker files (--report-to: TensorBoard event files, W&B's offline run)
 
 A study directory (`earlybird.reproduce`) holds runs/<name>/ (run directories), logs/<name>.log, draws.json,
 jobs.json (each finished run's command, so a second pass reuses it) and the report (report.md and its figures).
@@ -40,8 +42,9 @@ RECORDS = "records"
 SNAPSHOTS = "snapshots"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
+TRACKING = "tracking"
 # What a run writes: what --overwrite-output-dir removes (nothing else in the directory is touched).
-RUN_ENTRIES = (ARGS, METRICS, RESULTS, PLAN, EBTRAIN, INIT, RECORDS, SNAPSHOTS, CHECKPOINTS, FINAL)
+RUN_ENTRIES = (ARGS, METRICS, RESULTS, PLAN, EBTRAIN, INIT, RECORDS, SNAPSHOTS, CHECKPOINTS, FINAL, TRACKING)
 
 # records/
 STEPS_FILE = "steps.npy"
@@ -156,6 +159,10 @@ class RunLayout:
     @property
     def snapshots(self) -> Path:
         return self.path / SNAPSHOTS
+
+    @property
+    def tracking(self) -> Path:
+        return self.path / TRACKING
 
     @property
     def checkpoints(self) -> Path:

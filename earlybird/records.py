@@ -410,11 +410,16 @@ class CoefficientRecorder:
     one warning is issued), so a run resumed from an earlier checkpoint adds no duplicates.
     Call ``flush()`` when saving a checkpoint so the records cover it and a resumed run has no
     gap. With ``is_main_process=False`` every method is a no-op and nothing is written.
+
+    ``listener(steps, blocks)``, if given, is called after each flush has committed its rows, with the steps
+    (int64 (n,)) and the host arrays it wrote ({block: (n, L, k)}): what is computed from the records while training
+    (e.g. the trackers' summaries, earlybird.training.trackers) costs no transfer of its own. The arrays are valid
+    during the call only (on the CPU they are views of the recorder's buffer, which the next rows overwrite).
     """
 
     def __init__(self, run_dir, *, every: int = 1, chunk: int = 256, meta: dict | None = None,
                  is_main_process: bool = True, device=None, dtype: str = "float32", resume: bool = False,
-                 fsync: bool = True):
+                 fsync: bool = True, listener=None):
         if int(every) < 1 or int(chunk) < 1:
             raise EarlyBirdError(f"every and chunk must be >= 1; got every={every}, chunk={chunk}")
         if np.dtype(dtype) not in (np.dtype("float32"), np.dtype("float16"), np.dtype("float64")):
@@ -427,6 +432,7 @@ class CoefficientRecorder:
         self.device = device
         self.dtype = np.dtype(dtype)
         self.fsync = fsync
+        self.listener = listener
         self.committed = 0  # rows on disk
         self.pending = 0  # rows in the buffer
         self.last_step = -math.inf
@@ -581,6 +587,8 @@ class CoefficientRecorder:
             raise self._failed from None
         self.committed += n
         self.pending = 0
+        if self.listener is not None:
+            self.listener(self._steps_buffer[:n].copy(), host)
 
     def close(self) -> None:
         """Flush, finalise meta.json and close the files. Safe to call twice."""

@@ -208,6 +208,7 @@ def test_a_live_run_keeps_its_directory_and_a_dead_ones_lock_is_taken_over(serve
     run = tmp_path / "run"
     shutil.copytree(reference, run)
     shutil.rmtree(run / "checkpoints" / "step-16")  # so that --resume has steps left to train
+    (run / "results.json").unlink()  # (a run with results.json has finished: --resume would leave it)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

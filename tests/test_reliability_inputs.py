@@ -79,6 +79,7 @@ def run_with_truncated_records(ws):
     if not target.exists():
         shutil.copytree(ws / "slim", target)
         shutil.rmtree(target / "checkpoints" / "step-6")  # so that the resume has steps left to do
+        (target / "results.json").unlink()  # (a run with results.json has finished: --resume would leave it)
         with open(target / "records" / "msa.npy", "r+b") as f:
             f.truncate(HEADER_BYTES + 2 * 16 * 4 + 20)
     return target

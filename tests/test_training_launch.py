@@ -26,8 +26,8 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
     proc = subprocess.run(
         ["bash", str(ROOT / "ViT_pretraining/scripts/slimming.sh")], cwd=tmp_path, capture_output=True, text=True,
         timeout=300, env=script_env(DATASET="digits", NUM_PROCESSES=2, MAX_STEPS=10, BATCH_SIZE=16, WORKERS=0,
-                                    OUTPUT_DIR=two, CHECKPOINT_EVERY=5, L1_SELF="1e-2", L1_INTER="1e-2",
-                                    EXTRA_ARGS=EB))
+                                    OUTPUT_DIR=two, CHECKPOINT_EVERY=5, CHECKPOINT_MINUTES="1e-9", L1_SELF="1e-2",
+                                    L1_INTER="1e-2", EXTRA_ARGS=EB))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "--multi_gpu --num_processes 2" in proc.stderr  # N CPU processes via torchrun (see launch.bash)
     assert "16 per device x 2 processes" in proc.stdout
@@ -44,6 +44,9 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
     np.testing.assert_allclose(a.mlp, b.mlp, atol=1e-5)
     steps = [l["step"] for l in read_jsonl(two / "metrics.jsonl") if l["type"] == "train"]
     assert steps == [2, 4, 6, 8, 10]
+    # by steps at 5 and 10, by minutes at every logging step but the last (2, 4, 6, 8): the main process's clock,
+    # carried by the loss all-reduce, so both processes saved together (one alone would have hung the other)
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["step-10", "step-8"]
     assert sorted(p.name for p in (two / "checkpoints" / "step-10").iterdir()) == [
         "model", "optimizer.pt", "rng-0.pt", "rng-1.pt", "scheduler.pt", "state.json"]
     # EB-Train pruned in place on both processes at the same step (DDP re-prepared around the smaller model)
@@ -78,11 +81,12 @@ def test_scripts_default_to_the_study_and_take_overrides(script, tmp_path):
         assert expected in command, (expected, command)
     assert f"--output-dir {tmp_path / 'out'}" in command
     env.update(NUM_PROCESSES="3", MAX_STEPS="7", SEED="5", RANDOM_SEED="9", REWIND="none", TASK="glue",
-               TRAIN_FILE="t.tsv", MIXED_PRECISION="bf16")
+               TRAIN_FILE="t.tsv", MIXED_PRECISION="bf16", REPORT_TO="tensorboard", CHECKPOINT_MINUTES="15")
     command = subprocess.run(["bash", str(ROOT / script)], capture_output=True, text=True, env=env,
                              timeout=60).stderr.strip().splitlines()[-1]
     assert "--multi_gpu --num_processes 3" in command and "--max-steps 7" in command and "--seed 5" in command
     assert "--mixed_precision bf16" in command and "--mixed-precision bf16" in command
+    assert "--report-to tensorboard" in command and "--checkpoint-minutes 15" in command
     if "prune" in script:
         assert "--random-prune 9" in command and "--rewind none" in command
     if "llm" in script:

@@ -18,13 +18,14 @@ flags_from_env() {
   done
 }
 
-# The run, budget, optimisation, logging and checkpoint flags every script shares (--max-steps overrides the epochs).
+# The run, budget, optimisation, logging and checkpoint flags every script shares (--max-steps overrides the epochs;
+# REPORT_TO=tensorboard|wandb|all adds experiment trackers).
 run_flags() {
   flags_from_env OUTPUT_DIR:--output-dir BATCH_SIZE:--per-device-train-batch-size \
     EVAL_BATCH_SIZE:--per-device-eval-batch-size GRAD_ACCUM:--gradient-accumulation-steps EPOCHS:--num-train-epochs \
     MAX_STEPS:--max-steps LEARNING_RATE:--learning-rate WEIGHT_DECAY:--weight-decay WARMUP_RATIO:--warmup-ratio \
-    SAVE_EVERY:--save-every CHECKPOINT_EVERY:--checkpoint-every EVAL_EVERY:--eval-every SEED:--seed \
-    WORKERS:--dataloader-num-workers
+    SAVE_EVERY:--save-every CHECKPOINT_EVERY:--checkpoint-every CHECKPOINT_MINUTES:--checkpoint-minutes \
+    EVAL_EVERY:--eval-every SEED:--seed WORKERS:--dataloader-num-workers REPORT_TO:--report-to
 }
 
 # Network slimming of both blocks, with the L1 strengths L1_SELF / L1_INTER.

@@ -13,8 +13,11 @@ import sys
 
 from ..blocks import BLOCK_NAMES
 from ..detectors import DETECTORS, add_param_arguments
+from ..errors import EarlyBirdError
 from ..masks import SCOPES
 from ..profiles import DEFAULT_PROFILE, PROFILES
+from .config import DEFAULT_CHECKPOINT_MINUTES
+from .trackers import REPORT_TO
 
 
 def first_paragraph(doc: str | None) -> str | None:
@@ -26,7 +29,8 @@ def first_paragraph(doc: str | None) -> str | None:
 
 class EntryParser(argparse.ArgumentParser):
     """argparse with one-line errors: `<prog>: error: <message>` and exit code 2, no usage dump; `doc` (the entry
-    point's docstring) gives the description."""
+    point's docstring) gives the description. `--config FILE` (when the parser has it) makes the file's values the
+    defaults before the command line is parsed, so flags given override them."""
 
     def __init__(self, *args, doc: str | None = None, **kwargs):
         kwargs.setdefault("description", first_paragraph(doc))
@@ -34,6 +38,145 @@ class EntryParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        if any(action.dest == "config" for action in self._actions):
+            pre = argparse.ArgumentParser(prog=self.prog, add_help=False)
+            pre.error = self.error
+            pre.add_argument("--config", default=None)
+            path = pre.parse_known_args(args)[0].config
+            if path is not None:
+                try:
+                    self.set_defaults(**config_defaults(self, path))
+                except EarlyBirdError as err:
+                    self.error(str(err))
+        return super().parse_known_args(args, namespace)
+
+
+# Keys of a config file that are not taken from it: they say what this invocation does with its output directory (a
+# resumed run's args.json holds resume=true, and giving it back must start a new run), or name the file itself.
+CONFIG_IGNORED = ("config", "resume", "overwrite_output_dir")
+
+
+def _file_keys(parser: argparse.ArgumentParser) -> dict:
+    """{key: action}: each flag's dest, and each of its long option names in dest form (older names included, e.g.
+    self_pruning_method for --self-pruning-scope); never a --no-X of a boolean pair (it would invert the value)."""
+    keys = {}
+    for action in parser._actions:
+        if action.dest in (argparse.SUPPRESS, "help"):
+            continue
+        keys[action.dest] = action
+        for option in action.option_strings:
+            if option.startswith("--") and not (isinstance(action, argparse.BooleanOptionalAction)
+                                                and option.startswith("--no-")):
+                keys.setdefault(option[2:].replace("-", "_"), action)
+    return keys
+
+
+def _value_kind(action) -> tuple:
+    """(the Python type a file's value must have, whether null is allowed) for a flag's action."""
+    kind = action.type
+    optional = action.default is None
+    param = getattr(kind, "__self__", None)  # a detector parameter: its declaration's Param.parse
+    if param is not None and hasattr(param, "kind"):
+        return param.kind, optional or param.optional
+    if kind is _int_list:
+        return list, optional
+    if kind in (int, float):
+        return kind, optional
+    return str, optional
+
+
+def _file_value(action, key: str, value, where: str):
+    """A config file's value for a flag, checked as strictly as the command line would (a string is parsed as the
+    command line would parse it)."""
+    def wrong(expected):
+        raise EarlyBirdError(f"--config {where}: key {key!r} must be {expected}, got {value!r}")
+
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            wrong("true or false")
+        return value
+    if isinstance(action, argparse.BooleanOptionalAction):
+        if value is not None and not isinstance(value, bool):
+            wrong("true, false or null")
+        return value
+    kind, optional = _value_kind(action)
+    expected = {int: "an integer", float: "a number", str: "a string",
+                list: "a list of integers >= 0"}[kind] + (" or null" if optional else "")
+    if value is None:
+        if not optional:
+            wrong(expected)
+        return None
+    if isinstance(value, str) and action.type is not None and kind is not str:
+        try:
+            value = action.type(value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            wrong(expected)
+    elif kind is list:
+        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value):
+            wrong(expected)
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            wrong(expected)
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            wrong(expected)
+        value = float(value)
+    elif not isinstance(value, str):
+        wrong(expected)
+    elif action.type is not None:
+        value = action.type(value)
+    if action.choices is not None and value not in action.choices:
+        wrong(f"one of {', '.join(map(str, action.choices))}")
+    return value
+
+
+def read_config_file(path) -> dict:
+    """The mapping a --config file holds: JSON, or YAML for .yaml / .yml (EarlyBirdError naming the file)."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise EarlyBirdError(f"--config {path}: cannot read it ({getattr(err, 'strerror', None) or err})") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            content = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise EarlyBirdError(f"--config {path}: not valid YAML ({' '.join(str(err).split())})") from None
+    else:
+        import json
+
+        try:
+            content = json.loads(text)
+        except ValueError as err:
+            raise EarlyBirdError(f"--config {path}: not valid JSON ({err}); YAML files end in .yaml or .yml") from None
+    if not isinstance(content, dict):
+        raise EarlyBirdError(f"--config {path}: expected an object of flag names and values, got "
+                             f"{type(content).__name__}")
+    return content
+
+
+def config_defaults(parser: argparse.ArgumentParser, path) -> dict:
+    """{dest: value} of a --config file for `parser`: every key must name one of its flags (by dest, or an older
+    name) with a value of the flag's type. A flag the file sets is no longer required on the command line."""
+    keys = _file_keys(parser)
+    values = {}
+    for key, value in read_config_file(path).items():
+        if key in CONFIG_IGNORED:
+            continue
+        action = keys.get(key)
+        if action is None:
+            raise EarlyBirdError(f"--config {path}: unknown key {key!r}; expected the flags of {parser.prog} by their "
+                                 "names with underscores (e.g. max_steps for --max-steps)")
+        values[action.dest] = _file_value(action, key, value, str(path))
+        action.required = False
+    return values
 
 
 def _int_list(text: str) -> list[int]:
@@ -56,6 +199,10 @@ def common_parser() -> argparse.ArgumentParser:
                    help="remove a previous run's files from --output-dir first")
     g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="a run's args.json, or a JSON / YAML file of the same keys (flag names with underscores): "
+                        "its values replace the defaults, flags given here override them (--resume and "
+                        "--overwrite-output-dir come from the command line only)")
     g.add_argument("--cache-dir", default=None, help="datasets / hub cache directory")
     g.add_argument("--disable-tqdm", action="store_true", help="no progress bar")
 
@@ -83,9 +230,16 @@ def common_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("logging, evaluation, checkpoints")
     g.add_argument("--logging-steps", type=int, default=50, help="log the training loss every N steps")
+    g.add_argument("--report-to", choices=REPORT_TO, default="none",
+                   help="experiment trackers (accelerate's) beside metrics.jsonl, files under <output-dir>/tracking/; "
+                        "all: every one installed")
     g.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: only at the end)")
-    g.add_argument("--checkpoint-every", type=int, default=0,
-                   help="save a resumable checkpoint every N steps (0: never)")
+    g.add_argument("--checkpoint-every", type=int, default=None,
+                   help="save a resumable checkpoint every N steps; 0 (without --checkpoint-minutes): none at all")
+    g.add_argument("--checkpoint-minutes", type=float, default=None,
+                   help=f"save a resumable checkpoint when M minutes have passed since the last one, read at the "
+                        f"logging steps (default {DEFAULT_CHECKPOINT_MINUTES:g} when neither this nor "
+                        "--checkpoint-every is given; 0: off)")
     g.add_argument("--keep-checkpoints", type=int, default=2, help="resumable checkpoints kept (the newest)")
     g.add_argument("--save-steps", type=_int_list, default=[],
                    help="comma-separated steps whose weights are kept in snapshots/step-S/ (for --rewind none)")

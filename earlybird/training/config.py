@@ -21,6 +21,13 @@ from ..detectors import check_applicable, describe_scaling, detector_class, scal
 from ..errors import EarlyBirdError
 from ..masks import check_ratio
 from ..profiles import DEFAULT_PROFILE, get_profile
+from .trackers import tracker_names
+
+# A default run (neither --checkpoint-every nor --checkpoint-minutes) saves a resumable checkpoint every this many
+# minutes of training: a crash loses at most this much work (plus up to --logging-steps steps, where it is decided).
+DEFAULT_CHECKPOINT_MINUTES = 30.0
+# The pruning ratio of the masks watched when none is configured (EB-Train's detector, the trackers' mask summaries).
+DEFAULT_MASK_RATIO = 0.3
 
 
 def _at_least(name: str, value, minimum=1) -> None:
@@ -70,8 +77,10 @@ class RunConfig:
     max_eval_samples: int | None = None
     # logging, evaluation, checkpoints
     logging_steps: int = 50
+    report_to: str = "none"
     eval_every: int = 0
-    checkpoint_every: int = 0
+    checkpoint_every: int | None = None  # None: not given (see checkpoint_seconds)
+    checkpoint_minutes: float | None = None
     keep_checkpoints: int = 2
     save_steps: tuple = ()
     save_every: int = 0
@@ -87,16 +96,34 @@ class RunConfig:
             _at_least(dest.replace("_", "-"), getattr(self, dest))
         for dest in ("eval_every", "checkpoint_every", "save_every", "dataloader_num_workers"):
             _at_least(dest.replace("_", "-"), getattr(self, dest), 0)
-        for dest in ("learning_rate", "weight_decay", "max_grad_norm"):
-            if getattr(self, dest) < 0:
+        for dest in ("learning_rate", "weight_decay", "max_grad_norm", "checkpoint_minutes"):
+            if getattr(self, dest) is not None and getattr(self, dest) < 0:
                 raise EarlyBirdError(f"{_flag(dest)} must be >= 0, got {getattr(self, dest)}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise EarlyBirdError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.resume and self.overwrite_output_dir:
             raise EarlyBirdError("--resume and --overwrite-output-dir contradict each other; pick one")
+        tracker_names(self.report_to)  # refuses a tracker that is not installed
 
     def snapshot_due(self, step: int) -> bool:
         return step in self.save_steps or bool(self.save_every and step % self.save_every == 0)
+
+    def checkpoint_due(self, step: int) -> bool:
+        """A checkpoint by steps (--checkpoint-every) at this step."""
+        return bool(self.checkpoint_every and step % self.checkpoint_every == 0)
+
+    @property
+    def checkpoint_seconds(self) -> float:
+        """The period of checkpoints by wall time, 0 for none: --checkpoint-minutes, else DEFAULT_CHECKPOINT_MINUTES
+        when --checkpoint-every is not given either (--checkpoint-every alone: by steps only; 0: no checkpoints)."""
+        if self.checkpoint_minutes is not None:
+            return 60.0 * self.checkpoint_minutes
+        return 60.0 * DEFAULT_CHECKPOINT_MINUTES if self.checkpoint_every is None else 0.0
+
+    @property
+    def trackers(self) -> tuple:
+        """accelerate's tracker names for --report-to (empty for none)."""
+        return tracker_names(self.report_to)
 
 
 @dataclass(frozen=True)
@@ -252,11 +279,11 @@ class EBConfig:
                                                            self.eb_profile, block)
 
     def ratio(self, pruning: PruningConfig) -> float:
-        """The detector's mask ratio: --eb-ratio, else the watched block's pruning ratio, else 0.3."""
+        """The detector's mask ratio: --eb-ratio, else the watched block's pruning ratio, else DEFAULT_MASK_RATIO."""
         if self.eb_ratio is not None:
             return self.eb_ratio
         ratio = pruning.ratio(MLP.name if self.eb_block == MLP.name else MSA.name)
-        return ratio if ratio > 0 else 0.3
+        return ratio if ratio > 0 else DEFAULT_MASK_RATIO
 
 
 @dataclass(frozen=True)
@@ -295,6 +322,13 @@ class TrainConfig:
         return cls(run=_from(RunConfig, args), slimming=_from(SlimmingConfig, args),
                    pruning=_from(PruningConfig, args, **scopes), ticket=_from(TicketConfig, args),
                    eb=_from(EBConfig, args, params=given_params(args, prefix="eb_")))
+
+    def mask_settings(self, block: str) -> tuple[float, str]:
+        """(ratio, scope) of the masks watched on a block: EB-Train's detector's for the blocks it watches, else the
+        block's pruning ratio (DEFAULT_MASK_RATIO when 0) and scope."""
+        if self.eb.enabled and block in self.eb.blocks:
+            return self.eb.ratio(self.pruning), get_profile(self.eb.eb_profile).scope(block, self.eb.eb_scope)
+        return self.pruning.ratio(block) or DEFAULT_MASK_RATIO, self.pruning.scope(block)
 
     @property
     def kind(self) -> str:

@@ -12,6 +12,11 @@ RNG states this makes a resumed run repeat an uninterrupted one exactly (on CPU)
 Per step the loop does the forward/backward, the optimizer step, and -- on the device, without a host
 sync -- records the coefficients. Host syncs happen only to log (every --logging-steps), to evaluate,
 to checkpoint, and when the EB detector checks.
+
+Checkpoints by wall time (--checkpoint-minutes, on by default) are decided at the logging steps: the main
+process reads its clock and its decision travels in the all-reduce of the loss that happens there anyway, so
+every process saves at the same step without a collective of its own (a clock read on each process could
+disagree, and a process that saves alone would deadlock the others).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import faults
+from ..blocks import BLOCKS
 from ..data.common import EpochIndices, default_num_workers
 from ..errors import EarlyBirdError
 from ..records import CoefficientRecorder, load_records
@@ -38,6 +44,10 @@ from ..slimming import (apply_plan, encoder_flops_per_token, fold_slimming, kept
                         read_coefficients)
 from .config import RunConfig, TrainConfig
 from .rundir import RunDir, write_failure
+from .trackers import CoefficientSummaries, Tracking
+
+# The clock of checkpoints by minutes (a module attribute, so that a test can make time pass).
+wall_clock = time.monotonic
 
 
 class SimulatedCrash(RuntimeError):
@@ -166,7 +176,8 @@ def _set_rng_state(state: dict) -> None:
 
 class Trainer:
     def __init__(self, config: TrainConfig, accelerator, run: RunDir, task, model, *, ebtrain=None,
-                 resume_from: Path | None = None, record: bool = True, source: str | None = None, log=print):
+                 resume_from: Path | None = None, record: bool = True, source: str | None = None, log=print,
+                 tracking: Tracking | None = None):
         self.config = config
         self.cfg = cfg = config.run
         self.slimming = config.slimming
@@ -175,6 +186,8 @@ class Trainer:
         self.task = task
         self.ebtrain = ebtrain
         self.log = log
+        self.tracking = tracking if tracking is not None else Tracking(accelerator, ())
+        self.logs_l1 = any(self.slimming.l1(block) for block in BLOCKS)  # train lines carry the L1 term
         self.world = accelerator.num_processes
         self.rank = accelerator.process_index
         self.is_main = accelerator.is_main_process
@@ -189,6 +202,7 @@ class Trainer:
         self.schedule = {"start": 0, "warmup": round(cfg.warmup_ratio * self.total_steps), "total": self.total_steps}
         self.draw_state: dict | None = None
         self._resume_running = [0.0, 0]
+        self._resume_penalty = 0.0
 
         state = None
         if resume_from is not None:
@@ -211,9 +225,14 @@ class Trainer:
 
         self.recorder = None
         if record and any(c is not None for c in self._coefficients()):
+            summaries = None
+            if self.tracking.active:
+                summaries = CoefficientSummaries(self.tracking.log, {b: config.mask_settings(b) for b in BLOCKS})
+                if resume_from is not None and run.records.is_dir():
+                    summaries.replay(load_records(run.records), self.step)
             self.recorder = CoefficientRecorder(
                 run.records, every=self.slimming.record_every, chunk=self.slimming.record_chunk, is_main_process=self.is_main,
-                resume=resume_from is not None,
+                resume=resume_from is not None, listener=summaries,
                 meta={"model_type": self.unwrapped.config.model_type, "flags": self._slimming_flags(),
                       "model": model_shape(self.unwrapped), "task": task.name, "seed": cfg.seed,
                       "model_name_or_path": source})
@@ -227,6 +246,7 @@ class Trainer:
         if resume_from is not None:
             own = torch.load(CheckpointLayout(resume_from).rng(self.rank), weights_only=False)
             self._resume_rng, self._resume_running = own["rng"], own["running_loss"]
+            self._resume_penalty = own.get("running_penalty", 0.0)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -346,8 +366,8 @@ class Trainer:
                 tmp.mkdir(parents=True)
             acc.wait_for_everyone()
             # Per process: its RNG state and its share of the loss since the last log line.
-            torch.save({"rng": _rng_state(), "running_loss": [float(self._running_loss.item()), self._running_count]},
-                       files.rng(self.rank))
+            torch.save({"rng": _rng_state(), "running_loss": [float(self._running_loss.item()), self._running_count],
+                        "running_penalty": float(self._running_penalty.item())}, files.rng(self.rank))
             if self.is_main:
                 self.unwrapped.save_pretrained(files.model)
                 faults.hit("checkpoint-save", files.optimizer)
@@ -365,6 +385,7 @@ class Trainer:
         if self.is_main:
             self.run.commit_checkpoint(self.step, self.cfg.keep_checkpoints)
         acc.wait_for_everyone()
+        self._last_checkpoint = wall_clock()
 
     def save_weights(self, path: Path) -> None:
         """save_pretrained of the unwrapped model, atomically (temporary directory, then rename)."""
@@ -433,6 +454,8 @@ class Trainer:
         # carries it, so a resumed run logs the same numbers as an uninterrupted one.
         self._running_loss = torch.full((), float(self._resume_running[0]), device=acc.device)
         self._running_count = self._resume_running[1]
+        self._running_penalty = torch.full((), float(self._resume_penalty), device=acc.device)
+        self._last_checkpoint = wall_clock()
         phase = "after_draw" if self.draw_state else "before_draw"
         step_fault = faults.armed("step")  # test-only (earlybird.faults); read once, not per step
         tic = time.perf_counter()
@@ -447,6 +470,8 @@ class Trainer:
                     penalty = l1_penalty(self.unwrapped, slimming.l1_self, slimming.l1_inter)
                     acc.backward((loss + penalty) / accum)
                 self._running_loss += loss.detach().float()
+                if isinstance(penalty, torch.Tensor):
+                    self._running_penalty += penalty.detach()
                 self._running_count += 1
                 self.micro += 1
             if cfg.max_grad_norm:
@@ -472,27 +497,27 @@ class Trainer:
                         tic = now
                         plan = self._prune_in_place()
                         phase = "after_draw"
-                        self._log_line({"type": "draw", "step": self.step, "shape": self.draw_state["shape_after"],
-                                        "pruned_heads": sum(len(v) for v in plan["pruned_heads"].values()),
-                                        "pruned_neurons": sum(len(v) for v in plan["pruned_intermediate"].values())})
+                        self.log_line({"type": "draw", "step": self.step, "shape": self.draw_state["shape_after"],
+                                       "pruned_heads": sum(len(v) for v in plan["pruned_heads"].values()),
+                                       "pruned_neurons": sum(len(v) for v in plan["pruned_intermediate"].values())})
                         self.log(f"EB-Train: early bird drawn at step {self.step}; pruned in place to "
                                  f"{self.draw_state['shape_after']}")
 
+            minutes_due = False
             if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
-                mean_loss = acc.reduce(self._running_loss, "mean").item() / max(self._running_count, 1)
-                self._running_loss.zero_()
-                self._running_count = 0
-                entry = {"type": "train", "step": self.step, "loss": mean_loss,
-                         "learning_rate": self.scheduler.get_last_lr()[0],
-                         "epoch": self.micro / self.batches_per_epoch, "elapsed": self._elapsed(tic)}
-                self._log_line(entry)
-                progress.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+                entry, minutes_due = self._train_line(tic)
+                self.log_line(entry)
+                progress.set_postfix(loss=f"{entry['loss']:.4f}", refresh=False)
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step != self.total_steps:
-                self._log_line({"type": "eval", "split": "validation", "step": self.step,
-                                "elapsed": self._elapsed(tic), **self.evaluate("validation")})
+                # The evaluation's DataLoader draws its seed from torch's RNG: forked, so that evaluating leaves the
+                # training's randomness (dropout) as it was -- a run is the same run whatever --eval-every is.
+                with torch.random.fork_rng(devices=[]):
+                    metrics = self.evaluate("validation")
+                self.log_line({"type": "eval", "split": "validation", "step": self.step,
+                               "elapsed": self._elapsed(tic), **metrics})
             if self.cfg.snapshot_due(self.step):
                 self.save_weights(self.run.snapshot(self.step))
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            if cfg.checkpoint_due(self.step) or minutes_due:
                 now = time.perf_counter()
                 self.wall[phase] += now - tic
                 tic = now
@@ -509,5 +534,29 @@ class Trainer:
         done = self.wall["before_draw"] + self.wall["after_draw"]
         return done + time.perf_counter() - tic
 
-    def _log_line(self, entry: dict) -> None:
+    def _train_line(self, tic: float) -> tuple[dict, bool]:
+        """The train line since the last one, and whether a checkpoint by minutes is due now.
+
+        One all-reduce sums the processes' loss (and L1 term) sums and the main process's clock decision, so every
+        process gets the same decision at the same step.
+        """
+        acc, cfg = self.accelerator, self.cfg
+        due = (self.is_main and cfg.checkpoint_seconds > 0 and self.step != self.total_steps
+               and wall_clock() - self._last_checkpoint >= cfg.checkpoint_seconds)
+        sums = torch.stack([self._running_loss, self._running_penalty, torch.tensor(float(due), device=acc.device)])
+        loss, penalty, due = acc.reduce(sums, "sum").tolist()
+        count = max(self._running_count, 1) * self.world
+        entry = {"type": "train", "step": self.step, "loss": loss / count,
+                 "learning_rate": self.scheduler.get_last_lr()[0],
+                 "epoch": self.micro / self.batches_per_epoch, "elapsed": self._elapsed(tic)}
+        if self.logs_l1:
+            entry["l1_penalty"] = penalty / count
+        self._running_loss.zero_()
+        self._running_penalty.zero_()
+        self._running_count = 0
+        return entry, due > 0
+
+    def log_line(self, entry: dict) -> None:
+        """A line of metrics.jsonl, and the same numbers to the trackers."""
         self.run.append_metrics(entry)
+        self.tracking.log_line(entry)

@@ -17,6 +17,7 @@ from .. import faults
 from ..errors import EarlyBirdError
 from ..fileio import fsync_dir, fsync_tree, named, write_json_atomic
 from ..layout import RUN_ENTRIES, TEMPORARY_PREFIXES, RunLayout, list_step_dirs
+from .resume import finished_results
 
 
 def _remove_tree(path: Path) -> None:
@@ -81,9 +82,9 @@ class RunDir(RunLayout):
             raise EarlyBirdError(f"--output-dir {self.path} is in use by another run (pid {holder} holds "
                                  f"{self.lock}); wait for it to finish or stop it first")
         if resume:
-            if self.latest_checkpoint() is None:
+            if self.latest_checkpoint() is None and finished_results(self) is None:
                 why = ("it holds a run stopped before its first checkpoint: start it over with --overwrite-output-dir"
-                       if self.holds_run() else "save them with --checkpoint-every N")
+                       if self.holds_run() else "a run saves them every --checkpoint-minutes or --checkpoint-every N")
                 raise EarlyBirdError(f"--resume: no checkpoint in {self.checkpoints} ({why})")
         elif self.holds_run() and not overwrite:
             raise EarlyBirdError(f"--output-dir {self.path} already holds a run; pass --resume to continue it "
@@ -190,7 +191,8 @@ class RunDir(RunLayout):
             f.write(json.dumps(entry, sort_keys=True) + "\n")
 
     def truncate_metrics(self, after_step: int) -> None:
-        """On resume: drop the lines a killed run wrote after the checkpoint (they are about to be redone)."""
+        """On resume: drop the lines a killed run wrote after the checkpoint (they are about to be redone), and any
+        "final" line (a run killed before results.json has not finished: its end is redone)."""
         path = self.metrics
         if not self.is_main or not path.exists():
             return
@@ -200,7 +202,7 @@ class RunDir(RunLayout):
                 entry = json.loads(line)
             except ValueError:  # a line cut by the kill
                 continue
-            if entry.get("step", 0) <= after_step:
+            if entry.get("step", 0) <= after_step and entry.get("type") != "final":
                 kept.append(line)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

@@ -12,14 +12,16 @@ import time
 
 from ..errors import EarlyBirdError
 from ..blocks import BLOCKS
-from ..layout import STEPS_FILE, CheckpointLayout, block_file
+from ..layout import STEPS_FILE, CheckpointLayout, RunLayout, block_file
 from ..slimming import encoder_layers, kept_sizes, model_shape
 from .args import fail
 from .config import TrainConfig
 from .ebtrain import EBTrain
 from .loop import SimulatedCrash, Trainer, check_resumable, read_checkpoint_state, step_budget
+from .resume import check_same_flags, finished_results
 from .rundir import RunDir
 from .tickets import build_ticket, resolve_plan, weights_dir
+from .trackers import Tracking
 
 
 def _cpu_processes() -> bool:
@@ -107,6 +109,7 @@ def run(prog: str, args, build_task) -> int:
     accelerator = None
     rundir = None
     trainer = None
+    tracking = None
     opened = False
     try:
         config = TrainConfig.from_args(args)
@@ -114,7 +117,9 @@ def run(prog: str, args, build_task) -> int:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
-        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=_cpu_processes())
+        trackers = cfg.trackers
+        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=_cpu_processes(), log_with=trackers or None,
+                                  project_dir=str(RunLayout(cfg.output_dir).tracking) if trackers else None)
         is_main = accelerator.is_main_process
         _quiet_libraries(is_main)
 
@@ -129,6 +134,17 @@ def run(prog: str, args, build_task) -> int:
         rundir = RunDir(cfg.output_dir, is_main_process=is_main)
         rundir.check(resume=cfg.resume, overwrite=cfg.overwrite_output_dir)
         resume_from = rundir.latest_checkpoint() if cfg.resume else None
+        resume_state = None
+        if cfg.resume:  # the run's own flags, its global batch, and steps left to do
+            check_same_flags(rundir, vars(args))
+            if resume_from is not None:
+                resume_state = read_checkpoint_state(resume_from)
+                check_resumable(resume_state, cfg, accelerator.num_processes)
+            finished = finished_results(rundir)
+            if finished is not None:
+                log(f"{prog}: {rundir.path} finished at step {finished.get('step')} ({rundir.results.name} exists): "
+                    "nothing to resume; its files are left as they are")
+                return 0
         # Every process must look at the directory before the main process writes to it (a failed check
         # fails on all processes alike, so no process is left waiting here).
         accelerator.wait_for_everyone()
@@ -157,8 +173,7 @@ def run(prog: str, args, build_task) -> int:
             ebtrain.check_budget()
             if ebtrain.scaling:
                 log(f"EB-Train: --eb-scale: {ebtrain.scaling}")
-        if resume_from is not None:  # what the resume will read: its global batch, and records it can append to
-            check_resumable(read_checkpoint_state(resume_from), cfg, accelerator.num_processes)
+        if resume_from is not None:  # the records the resume will append to
             if any((rundir.records / name).exists() for name in (*map(block_file, BLOCKS), STEPS_FILE)):
                 from ..records import load_records
 
@@ -174,9 +189,11 @@ def run(prog: str, args, build_task) -> int:
         rundir.write_json(rundir.args, vars(args))
         if plan is not None:
             rundir.write_json(rundir.plan, plan)
+        tracking = Tracking(accelerator, trackers)
+        tracking.start(rundir, vars(args), resume_step=resume_state["step"] if resume_state else None)
 
         trainer = Trainer(config, accelerator, rundir, task, model, ebtrain=ebtrain, resume_from=resume_from,
-                          source=getattr(args, "model_name_or_path", None), log=log)
+                          source=getattr(args, "model_name_or_path", None), log=log, tracking=tracking)
         if resume_from is not None:
             rundir.truncate_metrics(trainer.step)
         log(f"{task.name}: {trainer.total_steps} steps, global batch {trainer.global_micro * cfg.gradient_accumulation_steps}"
@@ -200,15 +217,15 @@ def run(prog: str, args, build_task) -> int:
             "train_wall_s": trainer.wall["before_draw"] + trainer.wall["after_draw"],
             **task.info,
         }
-        rundir.write_json(rundir.results, results)
-        rundir.append_metrics({"type": "final", **{k: v for k, v in results.items() if not isinstance(v, dict)}})
-        log(f"{task.final_split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         if ebtrain is not None:
             summary = _ebtrain_summary(ebtrain, trainer)
             rundir.write_json(rundir.ebtrain, summary)
             log(f"EB-Train: draw step {summary['draw_step']}; training FLOPs {summary['flops']['total']:.3e} "
                 f"({summary['flops']['before_draw']:.3e} before the draw, {summary['flops']['after_draw']:.3e} after); "
                 f"wall {summary['wall_s']['before_draw']:.1f}s + {summary['wall_s']['after_draw']:.1f}s")
+        trainer.log_line({"type": "final", **{k: v for k, v in results.items() if not isinstance(v, dict)}})
+        rundir.write_json(rundir.results, results)  # last: a run with results.json has finished (--resume says so)
+        log(f"{task.final_split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         log(f"done in {time.perf_counter() - start:.1f}s: {rundir.path}")
         return 0
     except EarlyBirdError as err:
@@ -224,6 +241,8 @@ def run(prog: str, args, build_task) -> int:
         print(f"{prog}: {err}", file=sys.stderr, flush=True)
         return 3
     finally:
+        if tracking is not None:
+            tracking.finish()
         if rundir is not None:
             rundir.close()
         _reset_accelerate(accelerator)

@@ -1,0 +1,152 @@
+"""An honest --resume and crash-safe defaults: a default run checkpoints by minutes (and a run killed after one resumes
+to the uninterrupted run's records, bitwise); a resume that would change the run (its budget, schedule, optimiser,
+data, model, slimming, ticket or EB-Train flags) is refused in one line naming each flag and both values, touching
+nothing; flags about how the run is watched and saved may change; a finished run is left as it is."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from earlybird.records import load_records
+from earlybird.training import loop
+from earlybird.training.resume import changed_flags
+from test_reliability_support import digests
+from test_training_support import load_script, one_thread, read_jsonl
+
+pretrain = load_script("ViT_pretraining/main.py", "vit_pretraining_main")
+# Dropout on, so resuming must restore the RNG exactly; a cosine schedule, as the digits preset has.
+BASE = ["--disable-tqdm", "--logging-steps", "4", "--per-device-train-batch-size", "32", "--dropout", "0.1",
+        "--max-steps", "12"]
+SLIM = ["--self-slimming", "--inter-slimming", "--l1-self", "1e-2", "--l1-inter", "1e-2", "--record-chunk", "5"]
+RUN = [*BASE, *SLIM, "--checkpoint-every", "3"]
+
+pytestmark = pytest.mark.usefixtures("one_thread_only")
+
+
+def records_of(run):
+    records = load_records(run / "records")
+    return records.steps.tolist(), np.array(records.msa), np.array(records.mlp)
+
+
+def assert_same_records(a, b):
+    (steps_a, msa_a, mlp_a), (steps_b, msa_b, mlp_b) = records_of(a), records_of(b)
+    assert steps_a == steps_b and np.array_equal(msa_a, msa_b) and np.array_equal(mlp_a, mlp_b)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """`whole`: the uninterrupted run; `cut`: the same run killed after step 8 (newest checkpoint: step 6)."""
+    root = tmp_path_factory.mktemp("resume")
+    with one_thread():
+        assert pretrain.main(["--output-dir", str(root / "whole"), *RUN]) == 0
+        assert pretrain.main(["--output-dir", str(root / "cut"), *RUN, "--debug-crash-at-step", "8"]) == 3
+    return root
+
+
+# --------------------------------------------------------------------------- refused: flags that change the run
+
+REFUSED = {  # flag: (another value, how the line shows the change: the run's args.json value -> this one)
+    "--max-steps": ("24", "12 -> 24"),  # the restored cosine schedule would run past its end and climb back
+    "--num-train-epochs": ("40", "20 -> 40.0"),  # (the digits preset's; --max-steps overrides it, yet it is the run's)
+    "--learning-rate": ("0.01", "0.001 -> 0.01"),  # the optimizer's restored state would silently keep the old one
+    "--lr-scheduler": ("linear", '"cosine" -> "linear"'),
+    "--warmup-ratio": ("0.5", "0.025 -> 0.5"),
+    "--weight-decay": ("0.1", "5e-05 -> 0.1"),
+    "--seed": ("7", "42 -> 7"),  # the data order is a function of the seed
+    "--max-train-samples": ("600", "null -> 600"),
+    "--mixed-precision": ("bf16", '"no" -> "bf16"'),
+    "--l1-self": ("0.5", "0.01 -> 0.5"),
+    "--record-every": ("2", "1 -> 2"),
+    "--self-pruning-ratio": ("0.5", "0.0 -> 0.5"),
+    "--dropout": ("0.2", "0.1 -> 0.2"),  # an entry point's own flag
+}
+
+
+@pytest.mark.parametrize("flag", list(REFUSED))
+def test_a_resume_that_would_change_the_run_is_refused_and_touches_nothing(runs, flag, capsys):
+    other, change = REFUSED[flag]
+    before = digests(runs / "cut")
+    capsys.readouterr()
+    assert pretrain.main(["--output-dir", str(runs / "cut"), *RUN, "--resume", flag, other]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"main.py: error: --resume: {flag} {change} (the run's args.json -> this command): "), line
+    assert digests(runs / "cut") == before  # byte for byte: args.json is not rewritten, nothing is trained
+
+
+def test_every_changed_flag_is_named_and_a_detector_parameter_given_once_counts(capsys, runs):
+    capsys.readouterr()
+    assert pretrain.main(["--output-dir", str(runs / "cut"), *RUN, "--resume", "--max-steps", "40",
+                          "--lr-scheduler", "linear"]) == 2
+    line = capsys.readouterr().err
+    assert '--max-steps 12 -> 40, --lr-scheduler "cosine" -> "linear"' in line
+    # --eb-<parameter> flags leave no attribute when not given: given on one side only is a change
+    assert changed_flags({"eb_method": "slope", "eb_window": 40}, {"eb_method": "slope"}) == [
+        "--eb-window 40 -> (not given)"]
+    assert changed_flags({"eb_method": "slope"}, {"eb_method": "slope", "eb_window": 40}) == [
+        "--eb-window (not given) -> 40"]
+    # a flag of another version of the program (absent from the run's args.json) is not compared
+    assert changed_flags({"max_steps": 12}, {"max_steps": 12, "some_new_flag": 1}) == []
+
+
+def test_flags_about_watching_and_saving_may_change(runs, tmp_path):
+    cut = tmp_path / "cut"
+    import shutil
+
+    shutil.copytree(runs / "cut", cut)
+    changed = ["--logging-steps", "2", "--checkpoint-every", "4", "--keep-checkpoints", "3", "--record-chunk", "2",
+               "--eval-every", "5", "--report-to", "tensorboard"]
+    assert pretrain.main(["--output-dir", str(cut), *RUN, *changed, "--resume"]) == 0
+    assert_same_records(runs / "whole", cut)
+    assert [(l["step"], l["loss"]) for l in read_jsonl(cut / "metrics.jsonl") if l["type"] == "train"][:2] == [
+        (l["step"], l["loss"]) for l in read_jsonl(runs / "whole" / "metrics.jsonl") if l["type"] == "train"][:2]
+
+
+# --------------------------------------------------------------------------- a finished run
+
+
+@pytest.mark.parametrize("checkpoints", ["at the last step", "none"])
+def test_resuming_a_finished_run_leaves_it_as_it_is(tmp_path, checkpoints, capsys):
+    run = tmp_path / "run"
+    argv = [*BASE, *SLIM, "--checkpoint-every", "6" if checkpoints == "at the last step" else "0"]
+    assert pretrain.main(["--output-dir", str(run), *argv]) == 0
+    before = digests(run)
+    capsys.readouterr()
+    assert pretrain.main(["--output-dir", str(run), *argv, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"main.py: {run} finished at step 12 (results.json exists): nothing to resume" in out
+    assert digests(run) == before
+    assert [line["type"] for line in read_jsonl(run / "metrics.jsonl")].count("final") == 1
+    # and a finished run resumed with another budget is refused like any other run, naming the flag
+    assert pretrain.main(["--output-dir", str(run), *argv, "--resume", "--max-steps", "24"]) == 2
+    assert "--max-steps 12 -> 24" in capsys.readouterr().err
+    assert digests(run) == before
+
+
+# --------------------------------------------------------------------------- checkpoints by default
+
+
+def test_a_default_run_checkpoints_by_minutes_and_resumes_exactly(tmp_path, monkeypatch):
+    argv = [*BASE, *SLIM]  # no --checkpoint-every / --checkpoint-minutes
+    assert pretrain.main(["--output-dir", str(tmp_path / "quick"), *argv]) == 0
+    assert not (tmp_path / "quick" / "checkpoints").exists()  # a 12-step run is done long before 30 minutes
+
+    # Each read of the clock now says 31 minutes have passed: a checkpoint is due at every logging step (4, 8; the
+    # last step, 12, ends the run instead).
+    clock = itertools.count(step=31 * 60)
+    monkeypatch.setattr(loop, "wall_clock", lambda: next(clock))
+    cut = tmp_path / "cut"
+    assert pretrain.main(["--output-dir", str(cut), *argv, "--debug-crash-at-step", "10"]) == 3
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step-4", "step-8"]
+    assert pretrain.main(["--output-dir", str(cut), *argv, "--resume"]) == 0
+    assert pretrain.main(["--output-dir", str(tmp_path / "whole"), *argv]) == 0
+    assert_same_records(tmp_path / "whole", cut)
+
+    for flags, expected in ((["--checkpoint-every", "0"], []),  # still turns checkpoints off
+                            (["--checkpoint-minutes", "0"], []),
+                            (["--checkpoint-every", "5"], ["step-10", "step-5"]),  # by steps only
+                            (["--checkpoint-every", "5", "--checkpoint-minutes", "30"], ["step-10", "step-8"])):
+        out = tmp_path / "-".join(flags)
+        assert pretrain.main(["--output-dir", str(out), *argv, *flags]) == 0
+        found = sorted(p.name for p in (out / "checkpoints").iterdir()) if (out / "checkpoints").exists() else []
+        assert found == expected, flags
