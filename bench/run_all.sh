@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every benchmark under bench/ and collect the tables in bench/results/ (one file per benchmark + all.md).
 #
-#   bash bench/run_all.sh            # full scale: about 30 minutes on a 2-core CPU
+#   bash bench/run_all.sh            # full scale: about 35 minutes on a 2-core CPU
 #   bash bench/run_all.sh --quick    # tiny configurations: about a minute; writes under $OUT (default a tmp dir)
 #
 # Environment: PYTHON (default .venv/bin/python), THREADS (torch threads for the timed scripts, default 1: on a
@@ -24,7 +24,7 @@ fi
 mkdir -p "$OUT"
 SCRATCH_ARGS=()
 if [[ -n "${SCRATCH:-}" ]]; then SCRATCH_ARGS=(--dir "$SCRATCH"); fi
-NAMES=(pruned_speed recorder_cost detector_cost ebtrain_savings slimming_overhead)
+NAMES=(pruned_speed recorder_cost detector_cost ebtrain_savings slimming_overhead callback_overhead)
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
 
 declare -A SECONDS_TAKEN
@@ -50,6 +50,7 @@ if [[ -n "${SST2_DIR:-}" && -n "${BERT_MODEL:-}" && ${#QUICK[@]} -eq 0 ]]; then 
   NAMES+=(ebtrain_savings_sst2)
 fi
 run slimming_overhead "$PYTHON" bench/slimming_overhead.py "${QUICK[@]}" --threads "$THREADS" "${SLIM_REPEATS_ARGS[@]}"
+run callback_overhead "$PYTHON" bench/callback_overhead.py "${QUICK[@]}" --threads "$THREADS"
 
 {
   echo "# Benchmark results"

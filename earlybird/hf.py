@@ -44,7 +44,7 @@ from .layout import RunLayout
 from .masks import check_scope
 from .plans import load_plan, save_plan
 from .records import CoefficientRecorder, load_records
-from .slimming import apply_plan, fold_slimming, head_coefficients, model_shape, neuron_coefficients, read_coefficients
+from .slimming import apply_plan, fold_slimming, head_coefficients, model_shape, neuron_coefficients
 from .training.config import EBConfig, PruningConfig, RunConfig, SlimmingConfig, TrainConfig
 from .training.ebtrain import EBTrain
 
@@ -150,6 +150,7 @@ class EarlyBirdCallback(TrainerCallback):
         self.output = RunLayout(args.output_dir)
         self.is_main = state.is_world_process_zero
         coefficients = {"msa": head_coefficients(model), "mlp": neuron_coefficients(model)}
+        self._coefficients = coefficients  # (found once: walking the modules every step costs ~1 ms of Python)
         if not any(coefficients.values()):
             raise _refuse(f"{type(model).__name__} has no slimming coefficients: load it with "
                           "from_pretrained(..., self_slimming=True, inter_slimming=True)")
@@ -209,8 +210,7 @@ class EarlyBirdCallback(TrainerCallback):
 
     def _open_records(self, model, resumed: bool) -> CoefficientRecorder:
         meta = {"model_type": model.config.model_type, "model": model_shape(model), "trainer": "transformers.Trainer",
-                "flags": {k: bool(getattr(model.config, k, False))
-                          for k in ("self_slimming", "inter_slimming", "slim_before", "soft_by_one")},
+                "flags": {k: bool(getattr(model.config, k, False)) for k in SlimmingConfig().model_flags},
                 "model_name_or_path": getattr(model.config, "_name_or_path", None) or None}
         try:
             return CoefficientRecorder(self.output.records, every=self.slimming.record_every,
@@ -268,14 +268,19 @@ class EarlyBirdCallback(TrainerCallback):
     def on_step_end(self, args, state, control, processing_class=None, **kwargs):
         step = state.global_step
         if step % self.slimming.record_every == 0:
-            watching = self.ebtrain is not None and not self.ebtrain.drawn
-            msa, mlp = read_coefficients(self.model)
+            msa, mlp = self._read_coefficients()
             if self.recorder.active and step > self.recorder.last_step:  # (a resumed run's earlier rows are kept)
                 self.recorder.record(step, msa, mlp)
-            if watching and self.ebtrain.observe(step, msa, mlp):
+            if self.ebtrain is not None and not self.ebtrain.drawn and self.ebtrain.observe(step, msa, mlp):
                 self._draw(control, processing_class)
         if control.should_save:  # the records cover the checkpoint about to be written
             self.recorder.flush()
+
+    @torch.no_grad()
+    def _read_coefficients(self) -> tuple:
+        """(msa (L, H), mlp (L, I)) after the step, stacked on their device (a copy; no host sync), as
+        earlybird.slimming.read_coefficients gives them."""
+        return tuple(torch.stack(self._coefficients[name]) if self._coefficients[name] else None for name in BLOCKS)
 
     def on_save(self, args, state, control, **kwargs):
         self.recorder.flush()

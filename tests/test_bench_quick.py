@@ -63,6 +63,13 @@ EXPECTED = {
         "| ViT (tiny, 32², batch 4) | sdpa |",
         "| BERT (tiny, seq 32, batch 4) | eager |",
     ],
+    "callback_overhead.py": [
+        "| variant | step (ms) | ratio to the Trainer alone |",
+        "| Trainer alone |",
+        "| + EarlyBirdCallback: L1 + records |",
+        "| + detection: slope (smooth 3, window 10, every 2) |",
+        "| + detection: hamming (5 masks, every step) |",
+    ],
 }
 
 

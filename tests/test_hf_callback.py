@@ -120,6 +120,16 @@ class Coefficients(TrainerCallback):
         self.mlp.append(mlp.clone().numpy())
 
 
+class Logs(TrainerCallback):
+    """What the callbacks after ours (the progress bar, the printer, integrations listed after it) are given."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.seen.append(dict(logs))
+
+
 class PenaltyInTheLoss(Trainer):
     """The project's own loop semantics: `loss + l1_penalty(model)` per micro-batch (the Trainer then divides by the
     accumulation steps), so the penalty's gradient flows through autograd."""
@@ -175,14 +185,14 @@ def penalty_runs(bert_dir, tmp_path_factory):
 
 
 def _penalty_run(bert_dir, output_dir, name, strengths):
-    seen = Coefficients()
+    seen, logs = Coefficients(), Logs()
     callbacks = [EarlyBirdCallback(l1_self=strengths[0], l1_inter=strengths[1])] if name == "callback" else []
     made = penalty_trainer(bert(bert_dir), output_dir, strengths if name == "in_loss" else (0.0, 0.0),
-                           [*callbacks, seen], logging_steps=1, per_device_train_batch_size=4,
+                           [*callbacks, seen, logs], logging_steps=1, per_device_train_batch_size=4,
                            gradient_accumulation_steps=2)
     made.train()
     return {"seen": seen, "history": [h for h in made.state.log_history if "loss" in h],
-            "initial": read_coefficients(bert(bert_dir))}
+            "logs": [entry for entry in logs.seen if "loss" in entry], "initial": read_coefficients(bert(bert_dir))}
 
 
 def test_the_l1_subgradient_is_the_penalty_in_the_loss(penalty_runs):
@@ -206,6 +216,9 @@ def test_logs_hold_the_task_loss_and_the_l1_term(penalty_runs):
         # the Trainer's `loss` is the task loss: the penalty-in-the-loss run logs their sum
         assert entry["loss"] + entry["l1_penalty"] == pytest.approx(ref["loss"], rel=1e-5)
         assert entry["loss"] < ref["loss"]
+    # the same values reach the callbacks after ours (the progress bar prints them)
+    assert [(e["loss"], e["l1_penalty"]) for e in runs["callback"]["logs"]] == [(e["loss"], e["l1_penalty"])
+                                                                               for e in ours]
 
 
 def test_an_fp16_grad_scaler_does_not_scale_the_l1_term(bert_dir, tmp_path):
