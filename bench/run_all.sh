@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every benchmark under bench/ and collect the tables in bench/results/ (one file per benchmark + all.md).
 #
-#   bash bench/run_all.sh            # full scale: about 30 minutes on a 2-core CPU
+#   bash bench/run_all.sh            # full scale: about 35 minutes on a 2-core CPU
 #   bash bench/run_all.sh --quick    # tiny configurations: about a minute; writes under $OUT (default a tmp dir)
 #
 # Environment: PYTHON (default .venv/bin/python), THREADS (torch threads for the timed scripts, default 1: on a
@@ -24,7 +24,7 @@ fi
 mkdir -p "$OUT"
 SCRATCH_ARGS=()
 if [[ -n "${SCRATCH:-}" ]]; then SCRATCH_ARGS=(--dir "$SCRATCH"); fi
-NAMES=(pruned_speed recorder_cost detector_cost ebtrain_savings slimming_overhead export_speed loop_overhead)
+NAMES=(pruned_speed recorder_cost detector_cost ebtrain_savings slimming_overhead export_speed loop_overhead callback_overhead)
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
 
 declare -A SECONDS_TAKEN
@@ -52,6 +52,7 @@ fi
 run slimming_overhead "$PYTHON" bench/slimming_overhead.py "${QUICK[@]}" --threads "$THREADS" "${SLIM_REPEATS_ARGS[@]}"
 run export_speed "$PYTHON" bench/export_speed.py "${QUICK[@]}" --threads "$THREADS"
 run loop_overhead "$PYTHON" bench/loop_overhead.py "${QUICK[@]}" --threads "$THREADS"
+run callback_overhead "$PYTHON" bench/callback_overhead.py "${QUICK[@]}" --threads "$THREADS"
 
 {
   echo "# Benchmark results"

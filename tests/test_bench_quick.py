@@ -81,6 +81,13 @@ EXPECTED = {
         "| `ViT_pretraining/main.py` (digits, slimming) from launch to the end of its first step |",
         "| 0 |",
     ],
+    "callback_overhead.py": [
+        "| variant | step (ms) | ratio to the Trainer alone |",
+        "| Trainer alone |",
+        "| + EarlyBirdCallback: L1 + records |",
+        "| + detection: slope (smooth 3, window 10, every 2) |",
+        "| + detection: hamming (5 masks, every step) |",
+    ],
 }
 
 

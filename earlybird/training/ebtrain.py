@@ -51,17 +51,30 @@ class EBTrain:
         self.draw_step: int | None = None
         self.draw_coefficients: dict | None = None
 
-    def check_budget(self) -> None:
-        """Refuse, before training, a detector that could never test in this run (e.g. a window longer than it)."""
+    def never_tests(self) -> str | None:
+        """Why the detector could never test in this run (e.g. a window longer than it), or None: one line, naming
+        no flag (EB-Train's and the Trainer callback's wordings add their own)."""
         total = self.total_steps
         observed = range(self.record_every, total + 1, self.record_every)
-        for block, detector in self.detector.detectors.items():
+        for detector in self.detector.detectors.values():
             message = never_tests_message(detector, observed, f"this run's {total} steps "
                                                               f"(recorded every {self.record_every})")
             if message:
-                hint = "" if self.config.eb_scale else ", or --eb-scale to scale the study's parameters to this run"
-                raise EarlyBirdError(f"--eb-method {self.config.eb_method}: {message} (the --eb- flags of those "
-                                     f"parameters{hint})")
+                return message
+        return None
+
+    def check_budget(self) -> None:
+        """Refuse, before training, a detector that could never test in this run."""
+        message = self.never_tests()
+        if message:
+            hint = "" if self.config.eb_scale else ", or --eb-scale to scale the study's parameters to this run"
+            raise EarlyBirdError(f"--eb-method {self.config.eb_method}: {message} (the --eb- flags of those "
+                                 f"parameters{hint})")
+
+    @property
+    def params(self) -> dict:
+        """The detector's parameters (every block's detector has the same), scaled ones included."""
+        return next(iter(self.detector.detectors.values())).params()
 
     @property
     def drawn(self) -> bool:
@@ -139,7 +152,8 @@ class EBTrain:
                                       layers=shape["layers"], meta=meta, profile=self.config.eb_profile)
         plan["shape"] = {**shape, **{k: v for k, v in plan["shape"].items() if v is not None}}
         plan["provenance"]["ebtrain"] = {"method": self.config.eb_method, "block": self.config.eb_block,
-                                         "ratio": self.ratio, "scope": self.scope, "profile": self.config.eb_profile}
+                                         "ratio": self.ratio, "scope": self.scope, "profile": self.config.eb_profile,
+                                         "params": self.params}
         return plan
 
     def summary(self) -> dict:
