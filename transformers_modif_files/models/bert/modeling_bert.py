@@ -749,9 +749,15 @@ class BertPreTrainedModel(PreTrainedModel):
     }
     # checkpoints saved without slimming load with the coefficients at 1
     _keys_to_ignore_on_load_missing = [r"slimming_coef"]
-    # the coefficients stay fp32 under `from_pretrained(..., dtype=bfloat16 or float16)` (in half precision a step of
-    # 1e-3 from 1 rounds back to 1); they are applied in the activations' dtype
-    _keep_in_fp32_modules_strict = ["slimming_coef"]
+
+    def post_init(self):
+        # the slimming coefficients stay fp32 under `from_pretrained(..., dtype=bfloat16 or float16)` (in half precision
+        # a step of 1e-3 from 1 rounds back to 1; they are applied in the activations' dtype): named where they exist,
+        # as transformers checks that every name it is given is one of the model's
+        self._keep_in_fp32_modules_strict = {
+            name.rsplit(".", 1)[-1] for name, _ in self.named_parameters() if name.endswith("slimming_coef")
+        }
+        super().post_init()
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -511,9 +511,15 @@ class ViTPreTrainedModel(PreTrainedModel):
     _input_embed_layer = "patch_embeddings"
     # checkpoints saved without slimming load with the coefficients at 1
     _keys_to_ignore_on_load_missing = [r"slimming_coef"]
-    # the coefficients stay fp32 under `from_pretrained(..., dtype=bfloat16 or float16)` (in half precision a step of
-    # 1e-3 from 1 rounds back to 1); they are applied in the activations' dtype
-    _keep_in_fp32_modules_strict = ["slimming_coef"]
+
+    def post_init(self):
+        # the slimming coefficients stay fp32 under `from_pretrained(..., dtype=bfloat16 or float16)` (in half precision
+        # a step of 1e-3 from 1 rounds back to 1; they are applied in the activations' dtype): named where they exist,
+        # as transformers checks that every name it is given is one of the model's
+        self._keep_in_fp32_modules_strict = {
+            name.rsplit(".", 1)[-1] for name, _ in self.named_parameters() if name.endswith("slimming_coef")
+        }
+        super().post_init()
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -532,9 +538,9 @@ class ViTPreTrainedModel(PreTrainedModel):
 
     def _own_config(self, change: str) -> ViTConfig:
         """
-        The config records the structure that pruning and folding (`change`) alter: refuse another model's config,
-        which cannot hold it (e.g. a ViT built inside another model), and give this model a copy of its own first, so
-        that other models built from the same config object keep theirs.
+        The config records the structure that pruning and folding (`change`) alter: refuse a config of another class,
+        which cannot hold it (a ViT built by another model from its own config), and give this model a copy of its own
+        first, so that other models built from the same config object keep theirs.
         """
         if not isinstance(self.config, self.config_class):
             raise ValueError(
