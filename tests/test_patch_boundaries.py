@@ -43,8 +43,12 @@ MODELS = ["vit", "bert"]
 
 # --- 1. other models that build the patched modules -------------------------------------------------------------
 
-# `from ..bert.modeling_bert import X`, `from transformers.models.vit.configuration_vit import Y`, ... at module level
-RUNTIME_IMPORT = re.compile(r"^\s*from\s+(?:\.\.|\.\.\.models\.|transformers\.models\.)(bert|vit)\.(modeling|configuration)_\1\s+import", re.M)
+# `from ..bert.modeling_bert import X`, `from ...models.vit import Y`, `from transformers.models.bert.configuration_bert
+# import Z`, at module level or inside a function (tokenization modules are not patched)
+RUNTIME_IMPORT = re.compile(
+    r"^\s*from\s+(?:\.\.|\.\.\.models\.|transformers\.models\.)(bert|vit)(?:\.(?:modeling|configuration)_\1)?\s+import",
+    re.M,
+)
 
 
 def test_every_model_importing_the_patched_modules_is_covered_here():
