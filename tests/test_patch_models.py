@@ -29,9 +29,9 @@ def make_config(model, **flags):
     return BertConfig(vocab_size=60, max_position_embeddings=32, num_labels=3, **common)
 
 
-def make_model(model, attn="sdpa", cls=None, **flags):
+def make_model(model, attn="sdpa", cls=None, config=None, **flags):
     cls = cls or (ViTForImageClassification if model == "vit" else BertForSequenceClassification)
-    config = make_config(model, **flags)
+    config = config if config is not None else make_config(model, **flags)
     config._attn_implementation = attn
     return cls(config).eval()
 

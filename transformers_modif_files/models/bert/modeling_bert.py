@@ -14,6 +14,7 @@
 # limitations under the License.
 """PyTorch BERT model."""
 
+import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -41,10 +42,14 @@ from ...modeling_outputs import (
 from ...modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from ...processing_utils import Unpack
 from ...pytorch_utils import apply_chunking_to_forward, prune_linear_layer
-from ...utils import ModelOutput, TransformersKwargs, auto_docstring, logging
+from ...utils import ModelOutput, TransformersKwargs, auto_docstring, is_torch_flex_attn_available, logging
 from ...utils.generic import can_return_tuple, merge_with_config_defaults
 from ...utils.output_capturing import capture_outputs
 from .configuration_bert import BertConfig
+
+
+if is_torch_flex_attn_available():
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
 
 logger = logging.get_logger(__name__)
@@ -129,6 +134,10 @@ def eager_attention_forward(
 
     attn_weights = nn.functional.softmax(attn_weights, dim=-1)
     attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    if getattr(module, "soft_by_one", False):
+        # drop the null key of `add_null_key_value` (its value is zero) before the product with the values: the
+        # attention weights returned are then the ones the output is computed from, on the autograd graph
+        attn_weights, value = attn_weights[..., 1:], value[..., 1:, :]
 
     attn_output = torch.matmul(attn_weights, value)
     attn_output = attn_output.transpose(1, 2).contiguous()
@@ -136,24 +145,70 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
+# Copied from transformers.models.vit.modeling_vit.add_null_key_value
 def add_null_key_value(
-    key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    key: torch.Tensor, value: torch.Tensor, attention_mask: "torch.Tensor | BlockMask | None"
+) -> tuple[torch.Tensor, torch.Tensor, "torch.Tensor | BlockMask | None"]:
     """
     Softmax off by one, `exp(x_i) / (1 + sum_j exp(x_j))`, as attention to one extra all-zero key and value: the zero
     key scores 0, adding exactly `exp(0) = 1` to the denominator, and the zero value adds nothing to the output. This is
     exact and numerically stable under every attention implementation (the kernels subtract the running max).
+
+    The null key comes first: flash attention un-pads the queries with the last `seq_len` columns of the padding mask,
+    which are then the sequence's own whatever the padding side. The mask, 2D or 4D, attends it in every row; a flex
+    attention `BlockMask` is rebuilt one key longer.
     """
     null_key = key.new_zeros(*key.shape[:-2], 1, key.shape[-1])
     null_value = value.new_zeros(*value.shape[:-2], 1, value.shape[-1])
-    key, value = torch.cat([key, null_key], dim=-2), torch.cat([value, null_value], dim=-2)
-    if attention_mask is not None:
-        if not isinstance(attention_mask, torch.Tensor):
-            raise ValueError("`soft_by_one` supports tensor attention masks only (eager, sdpa, flash attention).")
+    key, value = torch.cat([null_key, key], dim=-2), torch.cat([null_value, value], dim=-2)
+    if attention_mask is None:
+        return key, value, None
+    if isinstance(attention_mask, torch.Tensor):
         # the null key is always attended: True for boolean masks, 1 for padding masks, 0 for additive masks
         fill = True if attention_mask.dtype == torch.bool else 0 if attention_mask.is_floating_point() else 1
-        attention_mask = nn.functional.pad(attention_mask, (0, 1), value=fill)
-    return key, value, attention_mask
+        return key, value, nn.functional.pad(attention_mask, (1, 0), value=fill)
+    mask_mod, (q_len, kv_len) = attention_mask.mask_mod, attention_mask.seq_lengths
+
+    def attend_null_key(batch_idx, head_idx, q_idx, kv_idx):
+        return (kv_idx == 0) | mask_mod(batch_idx, head_idx, q_idx, (kv_idx - 1).clamp(min=0))
+
+    block_mask = create_block_mask(
+        attend_null_key,
+        B=attention_mask.shape[0],
+        H=None,
+        Q_LEN=q_len,
+        KV_LEN=kv_len + 1,
+        device=attention_mask.kv_num_blocks.device,
+        _compile=True,  # as transformers' `flex_attention_mask`
+    )
+    return key, value, block_mask
+
+
+# Copied from transformers.models.vit.modeling_vit.pruned_layer_index
+def pruned_layer_index(layer: int | str, num_layers: int, where: str) -> int:
+    """A layer of `prune_heads`/`prune_intermediate` or of the config's pruned structure: an `int` or, as JSON holds
+    it, a `str`; negative counts from the last layer, as transformers 4.x accepted."""
+    index = int(layer)
+    if not -num_layers <= index < num_layers:
+        raise ValueError(f"{where}: layer {layer} out of range: the model has {num_layers} layers.")
+    return index % num_layers
+
+
+# Copied from transformers.models.vit.modeling_vit.pruned_in_config
+def pruned_in_config(config, name: str, size: int) -> dict[int, set[int]]:
+    """
+    `config.pruned_heads` or `config.pruned_intermediate` (`name`) as `{layer: original indices}`, however it was set
+    (see `pruned_layer_index`); indices must be in `[0, size)`. Another model's config (e.g. `DPRConfig`) has no such
+    field: nothing is pruned.
+    """
+    structure = {}
+    for layer, indices in (getattr(config, name, None) or {}).items():
+        index = pruned_layer_index(layer, config.num_hidden_layers, f"config.{name}")
+        indices = {int(i) for i in indices}
+        if not all(0 <= i < size for i in indices):
+            raise ValueError(f"config.{name}[{layer}]: indices must be in [0, {size}).")
+        structure.setdefault(index, set()).update(indices)
+    return structure
 
 
 class BertSelfAttention(nn.Module):
@@ -164,12 +219,14 @@ class BertSelfAttention(nn.Module):
                 f"The hidden size ({config.hidden_size}) is not a multiple of the number of attention "
                 f"heads ({config.num_attention_heads})"
             )
-        if config.soft_by_one and config.is_decoder:
+        # softmax off by one (read by `eager_attention_forward`); any other model's config has it off
+        self.soft_by_one = getattr(config, "soft_by_one", False)
+        if self.soft_by_one and config.is_decoder:
             raise ValueError("`soft_by_one` is implemented for encoder self-attention only (`is_decoder=False`).")
         self.config = config
 
         # heads removed by `prune_heads`, in the original numbering
-        self.pruned_heads = set(config.pruned_heads.get(layer_idx, ())) if layer_idx is not None else set()
+        self.pruned_heads = pruned_in_config(config, "pruned_heads", config.num_attention_heads).get(layer_idx, set())
         self.num_attention_heads = config.num_attention_heads - len(self.pruned_heads)
         if self.num_attention_heads < 1:
             raise ValueError(f"Layer {layer_idx}: pruning every attention head of a layer is not supported.")
@@ -180,8 +237,10 @@ class BertSelfAttention(nn.Module):
         self.query = nn.Linear(config.hidden_size, self.all_head_size)
         self.key = nn.Linear(config.hidden_size, self.all_head_size)
         self.value = nn.Linear(config.hidden_size, self.all_head_size)
-        # network slimming: one coefficient per head
-        self.self_slimming_coef = nn.Parameter(torch.ones(self.num_attention_heads)) if config.self_slimming else None
+        # network slimming: one coefficient per head, fp32 whatever the default dtype (`_keep_in_fp32_modules_strict`)
+        self.self_slimming_coef = None
+        if getattr(config, "self_slimming", False):
+            self.self_slimming_coef = nn.Parameter(torch.ones(self.num_attention_heads, dtype=torch.float32))
 
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
@@ -214,10 +273,12 @@ class BertSelfAttention(nn.Module):
             key_layer, value_layer = current_past_key_values.update(key_layer, value_layer, self.layer_idx)
 
         coef = self.self_slimming_coef
-        if coef is not None and self.config.slim_before:
+        if coef is not None and getattr(self.config, "slim_before", False):
             # scaling the scores of head h before the softmax is scaling its query
             query_layer = query_layer * coef.to(query_layer.dtype).view(1, -1, 1, 1)
-        if self.config.soft_by_one:
+        if self.soft_by_one:
+            if kwargs.get("cu_seq_lens_k") is not None:
+                raise ValueError("`soft_by_one` does not support packed sequences (`cu_seq_lens_k`): pad the batch.")
             key_layer, value_layer, attention_mask = add_null_key_value(key_layer, value_layer, attention_mask)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -234,9 +295,7 @@ class BertSelfAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
-        if self.config.soft_by_one and attn_weights is not None:
-            attn_weights = attn_weights[..., :-1]
-        if coef is not None and not self.config.slim_before:
+        if coef is not None and not getattr(self.config, "slim_before", False):
             # after the softmax: a per-head scale of the head's output, (batch, seq, heads, head_size)
             attn_output = attn_output * coef.to(attn_output.dtype).view(1, 1, -1, 1)
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
@@ -361,8 +420,8 @@ class BertAttention(nn.Module):
         attention_output = self.output(attention_output, hidden_states)
         return attention_output, attn_weights
 
-    def prune_heads(self, heads: Iterable[int]):
-        """Remove `heads` (original numbering; already pruned ones are ignored) from q/k/v, the output dense and the coefficients."""
+    def heads_kept(self, heads: Iterable[int]) -> list[int]:
+        """The heads left once `heads` (original numbering) are pruned, as positions in the current numbering."""
         attention = self.self
         num_heads = attention.config.num_attention_heads
         heads = {int(h) for h in heads}
@@ -370,10 +429,17 @@ class BertAttention(nn.Module):
             raise ValueError(f"Layer {attention.layer_idx}: head indices must be in [0, {num_heads}).")
         current = [h for h in range(num_heads) if h not in attention.pruned_heads]
         keep = [i for i, h in enumerate(current) if h not in heads]
-        if len(keep) == len(current):
-            return
         if not keep:
             raise ValueError(f"Layer {attention.layer_idx}: pruning every attention head of a layer is not supported.")
+        return keep
+
+    def prune_heads(self, heads: Iterable[int]):
+        """Remove `heads` (original numbering; already pruned ones are ignored) from q/k/v, the output dense and the coefficients."""
+        attention = self.self
+        heads = {int(h) for h in heads}
+        keep = self.heads_kept(heads)
+        if len(keep) == attention.num_attention_heads:
+            return
         size = attention.attention_head_size
         index = (torch.tensor(keep)[:, None] * size + torch.arange(size)).flatten()
         dtype = attention.query.weight.dtype
@@ -394,7 +460,7 @@ class BertAttention(nn.Module):
         if attention.self_slimming_coef is None:
             return
         scale = attention.self_slimming_coef.detach().repeat_interleave(attention.attention_head_size)
-        if attention.config.slim_before:
+        if getattr(attention.config, "slim_before", False):
             attention.query.weight.mul_(scale[:, None].to(attention.query.weight.dtype))
             attention.query.bias.mul_(scale.to(attention.query.bias.dtype))
         else:
@@ -406,7 +472,9 @@ class BertIntermediate(nn.Module):
     def __init__(self, config, layer_idx=None):
         super().__init__()
         # intermediate neurons removed by `prune_intermediate`, in the original numbering
-        self.pruned_intermediate = set(config.pruned_intermediate.get(layer_idx, ())) if layer_idx is not None else set()
+        self.pruned_intermediate = pruned_in_config(config, "pruned_intermediate", config.intermediate_size).get(
+            layer_idx, set()
+        )
         self.intermediate_size = config.intermediate_size - len(self.pruned_intermediate)
         if self.intermediate_size < 1:
             raise ValueError(f"Layer {layer_idx}: pruning every intermediate neuron of a layer is not supported.")
@@ -415,8 +483,11 @@ class BertIntermediate(nn.Module):
             self.intermediate_act_fn = ACT2FN[config.hidden_act]
         else:
             self.intermediate_act_fn = config.hidden_act
-        # network slimming: one coefficient per intermediate neuron, applied by `BertOutput` to its dense
-        self.inter_slimming_coef = nn.Parameter(torch.ones(self.intermediate_size)) if config.inter_slimming else None
+        # network slimming: one coefficient per intermediate neuron, fp32 (`_keep_in_fp32_modules_strict`), applied by
+        # `BertOutput` to its dense
+        self.inter_slimming_coef = None
+        if getattr(config, "inter_slimming", False):
+            self.inter_slimming_coef = nn.Parameter(torch.ones(self.intermediate_size, dtype=torch.float32))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = self.dense(hidden_states)
@@ -511,8 +582,8 @@ class BertLayer(GradientCheckpointingLayer):
         layer_output = self.output(intermediate_output, attention_output, self.intermediate.inter_slimming_coef)
         return layer_output
 
-    def prune_intermediate(self, neurons: Iterable[int]):
-        """Remove intermediate `neurons` (original numbering; already pruned ones are ignored) from both dense layers and the coefficients."""
+    def neurons_kept(self, neurons: Iterable[int]) -> list[int]:
+        """The neurons left once `neurons` (original numbering) are pruned, as positions in the current numbering."""
         intermediate = self.intermediate
         size = intermediate.intermediate_size + len(intermediate.pruned_intermediate)  # original numbering
         neurons = {int(n) for n in neurons}
@@ -520,10 +591,17 @@ class BertLayer(GradientCheckpointingLayer):
             raise ValueError(f"Layer {self.layer_idx}: neuron indices must be in [0, {size}).")
         current = [n for n in range(size) if n not in intermediate.pruned_intermediate]
         keep = [i for i, n in enumerate(current) if n not in neurons]
-        if len(keep) == len(current):
-            return
         if not keep:
             raise ValueError(f"Layer {self.layer_idx}: pruning every intermediate neuron of a layer is not supported.")
+        return keep
+
+    def prune_intermediate(self, neurons: Iterable[int]):
+        """Remove intermediate `neurons` (original numbering; already pruned ones are ignored) from both dense layers and the coefficients."""
+        intermediate = self.intermediate
+        neurons = {int(n) for n in neurons}
+        keep = self.neurons_kept(neurons)
+        if len(keep) == intermediate.intermediate_size:
+            return
         index = torch.tensor(keep)
         dtype = intermediate.dense.weight.dtype
         intermediate.dense = prune_linear_layer(intermediate.dense, index, dim=0).to(dtype)
@@ -672,6 +750,15 @@ class BertPreTrainedModel(PreTrainedModel):
     # checkpoints saved without slimming load with the coefficients at 1
     _keys_to_ignore_on_load_missing = [r"slimming_coef"]
 
+    def post_init(self):
+        # the slimming coefficients stay fp32 under `from_pretrained(..., dtype=bfloat16 or float16)` (in half precision
+        # a step of 1e-3 from 1 rounds back to 1; they are applied in the activations' dtype): named where they exist,
+        # as transformers checks that every name it is given is one of the model's
+        self._keep_in_fp32_modules_strict = {
+            name.rsplit(".", 1)[-1] for name, _ in self.named_parameters() if name.endswith("slimming_coef")
+        }
+        super().post_init()
+
     @torch.no_grad()
     def _init_weights(self, module):
         """Initialize the weights"""
@@ -686,40 +773,73 @@ class BertPreTrainedModel(PreTrainedModel):
         elif isinstance(module, BertIntermediate) and module.inter_slimming_coef is not None:
             init.ones_(module.inter_slimming_coef)
 
+    def _own_config(self, change: str) -> BertConfig:
+        """
+        The config records the structure that pruning and folding (`change`) alter: refuse another model's config,
+        which cannot hold it (e.g. the `DPRConfig` of a DPR encoder), and give this model a copy of its own first, so
+        that other models built from the same config object keep theirs.
+        """
+        if not isinstance(self.config, self.config_class):
+            raise ValueError(
+                f"{change}: this model's structure is kept in a {self.config_class.__name__}, but its config is a "
+                f"{type(self.config).__name__}; prune or fold a model built from a {self.config_class.__name__}."
+            )
+        shared, own = self.config, copy.deepcopy(self.config)
+        for module in self.modules():
+            if getattr(module, "config", None) is shared:
+                module.config = own
+        return own
+
+    def _record_pruned_structure(self, config):
+        """Write the layers' pruned heads and neurons into `config` as plain `{layer: sorted original indices}`."""
+        layers = self.base_model.encoder.layer
+        heads = {i: sorted(layer.attention.self.pruned_heads) for i, layer in enumerate(layers)}
+        neurons = {i: sorted(layer.intermediate.pruned_intermediate) for i, layer in enumerate(layers)}
+        config.pruned_heads = {i: indices for i, indices in heads.items() if indices}
+        config.pruned_intermediate = {i: indices for i, indices in neurons.items() if indices}
+
     def prune_heads(self, heads_to_prune: dict[int, Iterable[int]]):
         """
-        Physically remove self-attention heads: `{layer: [head, ...]}` in the original numbering. Pruning twice works
-        and already pruned heads are ignored; the structure is kept in `config.pruned_heads` so that `save_pretrained`
-        then `from_pretrained` rebuilds the smaller model. Pruning every head of a layer is refused.
+        Physically remove self-attention heads: `{layer: [head, ...]}` in the original numbering (a negative layer
+        counts from the last). Pruning twice works and already pruned heads are ignored; the structure is kept in
+        `config.pruned_heads` so that `save_pretrained` then `from_pretrained` rebuilds the smaller model. Pruning
+        every head of a layer is refused, and every layer is checked before any is pruned.
         """
         layers = self.base_model.encoder.layer
+        to_prune = {}
         for layer, heads in heads_to_prune.items():
-            if not 0 <= int(layer) < len(layers):
-                raise ValueError(f"Layer {layer} out of range: the model has {len(layers)} layers.")
-            attention = layers[int(layer)].attention
-            attention.prune_heads(heads)
-            if attention.self.pruned_heads:
-                self.config.pruned_heads[int(layer)] = sorted(attention.self.pruned_heads)
+            to_prune.setdefault(pruned_layer_index(layer, len(layers), "prune_heads"), set()).update(heads)
+        for layer, heads in to_prune.items():
+            layers[layer].attention.heads_kept(heads)
+        config = self._own_config("prune_heads")
+        for layer, heads in to_prune.items():
+            layers[layer].attention.prune_heads(heads)
+        self._record_pruned_structure(config)
 
     def prune_intermediate(self, neurons_to_prune: dict[int, Iterable[int]]):
         """
-        Physically remove feed-forward intermediate neurons: `{layer: [neuron, ...]}` in the original numbering, kept in
-        `config.pruned_intermediate`. Pruning twice works and already pruned neurons are ignored.
+        Physically remove feed-forward intermediate neurons: `{layer: [neuron, ...]}` in the original numbering (a
+        negative layer counts from the last), kept in `config.pruned_intermediate`. Pruning twice works and already
+        pruned neurons are ignored; every layer is checked before any is pruned.
         """
         layers = self.base_model.encoder.layer
+        to_prune = {}
         for layer, neurons in neurons_to_prune.items():
-            if not 0 <= int(layer) < len(layers):
-                raise ValueError(f"Layer {layer} out of range: the model has {len(layers)} layers.")
-            layers[int(layer)].prune_intermediate(neurons)
-            if layers[int(layer)].intermediate.pruned_intermediate:
-                self.config.pruned_intermediate[int(layer)] = sorted(layers[int(layer)].intermediate.pruned_intermediate)
+            to_prune.setdefault(pruned_layer_index(layer, len(layers), "prune_intermediate"), set()).update(neurons)
+        for layer, neurons in to_prune.items():
+            layers[layer].neurons_kept(neurons)
+        config = self._own_config("prune_intermediate")
+        for layer, neurons in to_prune.items():
+            layers[layer].prune_intermediate(neurons)
+        self._record_pruned_structure(config)
 
     def fold_slimming(self):
         """Multiply every slimming coefficient into the adjacent weights and remove it: a plain model, same outputs."""
+        config = self._own_config("fold_slimming")
         for layer in self.base_model.encoder.layer:
             layer.fold_slimming()
-        self.config.self_slimming = False
-        self.config.inter_slimming = False
+        config.self_slimming = False
+        config.inter_slimming = False
 
 
 @auto_docstring(

@@ -13,6 +13,7 @@
 # limitations under the License.
 """PyTorch ViT model."""
 
+import copy
 import math
 from collections.abc import Callable, Iterable
 
@@ -31,10 +32,14 @@ from ...modeling_outputs import (
 from ...modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from ...processing_utils import Unpack
 from ...pytorch_utils import prune_linear_layer
-from ...utils import TransformersKwargs, auto_docstring, logging, torch_int
+from ...utils import TransformersKwargs, auto_docstring, is_torch_flex_attn_available, logging, torch_int
 from ...utils.generic import can_return_tuple, merge_with_config_defaults
 from ...utils.output_capturing import capture_outputs
 from .configuration_vit import ViTConfig
+
+
+if is_torch_flex_attn_available():
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
 
 logger = logging.get_logger(__name__)
@@ -183,6 +188,10 @@ def eager_attention_forward(
 
     attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
     attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    if getattr(module, "soft_by_one", False):
+        # drop the null key of `add_null_key_value` (its value is zero) before the product with the values: the
+        # attention weights returned are then the ones the output is computed from, on the autograd graph
+        attn_weights, value = attn_weights[..., 1:], value[..., 1:, :]
 
     attn_output = torch.matmul(attn_weights, value)
     attn_output = attn_output.transpose(1, 2).contiguous()
@@ -191,23 +200,66 @@ def eager_attention_forward(
 
 
 def add_null_key_value(
-    key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    key: torch.Tensor, value: torch.Tensor, attention_mask: "torch.Tensor | BlockMask | None"
+) -> tuple[torch.Tensor, torch.Tensor, "torch.Tensor | BlockMask | None"]:
     """
     Softmax off by one, `exp(x_i) / (1 + sum_j exp(x_j))`, as attention to one extra all-zero key and value: the zero
     key scores 0, adding exactly `exp(0) = 1` to the denominator, and the zero value adds nothing to the output. This is
     exact and numerically stable under every attention implementation (the kernels subtract the running max).
+
+    The null key comes first: flash attention un-pads the queries with the last `seq_len` columns of the padding mask,
+    which are then the sequence's own whatever the padding side. The mask, 2D or 4D, attends it in every row; a flex
+    attention `BlockMask` is rebuilt one key longer.
     """
     null_key = key.new_zeros(*key.shape[:-2], 1, key.shape[-1])
     null_value = value.new_zeros(*value.shape[:-2], 1, value.shape[-1])
-    key, value = torch.cat([key, null_key], dim=-2), torch.cat([value, null_value], dim=-2)
-    if attention_mask is not None:
-        if not isinstance(attention_mask, torch.Tensor):
-            raise ValueError("`soft_by_one` supports tensor attention masks only (eager, sdpa, flash attention).")
+    key, value = torch.cat([null_key, key], dim=-2), torch.cat([null_value, value], dim=-2)
+    if attention_mask is None:
+        return key, value, None
+    if isinstance(attention_mask, torch.Tensor):
         # the null key is always attended: True for boolean masks, 1 for padding masks, 0 for additive masks
         fill = True if attention_mask.dtype == torch.bool else 0 if attention_mask.is_floating_point() else 1
-        attention_mask = nn.functional.pad(attention_mask, (0, 1), value=fill)
-    return key, value, attention_mask
+        return key, value, nn.functional.pad(attention_mask, (1, 0), value=fill)
+    mask_mod, (q_len, kv_len) = attention_mask.mask_mod, attention_mask.seq_lengths
+
+    def attend_null_key(batch_idx, head_idx, q_idx, kv_idx):
+        return (kv_idx == 0) | mask_mod(batch_idx, head_idx, q_idx, (kv_idx - 1).clamp(min=0))
+
+    block_mask = create_block_mask(
+        attend_null_key,
+        B=attention_mask.shape[0],
+        H=None,
+        Q_LEN=q_len,
+        KV_LEN=kv_len + 1,
+        device=attention_mask.kv_num_blocks.device,
+        _compile=True,  # as transformers' `flex_attention_mask`
+    )
+    return key, value, block_mask
+
+
+def pruned_layer_index(layer: int | str, num_layers: int, where: str) -> int:
+    """A layer of `prune_heads`/`prune_intermediate` or of the config's pruned structure: an `int` or, as JSON holds
+    it, a `str`; negative counts from the last layer, as transformers 4.x accepted."""
+    index = int(layer)
+    if not -num_layers <= index < num_layers:
+        raise ValueError(f"{where}: layer {layer} out of range: the model has {num_layers} layers.")
+    return index % num_layers
+
+
+def pruned_in_config(config, name: str, size: int) -> dict[int, set[int]]:
+    """
+    `config.pruned_heads` or `config.pruned_intermediate` (`name`) as `{layer: original indices}`, however it was set
+    (see `pruned_layer_index`); indices must be in `[0, size)`. Another model's config (e.g. `DPRConfig`) has no such
+    field: nothing is pruned.
+    """
+    structure = {}
+    for layer, indices in (getattr(config, name, None) or {}).items():
+        index = pruned_layer_index(layer, config.num_hidden_layers, f"config.{name}")
+        indices = {int(i) for i in indices}
+        if not all(0 <= i < size for i in indices):
+            raise ValueError(f"config.{name}[{layer}]: indices must be in [0, {size}).")
+        structure.setdefault(index, set()).update(indices)
+    return structure
 
 
 class ViTAttention(nn.Module):
@@ -216,7 +268,7 @@ class ViTAttention(nn.Module):
         self.config = config
         self.layer_idx = layer_idx
         # heads removed by `prune_heads`, in the original numbering
-        self.pruned_heads = set(config.pruned_heads.get(layer_idx, ()))
+        self.pruned_heads = pruned_in_config(config, "pruned_heads", config.num_attention_heads).get(layer_idx, set())
         self.num_attention_heads = config.num_attention_heads - len(self.pruned_heads)
         if self.num_attention_heads < 1:
             raise ValueError(f"Layer {layer_idx}: pruning every attention head of a layer is not supported.")
@@ -224,13 +276,17 @@ class ViTAttention(nn.Module):
         self.attention_dropout = config.attention_probs_dropout_prob
         self.scaling = self.head_dim**-0.5
         self.is_causal = False
+        # softmax off by one (read by `eager_attention_forward`); any other model's config has it off
+        self.soft_by_one = getattr(config, "soft_by_one", False)
 
         self.q_proj = nn.Linear(config.hidden_size, self.num_attention_heads * self.head_dim, bias=config.qkv_bias)
         self.k_proj = nn.Linear(config.hidden_size, self.num_attention_heads * self.head_dim, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.hidden_size, self.num_attention_heads * self.head_dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.num_attention_heads * self.head_dim, config.hidden_size, bias=True)
-        # network slimming: one coefficient per head
-        self.self_slimming_coef = nn.Parameter(torch.ones(self.num_attention_heads)) if config.self_slimming else None
+        # network slimming: one coefficient per head, fp32 whatever the default dtype (`_keep_in_fp32_modules_strict`)
+        self.self_slimming_coef = None
+        if getattr(config, "self_slimming", False):
+            self.self_slimming_coef = nn.Parameter(torch.ones(self.num_attention_heads, dtype=torch.float32))
 
     def forward(
         self,
@@ -246,10 +302,12 @@ class ViTAttention(nn.Module):
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
         coef = self.self_slimming_coef
-        if coef is not None and self.config.slim_before:
+        if coef is not None and getattr(self.config, "slim_before", False):
             # scaling the scores of head h before the softmax is scaling its query
             query_states = query_states * coef.to(query_states.dtype).view(1, -1, 1, 1)
-        if self.config.soft_by_one:
+        if self.soft_by_one:
+            if kwargs.get("cu_seq_lens_k") is not None:
+                raise ValueError("`soft_by_one` does not support packed sequences (`cu_seq_lens_k`): pad the batch.")
             key_states, value_states, attention_mask = add_null_key_value(key_states, value_states, attention_mask)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -267,9 +325,7 @@ class ViTAttention(nn.Module):
             **kwargs,
         )
 
-        if self.config.soft_by_one and attn_weights is not None:
-            attn_weights = attn_weights[..., :-1]
-        if coef is not None and not self.config.slim_before:
+        if coef is not None and not getattr(self.config, "slim_before", False):
             # after the softmax: a per-head scale of the head's output, (batch, seq, heads, head_dim)
             attn_output = attn_output * coef.to(attn_output.dtype).view(1, 1, -1, 1)
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
@@ -277,17 +333,23 @@ class ViTAttention(nn.Module):
 
         return attn_output, attn_weights
 
-    def prune_heads(self, heads: Iterable[int]):
-        """Remove `heads` (original numbering; already pruned ones are ignored) from q/k/v, o_proj and the coefficients."""
+    def heads_kept(self, heads: Iterable[int]) -> list[int]:
+        """The heads left once `heads` (original numbering) are pruned, as positions in the current numbering."""
         heads = {int(h) for h in heads}
         if not all(0 <= h < self.config.num_attention_heads for h in heads):
             raise ValueError(f"Layer {self.layer_idx}: head indices must be in [0, {self.config.num_attention_heads}).")
         current = [h for h in range(self.config.num_attention_heads) if h not in self.pruned_heads]
         keep = [i for i, h in enumerate(current) if h not in heads]
-        if len(keep) == len(current):
-            return
         if not keep:
             raise ValueError(f"Layer {self.layer_idx}: pruning every attention head of a layer is not supported.")
+        return keep
+
+    def prune_heads(self, heads: Iterable[int]):
+        """Remove `heads` (original numbering; already pruned ones are ignored) from q/k/v, o_proj and the coefficients."""
+        heads = {int(h) for h in heads}
+        keep = self.heads_kept(heads)
+        if len(keep) == self.num_attention_heads:
+            return
         index = (torch.tensor(keep)[:, None] * self.head_dim + torch.arange(self.head_dim)).flatten()
         dtype = self.q_proj.weight.dtype
         self.q_proj = prune_linear_layer(self.q_proj, index, dim=0).to(dtype)
@@ -305,7 +367,7 @@ class ViTAttention(nn.Module):
         if self.self_slimming_coef is None:
             return
         scale = self.self_slimming_coef.detach().repeat_interleave(self.head_dim)
-        if self.config.slim_before:
+        if getattr(self.config, "slim_before", False):
             self.q_proj.weight.mul_(scale[:, None].to(self.q_proj.weight.dtype))
             if self.q_proj.bias is not None:
                 self.q_proj.bias.mul_(scale.to(self.q_proj.bias.dtype))
@@ -320,15 +382,19 @@ class ViTMLP(nn.Module):
         self.config = config
         self.layer_idx = layer_idx
         # intermediate neurons removed by `prune_intermediate`, in the original numbering
-        self.pruned_intermediate = set(config.pruned_intermediate.get(layer_idx, ()))
+        self.pruned_intermediate = pruned_in_config(config, "pruned_intermediate", config.intermediate_size).get(
+            layer_idx, set()
+        )
         self.intermediate_size = config.intermediate_size - len(self.pruned_intermediate)
         if self.intermediate_size < 1:
             raise ValueError(f"Layer {layer_idx}: pruning every intermediate neuron of a layer is not supported.")
         self.activation_fn = ACT2FN[config.hidden_act]
         self.fc1 = nn.Linear(config.hidden_size, self.intermediate_size)
         self.fc2 = nn.Linear(self.intermediate_size, config.hidden_size)
-        # network slimming: one coefficient per intermediate neuron
-        self.inter_slimming_coef = nn.Parameter(torch.ones(self.intermediate_size)) if config.inter_slimming else None
+        # network slimming: one coefficient per intermediate neuron, fp32 (`_keep_in_fp32_modules_strict`)
+        self.inter_slimming_coef = None
+        if getattr(config, "inter_slimming", False):
+            self.inter_slimming_coef = nn.Parameter(torch.ones(self.intermediate_size, dtype=torch.float32))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = self.fc1(hidden_states)
@@ -343,17 +409,23 @@ class ViTMLP(nn.Module):
 
         return hidden_states
 
-    def prune_intermediate(self, neurons: Iterable[int]):
-        """Remove intermediate `neurons` (original numbering; already pruned ones are ignored) from fc1, fc2 and the coefficients."""
+    def neurons_kept(self, neurons: Iterable[int]) -> list[int]:
+        """The neurons left once `neurons` (original numbering) are pruned, as positions in the current numbering."""
         neurons = {int(n) for n in neurons}
         if not all(0 <= n < self.config.intermediate_size for n in neurons):
             raise ValueError(f"Layer {self.layer_idx}: neuron indices must be in [0, {self.config.intermediate_size}).")
         current = [n for n in range(self.config.intermediate_size) if n not in self.pruned_intermediate]
         keep = [i for i, n in enumerate(current) if n not in neurons]
-        if len(keep) == len(current):
-            return
         if not keep:
             raise ValueError(f"Layer {self.layer_idx}: pruning every intermediate neuron of a layer is not supported.")
+        return keep
+
+    def prune_intermediate(self, neurons: Iterable[int]):
+        """Remove intermediate `neurons` (original numbering; already pruned ones are ignored) from fc1, fc2 and the coefficients."""
+        neurons = {int(n) for n in neurons}
+        keep = self.neurons_kept(neurons)
+        if len(keep) == self.intermediate_size:
+            return
         index = torch.tensor(keep)
         dtype = self.fc1.weight.dtype
         self.fc1 = prune_linear_layer(self.fc1, index, dim=0).to(dtype)
@@ -440,6 +512,15 @@ class ViTPreTrainedModel(PreTrainedModel):
     # checkpoints saved without slimming load with the coefficients at 1
     _keys_to_ignore_on_load_missing = [r"slimming_coef"]
 
+    def post_init(self):
+        # the slimming coefficients stay fp32 under `from_pretrained(..., dtype=bfloat16 or float16)` (in half precision
+        # a step of 1e-3 from 1 rounds back to 1; they are applied in the activations' dtype): named where they exist,
+        # as transformers checks that every name it is given is one of the model's
+        self._keep_in_fp32_modules_strict = {
+            name.rsplit(".", 1)[-1] for name, _ in self.named_parameters() if name.endswith("slimming_coef")
+        }
+        super().post_init()
+
     @torch.no_grad()
     def _init_weights(self, module):
         """Initialize the weights"""
@@ -455,42 +536,74 @@ class ViTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, ViTMLP) and module.inter_slimming_coef is not None:
             init.ones_(module.inter_slimming_coef)
 
+    def _own_config(self, change: str) -> ViTConfig:
+        """
+        The config records the structure that pruning and folding (`change`) alter: refuse a config of another class,
+        which cannot hold it (a ViT built by another model from its own config), and give this model a copy of its own
+        first, so that other models built from the same config object keep theirs.
+        """
+        if not isinstance(self.config, self.config_class):
+            raise ValueError(
+                f"{change}: this model's structure is kept in a {self.config_class.__name__}, but its config is a "
+                f"{type(self.config).__name__}; prune or fold a model built from a {self.config_class.__name__}."
+            )
+        shared, own = self.config, copy.deepcopy(self.config)
+        for module in self.modules():
+            if getattr(module, "config", None) is shared:
+                module.config = own
+        return own
+
+    def _record_pruned_structure(self, config):
+        """Write the layers' pruned heads and neurons into `config` as plain `{layer: sorted original indices}`."""
+        layers = self.base_model.layers
+        heads = {i: sorted(layer.attention.pruned_heads) for i, layer in enumerate(layers)}
+        neurons = {i: sorted(layer.mlp.pruned_intermediate) for i, layer in enumerate(layers)}
+        config.pruned_heads = {i: indices for i, indices in heads.items() if indices}
+        config.pruned_intermediate = {i: indices for i, indices in neurons.items() if indices}
+
     def prune_heads(self, heads_to_prune: dict[int, Iterable[int]]):
         """
-        Physically remove attention heads: `{layer: [head, ...]}` in the original numbering. Pruning twice works and
-        already pruned heads are ignored; the structure is kept in `config.pruned_heads` so that `save_pretrained` then
-        `from_pretrained` rebuilds the smaller model. Pruning every head of a layer is refused.
+        Physically remove attention heads: `{layer: [head, ...]}` in the original numbering (a negative layer counts
+        from the last). Pruning twice works and already pruned heads are ignored; the structure is kept in
+        `config.pruned_heads` so that `save_pretrained` then `from_pretrained` rebuilds the smaller model. Pruning
+        every head of a layer is refused, and every layer is checked before any is pruned.
         """
         layers = self.base_model.layers
+        to_prune = {}
         for layer, heads in heads_to_prune.items():
-            if not 0 <= int(layer) < len(layers):
-                raise ValueError(f"Layer {layer} out of range: the model has {len(layers)} layers.")
-            attention = layers[int(layer)].attention
-            attention.prune_heads(heads)
-            if attention.pruned_heads:
-                self.config.pruned_heads[int(layer)] = sorted(attention.pruned_heads)
+            to_prune.setdefault(pruned_layer_index(layer, len(layers), "prune_heads"), set()).update(heads)
+        for layer, heads in to_prune.items():
+            layers[layer].attention.heads_kept(heads)
+        config = self._own_config("prune_heads")
+        for layer, heads in to_prune.items():
+            layers[layer].attention.prune_heads(heads)
+        self._record_pruned_structure(config)
 
     def prune_intermediate(self, neurons_to_prune: dict[int, Iterable[int]]):
         """
-        Physically remove feed-forward intermediate neurons: `{layer: [neuron, ...]}` in the original numbering, kept in
-        `config.pruned_intermediate`. Pruning twice works and already pruned neurons are ignored.
+        Physically remove feed-forward intermediate neurons: `{layer: [neuron, ...]}` in the original numbering (a
+        negative layer counts from the last), kept in `config.pruned_intermediate`. Pruning twice works and already
+        pruned neurons are ignored; every layer is checked before any is pruned.
         """
         layers = self.base_model.layers
+        to_prune = {}
         for layer, neurons in neurons_to_prune.items():
-            if not 0 <= int(layer) < len(layers):
-                raise ValueError(f"Layer {layer} out of range: the model has {len(layers)} layers.")
-            mlp = layers[int(layer)].mlp
-            mlp.prune_intermediate(neurons)
-            if mlp.pruned_intermediate:
-                self.config.pruned_intermediate[int(layer)] = sorted(mlp.pruned_intermediate)
+            to_prune.setdefault(pruned_layer_index(layer, len(layers), "prune_intermediate"), set()).update(neurons)
+        for layer, neurons in to_prune.items():
+            layers[layer].mlp.neurons_kept(neurons)
+        config = self._own_config("prune_intermediate")
+        for layer, neurons in to_prune.items():
+            layers[layer].mlp.prune_intermediate(neurons)
+        self._record_pruned_structure(config)
 
     def fold_slimming(self):
         """Multiply every slimming coefficient into the adjacent weights and remove it: a plain model, same outputs."""
+        config = self._own_config("fold_slimming")
         for layer in self.base_model.layers:
             layer.attention.fold_slimming()
             layer.mlp.fold_slimming()
-        self.config.self_slimming = False
-        self.config.inter_slimming = False
+        config.self_slimming = False
+        config.inter_slimming = False
 
 
 @auto_docstring
