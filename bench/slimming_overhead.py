@@ -5,10 +5,13 @@ step taken right next to it (a pair), the order alternating from pair to pair (s
 cancels); pairs of the three variants (both slimmings, head coefficients only, neuron coefficients only) are
 interleaved. The estimate is the geometric mean of the pair ratios with a 95% t-interval on the mean log-ratio (pairs
 are independent; the log makes the ratio symmetric), and a run keeps adding pairs until every interval is within
-`--target` (default ±1%) or its time budget is spent, whichever comes first; the table says which.
+`--target` (default ±1%) or its time budget is spent, whichever comes first; the table says which. Steps are timed in
+CPU time of the process by default (`--clock cpu`): on a shared machine the time the process waits for a core is not
+its cost, and it is what made wall-clock ratios move by ±10% from pair to pair here (with one thread, CPU time is the
+step's duration on a quiet machine). About 6 GB of memory (four ViT-Base models with their AdamW states).
 
     .venv/bin/python bench/slimming_overhead.py [--quick] [--threads N] [--target 0.01] [--budget-min 14]
-        [--min-pairs N] [--max-pairs N] [--out results.md]
+        [--min-pairs N] [--max-pairs N] [--clock cpu|wall] [--out results.md]
 """
 
 from __future__ import annotations
@@ -132,6 +135,8 @@ def measure(case, attn: str, variants, args, deadline: float) -> list[dict]:
     rows = []
     for variant in variants:
         mean, low, high = interval(ratios[variant])
+        print(f"{name}, {attn}, {variant}: {mean:.3f} ({low:.3f}-{high:.3f}) from {len(ratios[variant])} pairs",
+              file=sys.stderr)
         rows.append({
             "case": name, "attn": attn, "variant": variant, "pairs": len(ratios[variant]), "ratio": mean,
             "low": low, "high": high, "median": statistics.median(ratios[variant]),
@@ -187,11 +192,11 @@ def main(argv=None) -> int:
     lines = [
         f"Slimming overhead: train step (fwd+bwd+AdamW), patched / unpatched step in adjacent pairs (order alternating), "
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}, "
+        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}, {args.clock} clock, "
         f"{elapsed / 60:.1f} min, load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end",
         "",
         "| config | attention | slimming | pairs | ratio (geometric mean) | 95% interval | median ratio | "
-        "unpatched step (s, median) |",
+        f"unpatched step ({args.clock} s, median) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
