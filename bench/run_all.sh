@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Run every benchmark under bench/ and collect the tables in bench/results/ (one file per benchmark + all.md).
 #
-#   bash bench/run_all.sh            # full scale: about 35 minutes on a 2-core CPU
+#   bash bench/run_all.sh            # full scale: about 45 minutes on a 2-core CPU (slimming_overhead 14 of them)
 #   bash bench/run_all.sh --quick    # tiny configurations: about a minute; writes under $OUT (default a tmp dir)
 #
 # Environment: PYTHON (default .venv/bin/python), THREADS (torch threads for the timed scripts, default 1: on a
 # shared 2-core machine one thread is steadier than two), OUT (results directory, default bench/results),
 # SST2_DIR and BERT_MODEL (optional: the SST-2 part of ebtrain_savings, its own ebtrain_savings_sst2.md), SCRATCH (where the recorder and detector
-# benchmarks write their temporary records, default the system tmp), SLIM_REPEATS (slimming_overhead, default 3).
+# benchmarks write their temporary records, default the system tmp), SLIM_BUDGET_MIN (slimming_overhead's --budget-min,
+# default its own 14).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,8 +38,8 @@ run() {  # name, then the command
   echo "== $name: ${SECONDS_TAKEN[$name]} s" >&2
 }
 
-SLIM_REPEATS_ARGS=()
-if [[ ${#QUICK[@]} -eq 0 ]]; then SLIM_REPEATS_ARGS=(--repeats "${SLIM_REPEATS:-3}"); fi
+SLIM_ARGS=()
+if [[ -n "${SLIM_BUDGET_MIN:-}" && ${#QUICK[@]} -eq 0 ]]; then SLIM_ARGS=(--budget-min "$SLIM_BUDGET_MIN"); fi
 
 run pruned_speed "$PYTHON" bench/pruned_speed.py "${QUICK[@]}" --threads "$THREADS"
 run recorder_cost "$PYTHON" bench/recorder_cost.py "${QUICK[@]}" --threads "$THREADS" "${SCRATCH_ARGS[@]}"
@@ -49,7 +50,7 @@ if [[ -n "${SST2_DIR:-}" && -n "${BERT_MODEL:-}" && ${#QUICK[@]} -eq 0 ]]; then 
     --sst2-dir "$SST2_DIR" --bert-model "$BERT_MODEL"
   NAMES+=(ebtrain_savings_sst2)
 fi
-run slimming_overhead "$PYTHON" bench/slimming_overhead.py "${QUICK[@]}" --threads "$THREADS" "${SLIM_REPEATS_ARGS[@]}"
+run slimming_overhead "$PYTHON" bench/slimming_overhead.py "${QUICK[@]}" --threads "$THREADS" "${SLIM_ARGS[@]}"
 run export_speed "$PYTHON" bench/export_speed.py "${QUICK[@]}" --threads "$THREADS"
 run loop_overhead "$PYTHON" bench/loop_overhead.py "${QUICK[@]}" --threads "$THREADS"
 run callback_overhead "$PYTHON" bench/callback_overhead.py "${QUICK[@]}" --threads "$THREADS"

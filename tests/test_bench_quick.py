@@ -60,8 +60,13 @@ EXPECTED = {
         "- Note: SST-2 part skipped",
     ],
     "slimming_overhead.py": [
-        "| ViT (tiny, 32², batch 4) | sdpa |",
-        "| BERT (tiny, seq 32, batch 4) | eager |",
+        "| ViT (tiny, 32², batch 4) | sdpa | both | 4 |",
+        "| ViT (tiny, 32², batch 4) | sdpa | heads only | 4 |",
+        "| ViT (tiny, 32², batch 4) | sdpa | neurons only | 4 |",
+        "| ViT (tiny, 32², batch 4) | eager | both | 4 |",
+        "| BERT (tiny, seq 32, batch 4) | sdpa | neurons only | 4 |",
+        "| BERT (tiny, seq 32, batch 4) | eager | both | 4 |",
+        "- Interval: 95% t-interval on the mean of the per-pair log-ratios",
     ],
     "export_speed.py": [
         "| config | batch | runtime | model | latency (ms) |",

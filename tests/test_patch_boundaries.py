@@ -3,6 +3,7 @@ sides, the autograd graph of `output_attentions`, pruned structure however it is
 and the dtype of the coefficients under `from_pretrained(dtype=...)`."""
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -367,14 +368,22 @@ def test_coefficients_stay_fp32_under_from_pretrained_dtype(model, saved_with_co
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_coefficients_are_applied_in_the_autocast_dtype(model):
-    """Under autocast the scaled head outputs stay bfloat16 (the fp32 coefficient is cast, not the activations)."""
+def test_coefficients_are_applied_in_the_autocast_dtype(model, monkeypatch):
+    """Under autocast the projections that carry the coefficients (the heads' output projection, the FFN's second
+    linear) take and give bfloat16 activations: the fp32 coefficient scales the weight, it does not upcast them."""
     torch.manual_seed(0)
     slim = make_model(model, self_slimming=True, inter_slimming=True)
-    layer = slim.base_model.layers[0] if model == "vit" else slim.base_model.encoder.layer[0]
-    output_projection = layer.attention.o_proj if model == "vit" else layer.attention.output.dense
+    modeling = sys.modules[type(slim).__module__]
+    scaled = modeling.linear_with_scaled_inputs
     seen = []
-    output_projection.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+
+    def spy(linear, hidden_states, coef):
+        out = scaled(linear, hidden_states, coef)
+        seen.append((hidden_states.dtype, out.dtype, coef.dtype))
+        return out
+
+    monkeypatch.setattr(modeling, "linear_with_scaled_inputs", spy)
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         slim(**make_inputs(model))
-    assert {c.dtype for c in coefficients(slim)} == {torch.float32} and seen == [torch.bfloat16]
+    layers = slim.config.num_hidden_layers
+    assert seen == [(torch.bfloat16, torch.bfloat16, torch.float32)] * (2 * layers)  # heads and neurons, every layer

@@ -211,6 +211,18 @@ def pruned_in_config(config, name: str, size: int) -> dict[int, set[int]]:
     return structure
 
 
+# Copied from transformers.models.vit.modeling_vit.linear_with_scaled_inputs
+def linear_with_scaled_inputs(linear: nn.Linear, hidden_states: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """
+    `linear` applied to `hidden_states` whose input features are scaled by group, group g (a head's `head_dim`
+    features, or one intermediate neuron) by `coef[g]`: computed as `linear` with its weight columns scaled, the same
+    output without an activation-sized product nor a second saved activation (one pass over the weight, whatever the
+    batch; its backward gives `coef` its gradient from the weight gradient that is needed anyway).
+    """
+    scale = coef.to(linear.weight.dtype).repeat_interleave(linear.in_features // coef.numel())
+    return nn.functional.linear(hidden_states, linear.weight * scale, linear.bias)
+
+
 class BertSelfAttention(nn.Module):
     def __init__(self, config, is_causal=False, layer_idx=None):
         super().__init__()
@@ -295,9 +307,7 @@ class BertSelfAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
-        if coef is not None and not getattr(self.config, "slim_before", False):
-            # after the softmax: a per-head scale of the head's output, (batch, seq, heads, head_size)
-            attn_output = attn_output * coef.to(attn_output.dtype).view(1, 1, -1, 1)
+        # after the softmax, the coefficients are applied by `BertSelfOutput`'s dense
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         return attn_output, attn_weights
 
@@ -385,8 +395,15 @@ class BertSelfOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.dense(hidden_states)
+    def forward(
+        self, hidden_states: torch.Tensor, input_tensor: torch.Tensor, self_slimming_coef: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self_slimming_coef is None:
+            hidden_states = self.dense(hidden_states)
+        else:
+            # the heads' coefficients after the softmax (`BertSelfAttention.self_slimming_coef`): head h's output times
+            # c_h, as this dense's columns of head h times c_h
+            hidden_states = linear_with_scaled_inputs(self.dense, hidden_states, self_slimming_coef)
         hidden_states = self.dropout(hidden_states)
         hidden_states = self.LayerNorm(hidden_states + input_tensor)
         return hidden_states
@@ -417,7 +434,10 @@ class BertAttention(nn.Module):
             past_key_values=past_key_values,
             **kwargs,
         )
-        attention_output = self.output(attention_output, hidden_states)
+        coef = self.self.self_slimming_coef if not self.is_cross_attention else None
+        if getattr(self.self.config, "slim_before", False):
+            coef = None  # applied to the queries, before the softmax
+        attention_output = self.output(attention_output, hidden_states, coef)
         return attention_output, attn_weights
 
     def heads_kept(self, heads: Iterable[int]) -> list[int]:
@@ -509,9 +529,8 @@ class BertOutput(nn.Module):
             hidden_states = self.dense(hidden_states)
         else:
             # the intermediate neurons' coefficients (`BertIntermediate.inter_slimming_coef`): scaling neuron j by c_j
-            # is scaling column j of this dense, without a (batch, seq, neurons) product nor its saved activation
-            weight = self.dense.weight * inter_slimming_coef.to(self.dense.weight.dtype)
-            hidden_states = nn.functional.linear(hidden_states, weight, self.dense.bias)
+            # is scaling column j of this dense
+            hidden_states = linear_with_scaled_inputs(self.dense, hidden_states, inter_slimming_coef)
         hidden_states = self.dropout(hidden_states)
         hidden_states = self.LayerNorm(hidden_states + input_tensor)
         return hidden_states

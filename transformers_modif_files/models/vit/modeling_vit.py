@@ -262,6 +262,17 @@ def pruned_in_config(config, name: str, size: int) -> dict[int, set[int]]:
     return structure
 
 
+def linear_with_scaled_inputs(linear: nn.Linear, hidden_states: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """
+    `linear` applied to `hidden_states` whose input features are scaled by group, group g (a head's `head_dim`
+    features, or one intermediate neuron) by `coef[g]`: computed as `linear` with its weight columns scaled, the same
+    output without an activation-sized product nor a second saved activation (one pass over the weight, whatever the
+    batch; its backward gives `coef` its gradient from the weight gradient that is needed anyway).
+    """
+    scale = coef.to(linear.weight.dtype).repeat_interleave(linear.in_features // coef.numel())
+    return nn.functional.linear(hidden_states, linear.weight * scale, linear.bias)
+
+
 class ViTAttention(nn.Module):
     def __init__(self, config: ViTConfig, layer_idx: int = 0):
         super().__init__()
@@ -325,11 +336,12 @@ class ViTAttention(nn.Module):
             **kwargs,
         )
 
-        if coef is not None and not getattr(self.config, "slim_before", False):
-            # after the softmax: a per-head scale of the head's output, (batch, seq, heads, head_dim)
-            attn_output = attn_output * coef.to(attn_output.dtype).view(1, 1, -1, 1)
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
-        attn_output = self.o_proj(attn_output)
+        if coef is not None and not getattr(self.config, "slim_before", False):
+            # after the softmax: head h's output times c_h, as o_proj's columns of head h times c_h
+            attn_output = linear_with_scaled_inputs(self.o_proj, attn_output, coef)
+        else:
+            attn_output = self.o_proj(attn_output)
 
         return attn_output, attn_weights
 
@@ -402,10 +414,8 @@ class ViTMLP(nn.Module):
         if self.inter_slimming_coef is None:
             hidden_states = self.fc2(hidden_states)
         else:
-            # scaling neuron j by c_j is scaling column j of fc2: the same output without a (batch, seq, neurons)
-            # product, nor its saved activation
-            weight = self.fc2.weight * self.inter_slimming_coef.to(self.fc2.weight.dtype)
-            hidden_states = nn.functional.linear(hidden_states, weight, self.fc2.bias)
+            # scaling neuron j by c_j is scaling column j of fc2
+            hidden_states = linear_with_scaled_inputs(self.fc2, hidden_states, self.inter_slimming_coef)
 
         return hidden_states
 
