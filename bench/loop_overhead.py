@@ -144,7 +144,7 @@ class Alternation:
         timed_call(trainer.optimizer, "step", after=step_end)
         if trainer.recorder is not None:
             timed_call(trainer.recorder, "record", after=lambda s, e: self._add("recording", e - s))
-        timed_call(trainer, "_log_line", after=lambda s, e: self._add("logging", e - s))
+        timed_call(trainer, "log_line", after=lambda s, e: self._add("logging", e - s))
 
     def _add(self, part: str, seconds: float) -> None:
         if not self.closed:
