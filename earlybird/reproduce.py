@@ -176,6 +176,39 @@ def eb_flags(method: str, total: int, profile: str = DEFAULT_PROFILE) -> list[st
                                         for item in (f"--eb-{name.replace('_', '-')}", str(value))]
 
 
+def write_draws(path: Path, draws: dict, profile: str, params: dict, factor: float, total: int, fixed: dict,
+                slim: dict) -> None:
+    """Write the draws of `profile` into the study's draws.json, keeping those of the other profiles when they were
+    made on the same slimming run (same command and code: `slim`, its jobs.json entry) and fixed steps.
+
+    Keys: 'method@ratio' under the default profile, 'profile:method@ratio' under another (earlybird.study reads
+    both); the stationarity parameters and the original code's draw indices the same way.
+    """
+    prefix = "" if profile == DEFAULT_PROFILE else f"{profile}:"
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        kept = {}
+    if not isinstance(kept, dict) or (kept.get("slim"), kept.get("total_steps"), kept.get("fixed")) != (slim, total,
+                                                                                                       fixed):
+        kept = {}  # another slimming run's draws (or none): nothing to keep
+
+    def mine(key: str) -> bool:  # a key of this profile
+        return key.startswith(prefix) if prefix else ":" not in key
+
+    def another_profiles(key: str) -> bool:  # its draws and parameters are kept
+        return ("@" in key or key.endswith("stationarity_params")) and not mine(key)
+
+    indices = {k: v for k, v in kept.get("draw_indices", {}).items() if not mine(k)}
+    indices |= {f"{prefix}{m}@{r}": result.draw_index for (m, r), result in draws.items() if result.indexed}
+    profiles = sorted(set(kept.get("profiles", [])) | {profile}, key=lambda p: (p != DEFAULT_PROFILE, p))
+    kept = {k: v for k, v in kept.items() if another_profiles(k)}
+    write_json_atomic(kept | {f"{prefix}{m}@{r}": result.draw_step for (m, r), result in draws.items()}
+                      | {f"{prefix}stationarity_params": params, "scale": factor, "total_steps": total,
+                         "fixed": fixed, "profiles": profiles, "slim": slim}
+                      | ({"draw_indices": indices} if indices else {}), path)
+
+
 def fixed_steps(records, total: int, fractions=FRACTIONS) -> dict:
     """{fraction: the pruning step at that fraction of training} (at least the first recorded step)."""
     first = int(records.steps[0])
@@ -234,14 +267,8 @@ def reproduce(entry: str, out: Path, data_flags: list[str], *, smoke: bool = Fal
         for (method, ratio), result in draws.items():
             log(f"  {method:8s} ratio {ratio:.0%}: draw step {result.draw_step}"
                 + (f" (the original code's number {result.draw_index})" if result.draw_index is not None else ""))
-        # 'method@ratio' under the default profile, 'profile:method@ratio' under another (earlybird.study reads both)
-        key = (lambda m, r: f"{m}@{r}") if profile == DEFAULT_PROFILE else (lambda m, r: f"{profile}:{m}@{r}")
-        indices = {key(m, r): result.draw_index for (m, r), result in draws.items() if result.indexed}
-        write_json_atomic({key(m, r): result.draw_step for (m, r), result in draws.items()}
-                          | {"stationarity_params": params, "scale": factor, "total_steps": total,
-                             "fixed": {str(f): s for f, s in fixed_steps(records, total, fractions).items()},
-                             "profile": profile}
-                          | ({"draw_indices": indices} if indices else {}), out / STUDY_DRAWS)
+        write_draws(out / STUDY_DRAWS, draws, profile, params, factor, total,
+                    {str(f): s for f, s in fixed_steps(records, total, fractions).items()}, finished.done["slim"])
         log(f"3/4 {len(tickets)} tickets" + (f", {len(RATIOS)} random baselines" if random_baseline else "")
             + (" and EB-Train" if ebtrain else ""))
         jobs = {}
@@ -254,9 +281,10 @@ def reproduce(entry: str, out: Path, data_flags: list[str], *, smoke: bool = Fal
             name = f"random-s{middle}-r{int(ratio * 100)}"
             jobs[name] = [*base, "--output-dir", str(runs / name), *ticket_flags(RunLayout(slim).records, middle, ratio),
                           "--random-prune", str(RANDOM_SEED)]
-        if ebtrain:
-            jobs["ebtrain-slope"] = [
-                *base, "--output-dir", str(runs / "ebtrain-slope"), *slimming_flags(), "--eb-method", "slope",
+        if ebtrain:  # one EB-Train run per profile (the default profile's keeps its name)
+            name = "ebtrain-slope" if profile == DEFAULT_PROFILE else f"ebtrain-slope-{profile}"
+            jobs[name] = [
+                *base, "--output-dir", str(runs / name), *slimming_flags(), "--eb-method", "slope",
                 "--eb-block", DETECTOR_BLOCK, *eb_flags("slope", total, profile), "--self-pruning-ratio", str(RATIOS[0]),
                 "--inter-pruning-ratio", str(RATIOS[0])]
         run_jobs(pool, jobs, logs, log, finished)
@@ -264,7 +292,8 @@ def reproduce(entry: str, out: Path, data_flags: list[str], *, smoke: bool = Fal
         pool.join()
     log("4/4 report")
     # this study's runs only (the directory may hold runs of an earlier pass with other settings)
-    report = build_report([slim, dense, *(runs / name for name in sorted(jobs))], out, profile=profile,
+    report = build_report([slim, dense, *(runs / name for name in sorted(jobs))],
+                          out if profile == DEFAULT_PROFILE else out / f"report-{profile}", profile=profile,
                           log=lambda line: log("  " + line))
     log(f"reproduce: done in {time.perf_counter() - start:.0f}s; report: {report}")
     return report

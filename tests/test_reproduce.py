@@ -9,8 +9,8 @@ from earlybird.detectors import scaled_params
 REPO = Path(__file__).resolve().parents[1]
 
 
-def smoke(out, tmp_path):
-    return subprocess.run(["bash", str(REPO / "reproduce.sh"), "--smoke"], cwd=REPO, capture_output=True,
+def smoke(out, tmp_path, *flags):
+    return subprocess.run(["bash", str(REPO / "reproduce.sh"), "--smoke", *flags], cwd=REPO, capture_output=True,
                           text=True, env={"OUT": str(out), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
                           timeout=600)
 
@@ -53,6 +53,23 @@ def test_reproduce_smoke(tmp_path):
     assert "reused" in again.stdout + again.stderr
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*/results.json")} == finished
     assert report.read_text() == text
+
+    # A pass under the other profile retrains only its own draws and EB-Train; the draws of both are kept side by side.
+    other = smoke(out, tmp_path, "--profile", "original")
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("*/results.json") if p in finished} == finished
+    both = json.loads((out / "draws.json").read_text())
+    assert {k: v for k, v in both.items() if "@" in k and ":" not in k} == {k: v for k, v in draws.items() if "@" in k}
+    assert both["stationarity_params"] == draws["stationarity_params"] and both["profiles"] == ["paper", "original"]
+    original = {k: v for k, v in both.items() if k.startswith("original:") and "@" in k}
+    assert len(original) == len([k for k in draws if "@" in k])
+    for key, step in original.items():
+        if step is not None:
+            ratio = int(round(float(key.split("@")[1]) * 100))
+            assert (runs / f"ticket-s{step}-r{ratio}" / "results.json").exists()
+    assert (runs / "ebtrain-slope-original" / "results.json").exists()
+    assert json.loads((runs / "ebtrain-slope-original" / "args.json").read_text())["eb_profile"] == "original"
+    assert "original" in (out / "report-original" / "report.md").read_text() and report.read_text() == text
 
 
 def test_a_finished_job_is_reused_only_with_the_same_command_and_code(tmp_path):

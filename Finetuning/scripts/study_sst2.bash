@@ -26,6 +26,7 @@ LR=${LR:-5e-5}
 WORKERS=${WORKERS:-2}
 FRACTIONS=${FRACTIONS:-"0 0.04 0.07 0.2 0.44 0.8"}
 SEEDS=${SEEDS:-"42 43 44"}               # one study per seed in OUT_DIR/seed-S, summarised in OUT_DIR/summary.md
+PROFILES=${PROFILES:-"paper original"}   # detection profiles, in turn: the later ones reuse every run but their draws
 
 for f in train.tsv dev.tsv test.tsv; do
   [[ -f "$DATA_DIR/$f" ]] || { echo "study_sst2.bash: error: $DATA_DIR/$f not found" >&2; exit 2; }
@@ -33,10 +34,12 @@ done
 [[ -f "$MODEL_DIR/config.json" ]] || { echo "study_sst2.bash: error: $MODEL_DIR has no config.json" >&2; exit 2; }
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+for PROFILE in $PROFILES; do
 # shellcheck disable=SC2086
-exec .venv/bin/python -m earlybird.reproduce --entry Finetuning/run_bert.py --out "$OUT_DIR" --steps "$STEPS" \
-  --workers "$WORKERS" --seed $SEEDS --fractions $FRACTIONS --no-random -- \
+.venv/bin/python -m earlybird.reproduce --entry Finetuning/run_bert.py --out "$OUT_DIR" --steps "$STEPS" \
+  --workers "$WORKERS" --seed $SEEDS --fractions $FRACTIONS --no-random --profile "$PROFILE" -- \
   --model-name-or-path "$MODEL_DIR" --task glue \
   --train-file "$DATA_DIR/train.tsv" --validation-file "$DATA_DIR/dev.tsv" --test-file "$DATA_DIR/test.tsv" \
   --max-train-samples "$TRAIN_SAMPLES" --max-eval-samples "$EVAL_SAMPLES" \
   --per-device-train-batch-size "$BATCH" --max-seq-length "$SEQ_LEN" --learning-rate "$LR" --warmup-ratio 0.1
+done
