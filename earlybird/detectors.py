@@ -584,10 +584,11 @@ class SlopeEB(StationarityEB):
 def slope_test(window: np.ndarray, maxlags: int | None = None) -> tuple[float, float]:
     """(slope, p-value) of the OLS of the window on time 0..n-1: Newey-West (HAC) standard errors with `maxlags`
     lags, or the plain OLS ones with None (the original profile)."""
-    import statsmodels.api as sm
+    # statsmodels.api would import all of statsmodels (~1.5 s); the regression module is all this needs
+    from statsmodels.regression.linear_model import OLS
 
-    time = sm.add_constant(np.arange(len(window), dtype=np.float64))
-    model = sm.OLS(window, time)
+    time = np.column_stack([np.ones(len(window)), np.arange(len(window), dtype=np.float64)])  # sm.add_constant's
+    model = OLS(window, time)
     fit = model.fit() if maxlags is None else model.fit(cov_type="HAC", cov_kwds={"maxlags": maxlags})
     return float(fit.params[1]), float(fit.pvalues[1])
 
@@ -857,6 +858,26 @@ def _step_blocks(coefs: np.ndarray):
         yield start, min(start + per, coefs.shape[0])
 
 
+def _mask_blocks(coefs: np.ndarray, ratio: float, scope: str, rule: str, norms_wanted):
+    """(start, stop, masks, norms or None) for each block of steps, in order; the next block's masks (and norms, when
+    `norms_wanted()` says so as it is queued) are computed in a background thread while the caller feeds this one to
+    its detectors. numpy's partitions and LAPACK's SVDs release the GIL and the detectors' updates are Python, so on
+    two cores a scan takes about the longer of the two instead of their sum; the values are the same."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def compute(start: int, stop: int, norms: bool):
+        masks = compute_mask(coefs[start:stop], ratio, scope, rule)
+        return start, stop, masks, nuclear_norm(masks) if norms else None
+
+    blocks = list(_step_blocks(coefs))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="earlybird-masks") as pool:
+        pending = pool.submit(compute, *blocks[0], norms_wanted()) if blocks else None
+        for following in [*blocks[1:], None]:
+            current = pending.result()
+            pending = pool.submit(compute, *following, norms_wanted()) if following else None
+            yield current
+
+
 def _feed_block(detector: Detector, steps, inputs, stop_at_draw: bool) -> bool:
     """Feed one block of steps' inputs (nuclear norms for `uses_norm` detectors, else masks); True if it drew."""
     update = detector.update_value if detector.uses_norm else detector.update
@@ -904,12 +925,16 @@ def detect_many(records, block: str, ratio: float, scope: str | None, methods: d
     coefs = records.block(block)
     scope = check_scope(profile.scope(block, scope))
     detectors = {method: make_detector(method, profile.name, block, **params) for method, params in methods.items()}
-    for start, stop in _step_blocks(coefs):
-        live = [d for d in detectors.values() if not (stop_at_draw and d.draw_step is not None)]
+
+    def running() -> list:
+        return [d for d in detectors.values() if not (stop_at_draw and d.draw_step is not None)]
+
+    blocks = _mask_blocks(coefs, ratio, scope, profile.mask_rule, lambda: any(d.uses_norm for d in running()))
+    for start, stop, masks, norms in blocks:
+        live = running()
         if not live:
+            blocks.close()
             break
-        masks = compute_mask(coefs[start:stop], ratio, scope, profile.mask_rule)
-        norms = nuclear_norm(masks) if any(d.uses_norm for d in live) else None
         steps = records.steps[start:stop]
         for detector in live:
             _feed_block(detector, steps, norms if detector.uses_norm else masks, stop_at_draw)

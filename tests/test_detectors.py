@@ -17,6 +17,7 @@ from earlybird.detectors import (
     SlopeEB,
     default_maxlags,
     detect,
+    detect_many,
     hamming_table,
     make_detector,
 )
@@ -206,6 +207,22 @@ def test_offline_equals_online(method):
         batched.observe_many(records.steps[start : start + 64], msa=records.msa[start : start + 64])
     assert batched.draw_step == offline.draw_step
     assert batched.result().trace == offline.trace
+
+
+@pytest.mark.parametrize("stop_at_draw", [True, False])
+@pytest.mark.parametrize("elements", [1 << 23, 4 * 8 * 50, 4 * 8 * 7])  # one block of steps; blocks of 50 and of 7
+def test_one_pass_equals_separate_detect_calls(monkeypatch, stop_at_draw, elements):
+    """`detect_many` (the CLI's --method all): masks computed once per block of steps, the next block in a background
+    thread, fed to every detector: the results of separate `detect` calls, whatever the blocks."""
+    import earlybird.detectors as detectors
+
+    records = small_records()
+    monkeypatch.setattr(detectors, "_SCAN_ELEMENTS", elements)
+    many = detect_many(records, "msa", 0.3, "layerwise", PARAMS, stop_at_draw=stop_at_draw)
+    assert set(many) == set(PARAMS)
+    for method, params in PARAMS.items():
+        alone = detect(records, "msa", 0.3, "layerwise", method, stop_at_draw=stop_at_draw, **params)
+        assert many[method].draw_step == alone.draw_step is not None and many[method].trace == alone.trace
 
 
 def test_online_accepts_torch_and_waits_for_every_block():
