@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback  # noqa: E402
 from transformers import TrainingArguments  # noqa: E402
 
-from benchlib import emit, make_parser, set_threads  # noqa: E402
+from benchlib import bert_train_step_seconds, emit, make_parser, set_threads  # noqa: E402
 from earlybird.hf import EarlyBirdCallback  # noqa: E402
 
 NEVER = 10**9  # patience: the detectors check but never draw
@@ -127,17 +127,7 @@ def run_round(models: dict, data, steps: int, scratch: str, order: list, options
 
 def bert_base_step(repeats: int) -> float:
     """Median seconds of one train step (forward, backward, AdamW) of BERT-base at batch 8 x 128."""
-    model = BertForSequenceClassification(config(False, wide=True)).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    inputs = {"input_ids": torch.randint(0, 1000, (8, 128)), "labels": torch.randint(0, 2, (8,))}
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        model(**inputs).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+    return bert_train_step_seconds(BertForSequenceClassification(config(False, wide=True)).train(), repeats)
 
 
 def main(argv=None) -> int:

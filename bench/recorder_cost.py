@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from benchlib import emit, make_parser, set_threads  # noqa: E402
+from benchlib import bert_train_step_seconds, emit, make_parser, set_threads  # noqa: E402
 
 NAIVE_EVERY = 100
 POOL = 257  # random rows cycled through (prime: never aligned with the chunk or the save period)
@@ -131,17 +131,8 @@ def bert_step_seconds(quick: bool, repeats: int = 3) -> tuple[float, str]:
     kwargs = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256) if quick else {}
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(num_labels=2, self_slimming=True, inter_slimming=True, **kwargs))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    inputs = {"input_ids": torch.randint(0, 1000, (8, 128)), "labels": torch.randint(0, 2, (8,))}
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        model(**inputs).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
     name = "BERT-tiny" if quick else "BERT-base"
-    return statistics.median(times[1:]), (f"{name} seq 128 batch 8 train step (slimming on), median of {repeats}, "
+    return bert_train_step_seconds(model, repeats), (f"{name} seq 128 batch 8 train step (slimming on), median of {repeats}, "
                                           f"{torch.get_num_threads()} thread(s)")
 
 

@@ -193,8 +193,9 @@ def check_squad_columns(dataset, where: str) -> None:
         raise EarlyBirdError(f"{where}: missing column(s) {', '.join(missing)}; columns: {', '.join(dataset.column_names)}")
 
 
-def prepare_train_features(examples, tokenizer, max_seq_length: int, doc_stride: int):
-    """Windows of (question, context) with start/end token positions of the answer (CLS when outside)."""
+def _squad_windows(examples, tokenizer, max_seq_length: int, doc_stride: int):
+    """(encoding, window -> example index, whether the context is the second sequence): each (question, context) cut
+    into windows of max_seq_length tokens overlapping by doc_stride, the question on the tokenizer's padding side."""
     pad_right = tokenizer.padding_side == "right"
     questions = [q.lstrip() for q in examples["question"]]
     enc = tokenizer(questions if pad_right else examples["context"], examples["context"] if pad_right else questions,
@@ -202,6 +203,12 @@ def prepare_train_features(examples, tokenizer, max_seq_length: int, doc_stride:
                     stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
                     padding="max_length")
     sample_map = enc.pop("overflow_to_sample_mapping")
+    return enc, sample_map, pad_right
+
+
+def prepare_train_features(examples, tokenizer, max_seq_length: int, doc_stride: int):
+    """Windows of (question, context) with start/end token positions of the answer (CLS when outside)."""
+    enc, sample_map, pad_right = _squad_windows(examples, tokenizer, max_seq_length, doc_stride)
     offsets_all = enc.pop("offset_mapping")
     enc["start_positions"], enc["end_positions"] = [], []
     context_id = 1 if pad_right else 0
@@ -239,13 +246,7 @@ def prepare_train_features(examples, tokenizer, max_seq_length: int, doc_stride:
 
 def prepare_validation_features(examples, tokenizer, max_seq_length: int, doc_stride: int):
     """Windows padded to max_seq_length, with the example id and the context-only offset mapping."""
-    pad_right = tokenizer.padding_side == "right"
-    questions = [q.lstrip() for q in examples["question"]]
-    enc = tokenizer(questions if pad_right else examples["context"], examples["context"] if pad_right else questions,
-                    truncation="only_second" if pad_right else "only_first", max_length=max_seq_length,
-                    stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
-                    padding="max_length")
-    sample_map = enc.pop("overflow_to_sample_mapping")
+    enc, sample_map, pad_right = _squad_windows(examples, tokenizer, max_seq_length, doc_stride)
     context_id = 1 if pad_right else 0
     enc["example_id"] = []
     for i in range(len(enc["input_ids"])):
