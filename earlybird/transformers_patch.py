@@ -48,6 +48,7 @@ MANIFEST = PATCH_DIR / "manifest.json"
 JOURNAL = ".earlybird-patch-journal.json"
 STAGING = ".earlybird-staging"
 BACKUP = ".earlybird-pristine"
+INSTALLED = "installed.json"  # in BACKUP: the hashes of the patched files last installed
 
 
 class PatchError(RuntimeError):
@@ -171,6 +172,9 @@ def apply(package_dir: Path) -> str:
     manifest = load_manifest()
     state, states = overall_state(package_dir)
     if state == "patched":
+        if (package_dir / BACKUP).is_dir() and not (package_dir / BACKUP / INSTALLED).exists():
+            # (an install patched before the record existed: a later patch set will recognise these files)
+            write_installed(package_dir / BACKUP, {t: sums["patched"] for t, sums in manifest["files"].items()})
         return f"transformers {TRANSFORMERS_VERSION} at {package_dir} is already patched; nothing to do."
     version = transformers_version(package_dir)
     if version != manifest["transformers_version"]:
@@ -178,7 +182,9 @@ def apply(package_dir: Path) -> str:
             f"{package_dir}: transformers {version} is installed but the patches are for "
             f"{manifest['transformers_version']}; run `bash setup.sh` to install the pinned version. Nothing was changed."
         )
-    if state != "pristine":
+    backup = package_dir / BACKUP
+    earlier = state != "pristine" and earlier_patch(package_dir, manifest, states)
+    if state != "pristine" and not earlier:
         bad = ", ".join(f"{t} ({s})" for t, s in states.items() if s != "pristine")
         raise PatchError(
             f"{package_dir}: not a pristine transformers {version}: {bad}. Nothing was changed; reinstall transformers "
@@ -188,9 +194,10 @@ def apply(package_dir: Path) -> str:
         raise PatchError("GNU `patch` is not installed (apt-get install patch); nothing was changed.")
     staging = package_dir / STAGING
     shutil.rmtree(staging, ignore_errors=True)
+    source = backup if earlier else package_dir  # an earlier patch set is replaced from the pristine backup
     for target in manifest["files"]:
         (staging / target).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(package_dir / target, staging / target)
+        shutil.copy2(source / target, staging / target)
     for target in manifest["files"]:
         diff = PATCH_DIR / patch_name(target)
         result = subprocess.run(
@@ -202,17 +209,39 @@ def apply(package_dir: Path) -> str:
             shutil.rmtree(staging, ignore_errors=True)
             raise PatchError(f"{diff}: does not apply cleanly ({result.stdout.strip()}); nothing was changed.")
         faults.hit("patch-stage")
+    if not earlier:
+        for target in manifest["files"]:
+            (backup / target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(package_dir / target, backup / target)
+            faults.hit("patch-backup")
+    patched = {t: sums["patched"] for t, sums in manifest["files"].items()}
+    swap_in(package_dir, {t: staging / t for t in manifest["files"]}, patched)
+    write_installed(backup, patched)
+    return (f"patched transformers {version} at {package_dir} ({len(manifest['files'])} files)"
+            + (", replacing an earlier patch set of this project." if earlier else "."))
+
+
+def write_installed(backup: Path, patched: dict[str, str]) -> None:
+    """Record, beside the pristine backup, the hashes of the files this patch set installed: a later version of the
+    patches recognises them as its own earlier patch (not hand edits) and replaces them."""
+    path = backup / INSTALLED
+    path.write_text(json.dumps(patched, indent=1, sort_keys=True) + "\n")
+
+
+def earlier_patch(package_dir: Path, manifest: dict, states: dict[str, str]) -> bool:
+    """Whether the installed files are an earlier patch set of this project (every file pristine, patched, or as an
+    earlier `apply` recorded it installing) over a valid pristine backup: then `apply` replaces it from the backup."""
     backup = package_dir / BACKUP
-    for target in manifest["files"]:
-        (backup / target).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(package_dir / target, backup / target)
-        faults.hit("patch-backup")
-    swap_in(
-        package_dir,
-        {t: staging / t for t in manifest["files"]},
-        {t: sums["patched"] for t, sums in manifest["files"].items()},
-    )
-    return f"patched transformers {version} at {package_dir} ({len(manifest['files'])} files)."
+    try:
+        installed = json.loads((backup / INSTALLED).read_text())
+    except (OSError, ValueError):
+        return False
+    for target, sums in manifest["files"].items():
+        if not (backup / target).is_file() or sha256(backup / target) != sums["pristine"]:
+            return False
+        if states.get(target) == "other" and sha256(package_dir / target) != installed.get(target):
+            return False  # edited by hand, or of another origin
+    return True
 
 
 def revert(package_dir: Path) -> str:
@@ -222,8 +251,9 @@ def revert(package_dir: Path) -> str:
         return f"transformers at {package_dir} is already pristine; nothing to do."
     backup = package_dir / BACKUP
     pristine = {t: sums["pristine"] for t, sums in manifest["files"].items()}
+    earlier = earlier_patch(package_dir, manifest, states)
     for target in manifest["files"]:
-        if states.get(target) not in ("patched", "pristine"):
+        if states.get(target) not in ("patched", "pristine") and not earlier:
             raise PatchError(f"{package_dir / target}: edited by hand ({states.get(target)}); reinstall transformers.")
         if not (backup / target).exists() or sha256(backup / target) != pristine[target]:
             raise PatchError(f"{backup / target}: no valid pristine backup; reinstall transformers instead.")
@@ -311,6 +341,8 @@ def main(argv=None) -> int:
             if state == "other":
                 for target, file_state in states.items():
                     print(f"  {target}: {file_state}")
+                if earlier_patch(package_dir, load_manifest(), states):
+                    print("  (an earlier patch set of this project: `bash setup.sh` replaces it)")
             return 0 if state == "patched" else 1
         print(apply(package_dir) if args.command == "apply" else revert(package_dir))
         return 0

@@ -74,6 +74,33 @@ def test_apply_check_revert_on_a_copy(fake_transformers):
     assert not (fake_transformers / tp.STAGING).exists() and not (fake_transformers / tp.JOURNAL).exists()
 
 
+def test_an_earlier_patch_set_is_replaced_and_a_hand_edit_is_not(fake_transformers):
+    """A user who pulls a new version of the project re-runs setup.sh over the files an earlier version patched: they
+    are replaced from the pristine backup (what apply recorded installing tells them from hand edits)."""
+    pristine = snapshot(fake_transformers)
+    assert run_tool("apply", "--transformers-dir", str(fake_transformers)).returncode == 0
+    target = fake_transformers / tp.TARGETS[-1]
+    # what an earlier version of the patches would have installed, and recorded as installed
+    target.write_text(target.read_text().replace("class BertLayer", "class BertLayerOfAnEarlierPatch"))
+    installed = fake_transformers / tp.BACKUP / tp.INSTALLED
+    record = json.loads(installed.read_text())
+    installed.write_text(json.dumps({**record, tp.TARGETS[-1]: tp.sha256(target)}))
+    status = run_tool("status", "--transformers-dir", str(fake_transformers))
+    assert status.returncode == 1 and "an earlier patch set of this project" in status.stdout
+
+    upgraded = run_tool("apply", "--transformers-dir", str(fake_transformers))
+    assert upgraded.returncode == 0 and "replacing an earlier patch set" in upgraded.stdout, upgraded.stderr
+    for name in tp.TARGETS:
+        assert (fake_transformers / name).read_bytes() == (tp.MODIF_DIR / name).read_bytes()
+        assert (fake_transformers / tp.BACKUP / name).read_bytes() == pristine[name]  # the backup is still pristine
+
+    target.write_text(target.read_text().replace("class BertLayer", "class BertLayerEditedByHand"))
+    before = snapshot(fake_transformers)
+    refused = run_tool("apply", "--transformers-dir", str(fake_transformers))
+    assert refused.returncode == 2 and "not a pristine transformers" in refused.stderr
+    assert snapshot(fake_transformers) == before
+
+
 def test_a_mismatched_file_is_refused_and_nothing_changes(fake_transformers):
     target = fake_transformers / tp.TARGETS[-1]
     target.write_text(target.read_text().replace("class BertLayer", "class BertLayerEdited"))
