@@ -45,7 +45,8 @@ from .masks import check_scope
 from .plans import load_plan, save_plan
 from .profiles import DEFAULT_PROFILE, get_profile
 from .records import CoefficientRecorder, load_records
-from .slimming import apply_plan, fold_slimming, head_coefficients, model_shape, neuron_coefficients
+from .slimming import (apply_plan, fold_slimming, head_coefficients, model_shape, neuron_coefficients,
+                       stack_coefficients)
 from .training.config import EBConfig, PruningConfig, RunConfig, SlimmingConfig, TrainConfig
 from .training.ebtrain import EBTrain
 
@@ -275,19 +276,13 @@ class EarlyBirdCallback(TrainerCallback):
     def on_step_end(self, args, state, control, processing_class=None, **kwargs):
         step = state.global_step
         if step % self.slimming.record_every == 0:
-            msa, mlp = self._read_coefficients()
+            msa, mlp = stack_coefficients(self._coefficients["msa"], self._coefficients["mlp"])
             if self.recorder.active and step > self.recorder.last_step:  # (a resumed run's earlier rows are kept)
                 self.recorder.record(step, msa, mlp)
             if self.ebtrain is not None and not self.ebtrain.drawn and self.ebtrain.observe(step, msa, mlp):
                 self._draw(control, processing_class)
         if control.should_save:  # the records cover the checkpoint about to be written
             self.recorder.flush()
-
-    @torch.no_grad()
-    def _read_coefficients(self) -> tuple:
-        """(msa (L, H), mlp (L, I)) after the step, stacked on their device (a copy; no host sync), as
-        earlybird.slimming.read_coefficients gives them."""
-        return tuple(torch.stack(self._coefficients[name]) if self._coefficients[name] else None for name in BLOCKS)
 
     def on_save(self, args, state, control, **kwargs):
         self.recorder.flush()
