@@ -10,8 +10,8 @@ MODEL=${MODEL:-bert-base-uncased}
 OUTPUT_DIR=${OUTPUT_DIR:-$ROOT/runs/bert_slim}
 MAX_SEQ_LENGTH=${MAX_SEQ_LENGTH:-384}
 DOC_STRIDE=${DOC_STRIDE:-128}
-BATCH_SIZE=${BATCH_SIZE:-12}             # per device
-GRAD_ACCUM=${GRAD_ACCUM:-1}              # global batch = BATCH_SIZE x NUM_PROCESSES x GRAD_ACCUM
+GLOBAL_BATCH=${GLOBAL_BATCH:-12}         # per optimizer step, over every process (the study's)
+GRAD_ACCUM=${GRAD_ACCUM:-1}              # per device: GLOBAL_BATCH / (NUM_PROCESSES x GRAD_ACCUM)
 EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-64}
 EPOCHS=${EPOCHS:-2}
 MAX_STEPS=${MAX_STEPS:-}                 # set to override EPOCHS

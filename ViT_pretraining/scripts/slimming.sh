@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DATASET=${DATASET:-cifar10}              # cifar10 (hub), digits, or a local imagefolder / save_to_disk dir
 OUTPUT_DIR=${OUTPUT_DIR:-$ROOT/runs/vit_pretrain_slim}
-BATCH_SIZE=${BATCH_SIZE:-}               # empty: the data set's preset (128 CIFAR, 64 digits)
+GLOBAL_BATCH=${GLOBAL_BATCH:-}           # empty: the data set's preset (128 CIFAR, 64 digits), over every process
 GRAD_ACCUM=${GRAD_ACCUM:-1}
 EPOCHS=${EPOCHS:-}                       # empty: the preset (200 CIFAR, 20 digits)
 MAX_STEPS=${MAX_STEPS:-}
@@ -18,9 +18,10 @@ SAVE_EVERY=${SAVE_EVERY:-0}
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-2000}
 EVAL_EVERY=${EVAL_EVERY:-0}
 SEED=${SEED:-42}
-WORKERS=${WORKERS:-4}
+WORKERS=${WORKERS:-}                     # empty: per process, its share of the machine's CPUs (0 for data in memory)
 
 source "$ROOT/Finetuning/scripts/launch.bash"
+preset_global_batch "$DATASET"
 FLAGS=(--dataset "$DATASET")
 slim_flags
 run_flags
