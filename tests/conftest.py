@@ -43,6 +43,19 @@ def _cuda_tests_see_the_gpu(request, monkeypatch):
 
 
 @pytest.fixture
+def fake_gpu(tmp_path, monkeypatch):
+    """A GPU machine as the bash scripts see it: an `nvidia-smi` on PATH that lists one GPU (torch stays as it is)."""
+    bin_dir = tmp_path / "fake-gpu-bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text('#!/bin/sh\nif [ "$1" = "-L" ]; then echo "GPU 0: NVIDIA H200 (UUID: GPU-00000000-1111-2222-3333-444444444444)"; '
+                   'else echo "NVIDIA-SMI 580.00  Driver Version: 580.00  CUDA Version: 13.0"; fi\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return smi
+
+
+@pytest.fixture
 def one_thread_only():
     """Torch on one thread for the test (modules that train: `pytestmark = pytest.mark.usefixtures(...)`)."""
     from test_training_support import one_thread

@@ -215,7 +215,7 @@ launch() {
   local cmd=("$(accelerate_exe)" launch "${mode[@]}" --num_processes "$n" "${machine[@]}"
              --mixed_precision "${MIXED_PRECISION:-no}" --dynamo_backend no ${ACCELERATE_ARGS:-}
              "$script" --mixed-precision "${MIXED_PRECISION:-no}" "$@" "${extra[@]}")
-  echo "+ ${cmd[*]}" >&2
+  echo "+ ${ACCELERATE_USE_CPU:+ACCELERATE_USE_CPU=$ACCELERATE_USE_CPU }${cmd[*]}" >&2
   if [[ ${DRY_RUN:-0} == 1 ]]; then return 0; fi
   "${cmd[@]}"
 }
