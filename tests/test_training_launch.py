@@ -134,6 +134,11 @@ def test_scripts_default_to_the_study_and_take_overrides(script, tmp_path, study
     assert "--report-to tensorboard" in command and "--checkpoint-minutes 15" in command
     if "prune" in script:
         assert "--random-prune 9" in command and "--rewind none" in command
+    else:  # EB-Train, its detector scaled to the run's own length
+        env.update(EB_METHOD="slope")
+        command = subprocess.run(["bash", str(ROOT / script)], capture_output=True, text=True, env=env,
+                                 timeout=60).stderr.strip().splitlines()[-1]
+        assert "--eb-method slope --eb-scale --self-pruning-ratio 0.3 --inter-pruning-ratio 0.3" in command
     if "llm" in script:
         assert "--task glue --train-file t.tsv" in command
 

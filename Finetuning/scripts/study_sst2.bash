@@ -11,6 +11,7 @@
 #
 # Scale (each overridable from the environment): train on a seeded subset of TRAIN_SAMPLES sentences for STEPS
 # optimizer steps of BATCH, evaluate on the test split (GLUE's dev set) at the end; dev.tsv is the validation split.
+# One process per run (earlybird.reproduce runs them in turn, WORKERS at a time); PYTHON: the venv's python.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -36,7 +37,7 @@ done
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 for PROFILE in $PROFILES; do
 # shellcheck disable=SC2086
-.venv/bin/python -m earlybird.reproduce --entry Finetuning/run_bert.py --out "$OUT_DIR" --steps "$STEPS" \
+"${PYTHON:-.venv/bin/python}" -m earlybird.reproduce --entry Finetuning/run_bert.py --out "$OUT_DIR" --steps "$STEPS" \
   --workers "$WORKERS" --seed $SEEDS --fractions $FRACTIONS --no-random --profile "$PROFILE" -- \
   --model-name-or-path "$MODEL_DIR" --task glue \
   --train-file "$DATA_DIR/train.tsv" --validation-file "$DATA_DIR/dev.tsv" --test-file "$DATA_DIR/test.tsv" \
