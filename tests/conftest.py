@@ -48,7 +48,7 @@ def fake_gpu(tmp_path, monkeypatch):
     bin_dir = tmp_path / "fake-gpu-bin"
     bin_dir.mkdir()
     smi = bin_dir / "nvidia-smi"
-    smi.write_text('#!/bin/sh\nif [ "$1" = "-L" ]; then echo "GPU 0: NVIDIA H200 (UUID: GPU-00000000-1111-2222-3333-444444444444)"; '
+    smi.write_text('#!/bin/sh\nif [ "$1" = "-L" ]; then echo "GPU 0: NVIDIA H200 (UUID: GPU-0000-1111)"; '
                    'else echo "NVIDIA-SMI 580.00  Driver Version: 580.00  CUDA Version: 13.0"; fi\n')
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")

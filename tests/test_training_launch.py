@@ -123,8 +123,8 @@ def test_scripts_default_to_the_study_and_take_overrides(script, tmp_path, study
     for expected in SCRIPTS[script]:
         assert expected in command, (expected, command)
     assert f"--output-dir {tmp_path / 'out'}" in command
-    env.update(NUM_PROCESSES="3", GLOBAL_BATCH="24", MAX_STEPS="7", SEED="5", RANDOM_SEED="9", REWIND="none", TASK="glue",
-               TRAIN_FILE="t.tsv", MIXED_PRECISION="bf16", REPORT_TO="tensorboard", CHECKPOINT_MINUTES="15")
+    env.update(NUM_PROCESSES="3", GLOBAL_BATCH="24", MAX_STEPS="7", SEED="5", RANDOM_SEED="9", REWIND="none",
+               TASK="glue", TRAIN_FILE="t.tsv", MIXED_PRECISION="bf16", REPORT_TO="tensorboard", CHECKPOINT_MINUTES="15")
     command = subprocess.run(["bash", str(ROOT / script)], capture_output=True, text=True, env=env,
                              timeout=60).stderr.strip().splitlines()[-1]
     assert "--multi_gpu --num_processes 3" in command and "--max-steps 7" in command and "--seed 5" in command
@@ -147,7 +147,8 @@ def test_scripts_default_to_the_study_and_take_overrides(script, tmp_path, study
 SCALE_PAIRS = {
     "vit": ("Finetuning/scripts/slim_vit.bash", "Finetuning/scripts/prune_train_vit.bash", 1_281_167, (1, 2, 8)),
     # GLOBAL_BATCH empty: the preset's batch (128), looked up when several processes share it
-    "vit_pretraining": ("ViT_pretraining/scripts/slimming.sh", "ViT_pretraining/scripts/prune_train.sh", 50_000, (1, 8)),
+    "vit_pretraining": ("ViT_pretraining/scripts/slimming.sh", "ViT_pretraining/scripts/prune_train.sh", 50_000,
+                        (1, 8)),
 }
 
 
@@ -183,7 +184,8 @@ BAD_SETTINGS = [  # (environment, what the one line says)
     ({"NUM_PROCESSES": "8"}, "GLOBAL_BATCH=12 does not divide into NUM_PROCESSES=8 x GRAD_ACCUM=1 per-device batches"),
     ({"BATCH_SIZE": "12"}, "BATCH_SIZE=12: the scripts take GLOBAL_BATCH"),
     ({"NUM_PROCESSES": "two"}, "NUM_PROCESSES=two: expected a positive integer"),
-    ({"NUM_MACHINES": "2", "NUM_PROCESSES": "2", "MAIN_PROCESS_IP": "10.0.0.1"}, "MACHINE_RANK=: expected this machine"),
+    ({"NUM_MACHINES": "2", "NUM_PROCESSES": "2", "MAIN_PROCESS_IP": "10.0.0.1"},
+     "MACHINE_RANK=: expected this machine"),
     ({"NUM_MACHINES": "2", "NUM_PROCESSES": "2", "MACHINE_RANK": "1"}, "NUM_MACHINES=2 needs MAIN_PROCESS_IP"),
     ({"NUM_MACHINES": "2", "NUM_PROCESSES": "3", "GLOBAL_BATCH": "3"},
      "NUM_PROCESSES=3 (processes in total) is not a multiple of NUM_MACHINES=2"),
@@ -224,14 +226,16 @@ def test_a_cpu_torch_on_a_gpu_machine_stops_with_one_line(tmp_path):
     python = ROOT / ".venv" / "bin" / "python"
     torch_version = torch.__version__
     for device in ("auto", "cuda"):
+        env = script_env(DEVICE=device, PYTHON=python, ACCELERATE=accelerate, DATASET="digits",
+                         OUTPUT_DIR=tmp_path / "out")
         proc = subprocess.run(["bash", str(ROOT / "ViT_pretraining/scripts/slimming.sh")], capture_output=True,
-                              text=True, timeout=120, env=script_env(DEVICE=device, PYTHON=python, ACCELERATE=accelerate,
-                                                                     DATASET="digits", OUTPUT_DIR=tmp_path / "out"))
+                              text=True, timeout=120, env=env)
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.splitlines()) == 1, proc.stderr
         assert f"torch {torch_version} of {python} cannot use" in proc.stderr and "bash setup.sh --cuda" in proc.stderr
         if device == "auto":
-            assert proc.stderr.startswith("slimming.sh: error: nvidia-smi lists 1 GPU(s)") and "DEVICE=cpu" in proc.stderr
+            assert proc.stderr.startswith("slimming.sh: error: nvidia-smi lists 1 GPU(s)")
+            assert "DEVICE=cpu" in proc.stderr
         assert not started.exists() and not (tmp_path / "out").exists()  # nothing started
     # DEVICE=cpu: go on, on the CPU
     proc = subprocess.run(["bash", str(ROOT / "ViT_pretraining/scripts/slimming.sh")], capture_output=True, text=True,

@@ -163,7 +163,8 @@ choose_device() {
   local python listed=0 probe version="(no torch)" usable=0
   python=$(python_exe)
   if command -v nvidia-smi >/dev/null 2>&1; then listed=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); fi
-  if probe=$("$python" -c 'import torch; print(torch.__version__, torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null); then
+  local ask='import torch; print(torch.__version__, torch.cuda.device_count() if torch.cuda.is_available() else 0)'
+  if probe=$("$python" -c "$ask" 2>/dev/null); then
     read -r version usable <<<"$probe"
   fi
   if (( usable > 0 )); then
@@ -173,8 +174,9 @@ choose_device() {
   elif [[ $device == cuda ]]; then
     die "DEVICE=cuda but torch $version of $python cannot use CUDA; install a CUDA build with \`bash setup.sh --cuda\`"
   elif (( listed > 0 )); then
-    die "nvidia-smi lists $listed GPU(s) but torch $version of $python cannot use them (a CPU build), so the run would" \
-      "train on the CPU: install a CUDA build with \`bash setup.sh --cuda\`, or set DEVICE=cpu to train on the CPU anyway"
+    die "nvidia-smi lists $listed GPU(s) but torch $version of $python cannot use them (a CPU build), so the run" \
+      "would train on the CPU: install a CUDA build with \`bash setup.sh --cuda\`, or set DEVICE=cpu to train on the" \
+      "CPU anyway"
   else
     DEVICE=cpu
   fi

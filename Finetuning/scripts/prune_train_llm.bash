@@ -2,9 +2,9 @@
 # Prune the slimming run's BERT at a recorded step and retrain the ticket with the same budget (SQuAD by
 # default; TASK=glue for sentence classification). REWIND=init: from the slimming run's step-0 weights
 # (the lottery ticket); REWIND=none: from its weights at PRUNE_STEP (kept with SAVE_EVERY / --save-steps).
-# RANDOM_SEED=<n>: the random-pruning baseline. PRUNE_STEP defaults to the recorded step at PRUNE_FRACTION (0.2) of the
-# slimming run's own length (its results.json: 2955 of the study's 14774 steps). Every variable can be set from the environment (the ticket's and
-# BERT's data variables are in launch.bash).
+# RANDOM_SEED=<n>: the random-pruning baseline. PRUNE_STEP defaults to the recorded step at PRUNE_FRACTION (0.2)
+# of the slimming run's own length (its results.json: 2955 of the study's 14774 steps). Every variable can be set
+# from the environment (the ticket's and BERT's data variables are in launch.bash).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 source "$ROOT/Finetuning/scripts/launch.bash"

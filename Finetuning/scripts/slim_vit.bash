@@ -2,7 +2,8 @@
 # Fine-tune ViT-Base with network slimming and record the coefficients (the study's setting: ViT-Base
 # in21k on ImageNet-1k). Every variable below can be set from the environment (and those of launch.bash);
 # see docs/training.md, e.g. a quick local run:
-#   MODEL=/path/to/small-vit DATASET=/path/to/imagefolder MAX_STEPS=100 GLOBAL_BATCH=8 GRAD_ACCUM=1 bash Finetuning/scripts/slim_vit.bash
+#   MODEL=/path/to/small-vit DATASET=/path/to/imagefolder MAX_STEPS=100 GLOBAL_BATCH=8 GRAD_ACCUM=1 \
+#     bash Finetuning/scripts/slim_vit.bash
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 MODEL=${MODEL:-google/vit-base-patch16-224-in21k}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prune the slimming run's small ViT at a recorded step and retrain the ticket with the same budget.
 # REWIND=init: from the slimming run's step-0 weights (the lottery ticket); REWIND=none: from its weights at
-# PRUNE_STEP (kept with SAVE_EVERY). RANDOM_SEED=<n>: the random baseline. PRUNE_STEP defaults to the recorded step at
-# PRUNE_FRACTION (0.2) of the slimming run's own length (its results.json). Variables can be set from the
+# PRUNE_STEP (kept with SAVE_EVERY). RANDOM_SEED=<n>: the random baseline. PRUNE_STEP defaults to the recorded step
+# at PRUNE_FRACTION (0.2) of the slimming run's own length (its results.json). Variables can be set from the
 # environment (the ticket's are in Finetuning/scripts/launch.bash); DATASET and the budget must match the slimming run's.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
