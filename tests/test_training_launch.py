@@ -202,6 +202,30 @@ def test_bad_settings_are_one_line_and_start_nothing(settings, line, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_prune_step_needs_a_finished_slimming_run(tmp_path):
+    unfinished = fake_slim_run(tmp_path / "slim", 50)
+    (unfinished / "results.json").unlink()
+    for settings, line in (({}, f"{unfinished / 'results.json'} not found or without its step: the slimming run has "
+                                "not finished"),
+                           ({"PRUNE_FRACTION": "1.5"}, "PRUNE_FRACTION=1.5: expected a fraction of training in [0, 1]")):
+        if settings:
+            fake_slim_run(tmp_path / "done", 50)
+        slim = tmp_path / ("done" if settings else "slim")
+        proc = subprocess.run(["bash", str(ROOT / "Finetuning/scripts/prune_train_vit.bash")], capture_output=True,
+                              text=True, timeout=60, env=script_env(SLIM_DIR=slim, OUTPUT_DIR=tmp_path / "out",
+                                                                    ACCELERATE="false", **settings))
+        assert proc.returncode == 2
+        assert proc.stderr.startswith(f"prune_train_vit.bash: error: {line}") and len(proc.stderr.splitlines()) == 1
+    # a step between records (--record-every 2) is not one: the nearest recorded step is taken
+    sparse = tmp_path / "sparse"
+    fake_slim_run(sparse, 10)
+    np.save(sparse / "records" / "steps.npy", np.arange(2, 21, 2))
+    (sparse / "results.json").write_text(json.dumps({"kind": "slim", "step": 20}))
+    command = dry_run("Finetuning/scripts/prune_train_vit.bash", SLIM_DIR=sparse, PRUNE_FRACTION="0.35",
+                      OUTPUT_DIR=tmp_path / "t")
+    assert value(command, "--prune-step") == "6"  # 0.35 x 20 = 7: records at 6 and 8, as near: the earlier
+
+
 def test_several_machines(tmp_path):
     command = dry_run("Finetuning/scripts/slim_vit.bash", NUM_MACHINES=2, NUM_PROCESSES=4, MACHINE_RANK=1,
                       MAIN_PROCESS_IP="10.1.2.3", MAIN_PROCESS_PORT=29555, OUTPUT_DIR=tmp_path)

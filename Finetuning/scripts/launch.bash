@@ -46,8 +46,14 @@ accelerate_exe() {
   else echo accelerate; fi
 }
 
+# PYTHON, else the python beside the accelerate executable, else the project's .venv's, else python3.
 python_exe() {
-  echo "${PYTHON:-$(dirname "$(command -v "$(accelerate_exe)")")/python}"
+  local beside
+  beside=$(dirname "$(type -P "$(accelerate_exe)" || echo .)")/python
+  if [[ -n ${PYTHON:-} ]]; then echo "$PYTHON"
+  elif [[ -x $beside ]]; then echo "$beside"
+  elif [[ -x "$ROOT/.venv/bin/python" ]]; then echo "$ROOT/.venv/bin/python"
+  else echo python3; fi
 }
 
 # NUM_PROCESSES, NUM_MACHINES, GRAD_ACCUM: their defaults (1), checked.

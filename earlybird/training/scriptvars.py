@@ -35,7 +35,7 @@ def run_length(records) -> int:
 
 
 def prune_step(records, fraction) -> int:
-    """The recorded step nearest `fraction` of the run's length (at least its first recorded step)."""
+    """The recorded step nearest `fraction` of the run's length (the earlier of two as near; at least the first)."""
     try:
         value = float(fraction)
     except ValueError:
