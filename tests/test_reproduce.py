@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def smoke(out, tmp_path, *flags):
     return subprocess.run(["bash", str(REPO / "reproduce.sh"), "--smoke", *flags], cwd=REPO, capture_output=True,
-                          text=True, env={"OUT": str(out), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                          text=True, env={"OUT": str(out), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                               "ACCELERATE_USE_CPU": "1"},  # a CPU test on a GPU box too
                           timeout=600)
 
 
