@@ -25,6 +25,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -163,12 +164,26 @@ def _rng_state() -> dict:
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict) -> str | None:
+    """Restore a process's RNG states; a note (one line) when the checkpoint holds more CUDA generators than this
+    machine shows (resumed with fewer visible GPUs): those that match are restored, the others have no device."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        saved, visible = state["cuda"], torch.cuda.device_count()
+        torch.cuda.set_rng_state_all(saved[:visible])
+        if len(saved) > visible:
+            return (f"the checkpoint holds the CUDA RNG states of {len(saved)} devices, this process sees {visible}: "
+                    f"restored those of devices 0-{visible - 1}")
+    return None
+
+
+def load_to_cpu(path: Path, weights_only: bool = True):
+    """A checkpoint file's tensors on the CPU, wherever they were saved (cuda:0 on a GPU run): every process would
+    otherwise materialise the saving process's GPU copy (AdamW's state, twice the model) on that GPU, and a GPU
+    checkpoint would not load on a machine without it. The optimizer moves its state to its parameters' device."""
+    return torch.load(path, map_location="cpu", weights_only=weights_only)
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -217,11 +232,11 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, cfg.lr_scheduler, self.schedule["warmup"], self.schedule["total"])
         if resume_from is not None:
             saved = CheckpointLayout(resume_from)
-            self.optimizer.load_state_dict(torch.load(saved.optimizer, weights_only=False))
-            self.scheduler.load_state_dict(torch.load(saved.scheduler, weights_only=False))
+            self.optimizer.load_state_dict(load_to_cpu(saved.optimizer))
+            self.scheduler.load_state_dict(load_to_cpu(saved.scheduler))
         self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
         if resume_from is not None and accelerator.scaler is not None and CheckpointLayout(resume_from).scaler.exists():
-            accelerator.scaler.load_state_dict(torch.load(CheckpointLayout(resume_from).scaler, weights_only=False))
+            accelerator.scaler.load_state_dict(load_to_cpu(CheckpointLayout(resume_from).scaler))
 
         self.recorder = None
         if record and any(c is not None for c in self._coefficients()):
@@ -244,7 +259,8 @@ class Trainer:
         self._flops_cache: dict[int, int] = {}
         self._resume_rng = None
         if resume_from is not None:
-            own = torch.load(CheckpointLayout(resume_from).rng(self.rank), weights_only=False)
+            # (Python's and numpy's RNG states are not plain tensors: this run's own file, not weights_only)
+            own = load_to_cpu(CheckpointLayout(resume_from).rng(self.rank), weights_only=False)
             self._resume_rng, self._resume_running = own["rng"], own["running_loss"]
             self._resume_penalty = own.get("running_penalty", 0.0)
 
@@ -445,7 +461,9 @@ class Trainer:
         if self.cfg.snapshot_due(0):
             self.save_weights(self.run.snapshot(0))
         if self._resume_rng is not None:
-            _set_rng_state(self._resume_rng)  # last, after everything that may draw random numbers
+            note = _set_rng_state(self._resume_rng)  # last, after everything that may draw random numbers
+            if note and self.accelerator.is_local_main_process:  # (once per machine: a machine's GPUs are counted)
+                print(f"warning: --resume: {note}", file=sys.stderr, flush=True)
         progress = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main or cfg.disable_tqdm,
                         desc=self.task.name, dynamic_ncols=True)
         batches = self._micro_batches()
