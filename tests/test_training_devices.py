@@ -73,3 +73,62 @@ def test_fewer_visible_gpus_restore_the_rng_states_that_match(monkeypatch):
     restored.clear()
     saved["cuda"] = saved["cuda"][:2]
     assert loop._set_rng_state(saved) is None and sorted(restored) == [0, 1]
+
+
+# --------------------------------------------------------------------------- two processes (gloo, torchrun)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_two(output_dir, *flags, fault=None, timeout=240):
+    """`accelerate launch --multi_gpu --num_processes 2` on the CPU (as launch.bash does without a GPU), its own port."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "ACCELERATE_USE_CPU": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("EARLYBIRD_FAULT", None)
+    if fault:
+        env["EARLYBIRD_FAULT"] = fault
+    command = [str(ROOT / ".venv" / "bin" / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), str(ROOT / "ViT_pretraining" / "main.py"),
+               "--output-dir", str(output_dir), *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=output_dir.parent)
+
+
+STALL = 20  # seconds the main process spends "preparing the data" while the other waits for it
+
+
+def test_a_slow_data_preparation_dies_only_past_the_ddp_timeout(tmp_path):
+    """The main process prepares the data for 20 s while the other waits in main_process_first's barrier: with
+    --ddp-timeout-minutes 10 s the waiting process stops with one line naming the flag; with the default (180 min)
+    the run goes on (torch's default under NCCL, 10 minutes, is what ImageNet's index or SQuAD's features exceed).
+    The living run also shows per-process seeding: its two processes' RNG states differ after training with dropout
+    (same seed on every rank: identical dropout masks), its model was initialised as one process initialises it."""
+    argv = ["--disable-tqdm", "--max-steps", "2", "--per-device-train-batch-size", "16", "--dropout", "0.1",
+            "--checkpoint-every", "2", *SLIM]
+    short = launch_two(tmp_path / "short", *argv, "--ddp-timeout-minutes", str(10 / 60),
+                       fault=f"data-prepare:stall={STALL}@1")
+    assert short.returncode != 0
+    assert ("error: waited more than --ddp-timeout-minutes 0.166667 for the main process to prepare the data"
+            in short.stderr), short.stderr[-3000:]
+
+    two = tmp_path / "two"
+    lives = launch_two(two, *argv, fault=f"data-prepare:stall={STALL}@1")
+    assert lives.returncode == 0, lives.stderr[-3000:]
+    assert read_json(two / "results.json")["step"] == 2
+
+    # Each process drew its own dropout masks: its generator's state after the same two steps differs.
+    states = [torch.load(two / "checkpoints" / "step-2" / f"rng-{rank}.pt", weights_only=False)["rng"]
+              for rank in (0, 1)]
+    assert not torch.equal(states[0]["torch"], states[1]["torch"])
+    # The model was initialised from the shared seed, as a single process initialises it.
+    one = tmp_path / "one"
+    assert pretrain.main(["--output-dir", str(one), *argv[:-len(SLIM)], "--per-device-train-batch-size", "32",
+                          *SLIM]) == 0
+    from safetensors.torch import load_file
+
+    a, b = load_file(two / "init" / "model.safetensors"), load_file(one / "init" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

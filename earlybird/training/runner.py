@@ -43,6 +43,15 @@ def _single_cpu_launch() -> bool:
             and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ)
 
 
+def _process_group_kwargs(minutes: float):
+    """--ddp-timeout-minutes for the process group accelerate starts (its barriers and all-reduces)."""
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    return InitProcessGroupKwargs(timeout=timedelta(minutes=minutes))
+
+
 def _quiet_libraries(is_main: bool) -> None:
     import datasets
     import transformers
@@ -119,7 +128,8 @@ def run(prog: str, args, build_task) -> int:
 
         trackers = cfg.trackers
         accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=_cpu_processes(), log_with=trackers or None,
-                                  project_dir=str(RunLayout(cfg.output_dir).tracking) if trackers else None)
+                                  project_dir=str(RunLayout(cfg.output_dir).tracking) if trackers else None,
+                                  kwargs_handlers=[_process_group_kwargs(cfg.ddp_timeout_minutes)])
         is_main = accelerator.is_main_process
         _quiet_libraries(is_main)
 
@@ -162,6 +172,11 @@ def run(prog: str, args, build_task) -> int:
             log(f"ticket: {kept_sizes(model)} from {source}")
         else:
             model = task.build_model(config.slimming.model_flags)
+
+        # The model is made from the shared seed (the same on every process); what is random in training (dropout)
+        # draws from seed + process index, so the processes do not drop the same units. The data order does not
+        # draw from these generators (a function of --seed and the epoch: loop.epoch_permutation).
+        set_seed(cfg.seed, device_specific=True)
 
         # The last checks that need the data and the model, still before the run directory is touched.
         _, _, total_steps = step_budget(cfg, len(task.train_dataset), accelerator.num_processes)
@@ -229,7 +244,8 @@ def run(prog: str, args, build_task) -> int:
         log(f"done in {time.perf_counter() - start:.1f}s: {rundir.path}")
         return 0
     except EarlyBirdError as err:
-        return fail(prog, err, print_it=accelerator is None or accelerator.is_local_main_process)
+        return fail(prog, err, print_it=accelerator is None or accelerator.is_local_main_process
+                    or getattr(err, "print_here", False))
     except OSError as err:
         if accelerator is not None and not accelerator.is_main_process:
             raise
