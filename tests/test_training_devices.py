@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from earlybird.records import load_records
 from earlybird.training import loop
 from test_training_support import ROOT, load_script, read_json
 
@@ -132,3 +133,69 @@ def test_a_slow_data_preparation_dies_only_past_the_ddp_timeout(tmp_path):
 
     a, b = load_file(two / "init" / "model.safetensors"), load_file(one / "init" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- EB-Train: no host sync per step
+
+EARLYBIRD = str(ROOT / "earlybird")
+
+
+def test_ebtrain_reads_nothing_back_on_an_ordinary_step(tmp_path, monkeypatch):
+    """Hamming checks every step. Every way our code can bring a tensor to the host (.cpu(), .item(), .tolist(),
+    bool()/float()/int(), a blocking .to("cpu"), an object broadcast) is counted with the step it happens at: none on
+    a step that neither logs (5, 10, 12) nor flushes the records (chunk 4: 4, 8, 12) nor draws. On a GPU each would
+    drain the device's queue. (A device tensor reaches numpy only through those, so .numpy() of the host copies the
+    detector reads once their transfer is done is not counted.)
+
+    The draw (step 6) is decided after step 7's forward and backward, and step 7 is redone on the pruned model: the
+    run is bitwise the run that decides at once (logging every step reads the coefficients back at every step)."""
+    steps: list[int] = []
+    running = {}
+
+    def counted(original, blocking=lambda *a, **k: True):
+        def spy(*args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if "trainer" in running and caller.startswith(EARLYBIRD) and blocking(*args, **kwargs):
+                steps.append(running["trainer"].step)
+            return original(*args, **kwargs)
+        return spy
+
+    for name in ("cpu", "item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, counted(getattr(torch.Tensor, name)))
+
+    def to_host(self, *args, **kwargs):
+        target = args[0] if args else kwargs.get("device")
+        return str(target).startswith("cpu") and not kwargs.get("non_blocking", False)
+
+    monkeypatch.setattr(torch.Tensor, "to", counted(torch.Tensor.to, to_host))
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", counted(accelerate.utils.broadcast_object_list))
+    fit = loop.Trainer.fit
+
+    def spied_fit(self):
+        running["trainer"] = self
+        try:
+            return fit(self)
+        finally:
+            running.clear()
+
+    monkeypatch.setattr(loop.Trainer, "fit", spied_fit)
+    argv = ["--disable-tqdm", "--max-steps", "12", "--per-device-train-batch-size", "32", "--dropout", "0.1", *SLIM,
+            "--record-chunk", "4", "--eb-method", "hamming", "--eb-cached", "3", "--eb-threshold", "0.01",
+            "--self-pruning-ratio", "0.5"]
+    deferred, at_once = tmp_path / "deferred", tmp_path / "at-once"
+    assert pretrain.main(["--output-dir", str(deferred), *argv, "--logging-steps", "5"]) == 0
+    summary = read_json(deferred / "ebtrain.json")
+    assert summary["draw_step"] == 6 and len(summary["detectors"]["msa"]["trace"]) == 4  # checks at 3, 4, 5, 6
+    assert steps and set(steps) <= {4, 5, 6, 8, 10, 12}, sorted(set(steps))
+
+    assert pretrain.main(["--output-dir", str(at_once), *argv, "--logging-steps", "1"]) == 0
+    assert read_json(at_once / "ebtrain.json")["detectors"] == summary["detectors"]
+    assert read_json(at_once / "plan.json") == read_json(deferred / "plan.json")
+    assert np.array_equal(load_records(at_once / "records").msa, load_records(deferred / "records").msa)
+    from safetensors.torch import load_file
+
+    a, b = load_file(at_once / "final" / "model.safetensors"), load_file(deferred / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_json(at_once / "results.json")["accuracy"] == read_json(deferred / "results.json")["accuracy"]
