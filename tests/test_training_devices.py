@@ -76,6 +76,42 @@ def test_fewer_visible_gpus_restore_the_rng_states_that_match(monkeypatch):
     assert loop._set_rng_state(saved) is None and sorted(restored) == [0, 1]
 
 
+# --------------------------------------------------------------------------- several machines: one output directory
+
+
+class TwoMachines:
+    """The main process's side of a 2-process run whose other process is on a machine that sees `other_dir` as the
+    output directory (the same directory when the file system is shared): it looks there when they meet."""
+    num_processes, is_main_process, device = 2, True, torch.device("cpu")
+
+    def __init__(self, other_dir):
+        self.other_dir, self.other_sees = other_dir, None
+
+    def wait_for_everyone(self):
+        self.other_sees = any(self.other_dir.glob(".earlybird-shared-*"))
+
+    def reduce(self, tensor, op):
+        return tensor + (0 if self.other_sees else 1)
+
+
+def test_every_process_must_see_the_output_directory(tmp_path):
+    """Each process writes its RNG state into the checkpoints: a machine whose --output-dir is a directory of its own
+    is refused at the start (one line), not at the first checkpoint."""
+    from earlybird.errors import EarlyBirdError
+    from earlybird.training.rundir import RunDir
+    from earlybird.training.runner import check_shared_output_dir
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    check_shared_output_dir(run, TwoMachines(run.path))  # shared: nothing said, nothing left behind
+    assert list(run.path.iterdir()) == []
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(EarlyBirdError, match=r"1 of 2 processes do not see the main process's files there; with "
+                                             r"several machines, --output-dir must be on a file system they all share"):
+        check_shared_output_dir(run, TwoMachines(tmp_path / "elsewhere"))
+    assert list(run.path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- two processes (gloo, torchrun)
 
 

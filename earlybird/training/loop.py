@@ -11,7 +11,8 @@ RNG states this makes a resumed run repeat an uninterrupted one exactly (on CPU)
 
 Per step the loop does the forward/backward, the optimizer step, and -- on the device, without a host
 sync -- records the coefficients. Host syncs happen only to log (every --logging-steps), to evaluate,
-to checkpoint, and when the EB detector checks.
+to checkpoint, to flush the records, and at the EB detector's draw: a detector check copies its coefficients
+to the host asynchronously and is decided once the next step is queued (EBTrain.decide; see fit()).
 
 Checkpoints by wall time (--checkpoint-minutes, on by default) are decided at the logging steps: the main
 process reads its clock and its decision travels in the all-reduce of the loss that happens there anyway, so

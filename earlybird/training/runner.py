@@ -93,6 +93,35 @@ def check_model_fits_data(task, model) -> None:
             "a tokenizer from another model? expected len(tokenizer) <= vocab_size")
 
 
+def check_shared_output_dir(rundir, accelerator) -> None:
+    """Several processes: every one must see the main process's --output-dir. Each saves its RNG state into the
+    checkpoints and each reads the checkpoint on --resume, so with several machines the directory must be on a file
+    system they share; a machine with a directory of its own would fail at the first checkpoint. The main process
+    writes a probe file of a fresh name, every process looks for it, and all learn the count (one all-reduce) and
+    stop together."""
+    if accelerator.num_processes == 1:
+        return
+    import uuid
+
+    import torch
+    from accelerate.utils import broadcast_object_list
+
+    name = broadcast_object_list([f".earlybird-shared-{uuid.uuid4().hex}"], from_process=0)[0]
+    probe = rundir.path / name
+    if accelerator.is_main_process:
+        probe.write_text(name)  # (closed: visible to other machines' clients of a network file system)
+    accelerator.wait_for_everyone()
+    sees = probe.is_file()
+    blind = int(accelerator.reduce(torch.tensor([0 if sees else 1], device=accelerator.device), "sum").item())
+    if accelerator.is_main_process:
+        probe.unlink(missing_ok=True)
+    if blind:
+        raise EarlyBirdError(
+            f"--output-dir {rundir.path}: {blind} of {accelerator.num_processes} processes do not see the main "
+            "process's files there; with several machines, --output-dir must be on a file system they all share "
+            "(each process saves its RNG state into the checkpoints, and --resume reads them on every process)")
+
+
 def _io_failure(prog: str, err: OSError, rundir, trainer) -> int:
     """A write failed mid-run (disk full, read-only, ...): say which file, what is intact, and how to go on."""
     where = err.filename or (rundir.path if rundir is not None else "the output directory")
@@ -199,6 +228,7 @@ def run(prog: str, args, build_task) -> int:
         if rundir.stale_lock:
             log(f"note: {rundir.stale_lock}")
         accelerator.wait_for_everyone()
+        check_shared_output_dir(rundir, accelerator)
         if resume_from is not None:
             rundir.clean_temporaries()
         rundir.write_json(rundir.args, vars(args))
