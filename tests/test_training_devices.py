@@ -122,9 +122,10 @@ def free_port() -> int:
 
 
 def launch_two(output_dir, *flags, fault=None, timeout=240):
-    """`accelerate launch --multi_gpu --num_processes 2` on the CPU (as launch.bash does without a GPU), its own port."""
+    """`accelerate launch --multi_gpu --num_processes 2` on the CPU (as launch.bash does without a GPU), on a port of
+    its own (other runs may hold the default one)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "ACCELERATE_USE_CPU": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+           "ACCELERATE_USE_CPU": "1"}
     env.pop("EARLYBIRD_FAULT", None)
     if fault:
         env["EARLYBIRD_FAULT"] = fault
