@@ -133,11 +133,13 @@ class EBTrain:
         """Start copying the buffered rows to pinned host memory; the device does it in its own time."""
         steps, buffer = self._take_buffer()
         stacks = {b: torch.stack(buffer[b]).float() for b in self.blocks}
-        event = None
-        if any(t.is_cuda for t in stacks.values()):
+        event, device = None, next(iter(stacks.values())).device
+        if device.type == "cuda":
             stacks = {b: _pinned_copy(t) for b, t in stacks.items()}
             event = torch.cuda.Event()
             event.record()
+        elif device.type != "cpu":  # another accelerator: copied now
+            stacks = {b: t.cpu() for b, t in stacks.items()}
         self._in_flight = (steps, buffer, stacks, event)
 
     def decide(self) -> bool:
