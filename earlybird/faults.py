@@ -4,8 +4,9 @@
     EARLYBIRD_FAULT="checkpoint-save:enospc@1,step:kill@9"
 
 Each entry is `point:action@n`: at the n-th time this process reaches `point` (counted from 1), do
-`action` -- `kill` (os.kill(getpid(), SIGKILL): nothing after it runs, no cleanup, no flush) or `enospc`
-(raise OSError(ENOSPC) naming the file being written, as a full disk would). The points:
+`action` -- `kill` (os.kill(getpid(), SIGKILL): nothing after it runs, no cleanup, no flush), `enospc`
+(raise OSError(ENOSPC) naming the file being written, as a full disk would) or `stall=S` (sleep S seconds, as
+a slow disk or a large data set would). The points:
 
 | point | where |
 |---|---|
@@ -14,6 +15,7 @@ Each entry is `point:action@n`: at the n-th time this process reaches `point` (c
 | `checkpoint-save` | a checkpoint save: the model is in `checkpoints/.tmp-step-S`, optimizer and state are not |
 | `checkpoint-commit` | a checkpoint save: renamed to `step-S`, older checkpoints not yet removed |
 | `step` | after optimizer step S, before its coefficients are recorded |
+| `data-prepare` | the main process, preparing the data while the others wait (`main_process_first`) |
 | `patch-stage`, `patch-backup`, `patch-swap` | `transformers_patch apply`: after each staged / backed-up / swapped file |
 
 The variable is read once, when this module is imported (`configure()` re-reads it, e.g. in a forked
@@ -25,9 +27,10 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 
 ENV = "EARLYBIRD_FAULT"
-ACTIONS = ("kill", "enospc")
+ACTIONS = ("kill", "enospc", "stall")
 
 FAULTS: dict[str, tuple[str, int]] = {}
 _counts: dict[str, int] = {}
@@ -45,10 +48,18 @@ def parse(spec: str | None) -> dict[str, tuple[str, int]]:
             nth = int(nth or 1)
         except ValueError:
             raise ValueError(f"{ENV}: bad entry {entry!r}; expected point:action@n") from None
-        if action not in ACTIONS or nth < 1:
-            raise ValueError(f"{ENV}: bad entry {entry!r}; action is one of {', '.join(ACTIONS)}, n >= 1")
+        name, _, seconds = action.partition("=")
+        if name not in ACTIONS or nth < 1 or bool(seconds) != (name == "stall") or not _seconds(seconds):
+            raise ValueError(f"{ENV}: bad entry {entry!r}; action is one of kill, enospc, stall=SECONDS, n >= 1")
         plan[point.strip()] = (action, nth)
     return plan
+
+
+def _seconds(text: str) -> bool:
+    try:
+        return not text or float(text) >= 0
+    except ValueError:
+        return False
 
 
 def configure(spec: str | None = None) -> None:
@@ -72,6 +83,9 @@ def hit(point: str, path=None) -> None:
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action.startswith("stall="):
+        time.sleep(float(action.partition("=")[2]))
+        return
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), None if path is None else str(path))
 
 

@@ -16,7 +16,7 @@ from ..detectors import DETECTORS, add_param_arguments
 from ..errors import EarlyBirdError
 from ..masks import SCOPES
 from ..profiles import DEFAULT_PROFILE, PROFILES
-from .config import DEFAULT_CHECKPOINT_MINUTES
+from .config import DEFAULT_CHECKPOINT_MINUTES, DEFAULT_DDP_TIMEOUT_MINUTES
 from .trackers import REPORT_TO
 
 
@@ -205,6 +205,10 @@ def common_parser() -> argparse.ArgumentParser:
                         "--overwrite-output-dir come from the command line only)")
     g.add_argument("--cache-dir", default=None, help="datasets / hub cache directory")
     g.add_argument("--disable-tqdm", action="store_true", help="no progress bar")
+    g.add_argument("--ddp-timeout-minutes", type=float, default=DEFAULT_DDP_TIMEOUT_MINUTES,
+                   help="several processes: how long one waits for the others in a collective before the job stops "
+                        f"(default {DEFAULT_DDP_TIMEOUT_MINUTES:g}: the main process may prepare the data, e.g. index "
+                        "ImageNet or tokenise SQuAD, while the others wait; torch's own default is 10 under NCCL)")
 
     g = p.add_argument_group("budget and optimisation")
     g.add_argument("--max-steps", type=int, default=None,

@@ -26,6 +26,10 @@ from .trackers import tracker_names
 # A default run (neither --checkpoint-every nor --checkpoint-minutes) saves a resumable checkpoint every this many
 # minutes of training: a crash loses at most this much work (plus up to --logging-steps steps, where it is decided).
 DEFAULT_CHECKPOINT_MINUTES = 30.0
+# How long a process waits in a collective (a barrier, an all-reduce) before the job is killed: torch's default is 10
+# minutes under NCCL, less than the main process may spend preparing ImageNet's file index or SQuAD's features while
+# the others wait for it (accelerate's main_process_first).
+DEFAULT_DDP_TIMEOUT_MINUTES = 180.0
 # The pruning ratio of the masks watched when none is configured (EB-Train's detector, the trackers' mask summaries).
 DEFAULT_MASK_RATIO = 0.3
 
@@ -85,6 +89,7 @@ class RunConfig:
     save_steps: tuple = ()
     save_every: int = 0
     debug_crash_at_step: int | None = None  # test-only: stop abruptly after this step, as a kill would
+    ddp_timeout_minutes: float = DEFAULT_DDP_TIMEOUT_MINUTES
 
     def __post_init__(self):
         object.__setattr__(self, "save_steps", tuple(self.save_steps or ()))
@@ -99,6 +104,8 @@ class RunConfig:
         for dest in ("learning_rate", "weight_decay", "max_grad_norm", "checkpoint_minutes"):
             if getattr(self, dest) is not None and getattr(self, dest) < 0:
                 raise EarlyBirdError(f"{_flag(dest)} must be >= 0, got {getattr(self, dest)}")
+        if not self.ddp_timeout_minutes > 0:
+            raise EarlyBirdError(f"--ddp-timeout-minutes must be > 0, got {self.ddp_timeout_minutes}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise EarlyBirdError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.resume and self.overwrite_output_dir:

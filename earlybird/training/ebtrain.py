@@ -3,16 +3,20 @@
 Feeding the detector. The coefficients of each recorded step stay on the device in a small buffer; the
 buffer goes to the detector (one host transfer) at the steps where the detector *checks* (its clock,
 `Detector.checks_at`: the `every` clock, or under the original profile the records at which a window is
-decided, see earlybird.detectors), because a detector can only draw at a check. The draw is therefore
-seen at the very step it happens, with one sync per `every` steps instead of one per step (Hamming
-checks every step by default: that is one small sync per step, the method's own cost).
+decided, see earlybird.detectors), because a detector can only draw at a check. `observe(..., defer=True)`
+(the training loop) only starts that transfer -- into pinned host memory, without waiting for it -- and
+`decide()` finishes it later, once the device has more work queued (the loop decides after the next step's
+forward and backward): the device queue never drains for the detector. `observe()` alone decides at once
+(one sync per check; the Trainer callback). Either way the draw is the check's own step.
 
 The plan at the draw comes from the coefficients of the draw step with earlybird's mask function
 (`make_plan`, the profile's mask rule), the same plan `earlybird plan --profile P` would write from the
 records at that step.
 
 Under several processes every process runs the same detector on the same (all-reduced) coefficients,
-and the main process's decision and plan are broadcast, so all prune at the same step.
+and the main process's decision is broadcast as one integer in host memory (gloo: the default group on the
+CPU, a gloo group beside NCCL), so no device is synchronised for it; at the draw, its coefficients follow,
+so all prune at the same step with the same plan.
 """
 
 from __future__ import annotations
@@ -26,6 +30,13 @@ from ..errors import EarlyBirdError
 from ..plans import plan_from_coefficients
 from ..records import derived_meta
 from .config import EBConfig, PruningConfig
+
+
+def _pinned_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A host copy of a device tensor, filled asynchronously (page-locked memory, non-blocking)."""
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    return host
 
 
 class EBTrain:
@@ -46,6 +57,8 @@ class EBTrain:
         self.num_processes = num_processes
         self._steps: list[int] = []
         self._buffer: dict[str, list] = {b: [] for b in BLOCKS}
+        self._in_flight: tuple | None = None  # (steps, buffer, host copies, event) of a check not yet decided
+        self._decision_group = None  # the group the decision is broadcast in (host memory)
         self._last_observed: int | None = None
         self._observed = 0  # records observed: the index of the next one (the original profile's clock)
         self.draw_step: int | None = None
@@ -80,10 +93,19 @@ class EBTrain:
     def drawn(self) -> bool:
         return self.draw_step is not None
 
-    def observe(self, step: int, msa, mlp) -> bool:
-        """Buffer one step's coefficients (device tensors); True at the step the early bird is drawn."""
+    @property
+    def pending(self) -> bool:
+        """A check whose coefficients are on their way to the host: `decide()` says whether it drew."""
+        return self._in_flight is not None
+
+    def observe(self, step: int, msa, mlp, defer: bool = False) -> bool:
+        """Buffer one step's coefficients (device tensors); True at the step the early bird is drawn.
+
+        defer=True: at a check, start the host transfer and return False; `decide()` gives the check's answer."""
         if self.drawn:
             return False
+        if self._in_flight is not None:
+            raise RuntimeError("EBTrain.observe: decide() the previous check first")
         self._steps.append(int(step))
         self._buffer["msa"].append(msa)
         self._buffer["mlp"].append(mlp)
@@ -92,35 +114,80 @@ class EBTrain:
         self._observed += 1
         # A cap keeps the buffer bounded whatever `every` is; feeding early changes nothing but timing.
         if check or len(self._steps) >= 1024:
+            if defer:
+                self._send_to_host()
+                return False
             return self._feed()
         return False
 
-    def _feed(self) -> bool:
-        stacks = {b: torch.stack(self._buffer[b]).float().cpu().numpy() for b in self.blocks}
-        steps = self._steps
-        drew = self.detector.observe_many(steps, **stacks)
-        if drew:
-            row = steps.index(self.detector.draw_step)
-            self.draw_coefficients = {b: None if self._buffer[b][row] is None else
-                                      self._buffer[b][row].float().cpu().numpy() for b in BLOCKS}
-        drew = self._agree(drew)
+    def _take_buffer(self) -> tuple[list, dict]:
+        steps, buffer = self._steps, self._buffer
         self._steps, self._buffer = [], {b: [] for b in BLOCKS}
-        return drew
+        return steps, buffer
+
+    def _feed(self) -> bool:
+        steps, buffer = self._take_buffer()
+        return self._decide(steps, buffer, {b: torch.stack(buffer[b]).float().cpu().numpy() for b in self.blocks})
+
+    def _send_to_host(self) -> None:
+        """Start copying the buffered rows to pinned host memory; the device does it in its own time."""
+        steps, buffer = self._take_buffer()
+        stacks = {b: torch.stack(buffer[b]).float() for b in self.blocks}
+        event, device = None, next(iter(stacks.values())).device
+        if device.type == "cuda":
+            stacks = {b: _pinned_copy(t) for b, t in stacks.items()}
+            event = torch.cuda.Event()
+            event.record()
+        elif device.type != "cpu":  # another accelerator: copied now
+            stacks = {b: t.cpu() for b, t in stacks.items()}
+        self._in_flight = (steps, buffer, stacks, event)
+
+    def decide(self) -> bool:
+        """The answer of the check `observe(..., defer=True)` started: True if the early bird was drawn at it.
+
+        Waits for that transfer only (work queued after it keeps the device busy)."""
+        steps, buffer, stacks, event = self._in_flight
+        self._in_flight = None
+        if event is not None:
+            event.synchronize()
+        return self._decide(steps, buffer, {b: t.numpy() for b, t in stacks.items()})
+
+    def _decide(self, steps: list, buffer: dict, stacks: dict) -> bool:
+        drew = self.detector.observe_many(steps, **stacks)
+        if drew:  # (once per run: the plan's coefficients, read back from the device)
+            row = steps.index(self.detector.draw_step)
+            self.draw_coefficients = {b: None if buffer[b][row] is None else buffer[b][row].float().cpu().numpy()
+                                      for b in BLOCKS}
+        return self._agree(drew)
 
     def _agree(self, drew: bool) -> bool:
-        """Every process takes the main process's decision (and coefficients), so all prune together."""
+        """Every process takes the main process's decision (and, at the draw, its coefficients), so all prune
+        together. The decision travels as one integer in host memory: no device is synchronised at a check."""
         if self.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
+            import torch.distributed as dist
 
-            message = [self.detector.draw_step if drew else None, self.draw_coefficients if drew else None]
-            broadcast_object_list(message, from_process=0)
-            drew = message[0] is not None
+            decision = torch.tensor([self.detector.draw_step if drew else -1], dtype=torch.int64)
+            dist.broadcast(decision, src=0, group=self._host_group())
+            drew = int(decision[0]) >= 0
             if drew:
-                self.detector.draw_step = message[0]
-                self.draw_coefficients = message[1]
+                from accelerate.utils import broadcast_object_list
+
+                message = [int(decision[0]), self.draw_coefficients]
+                broadcast_object_list(message, from_process=0)
+                self.detector.draw_step, self.draw_coefficients = message
         if drew:
             self.draw_step = int(self.detector.draw_step)
         return drew
+
+    def _host_group(self):
+        """The group that broadcasts CPU tensors: the default one when it has gloo, else a gloo group made once (all
+        processes make it together, at their first check)."""
+        if self._decision_group is None:
+            import torch.distributed as dist
+
+            gloo = "gloo" in str(dist.get_backend()).lower()
+            self._decision_group = dist.group.WORLD if gloo else dist.new_group(backend="gloo")
+        return self._decision_group
 
     def replay(self, records, up_to_step: int) -> None:
         """On resume: feed the recorded coefficients up to the checkpoint again (the detector is deterministic)."""

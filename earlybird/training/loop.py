@@ -11,7 +11,8 @@ RNG states this makes a resumed run repeat an uninterrupted one exactly (on CPU)
 
 Per step the loop does the forward/backward, the optimizer step, and -- on the device, without a host
 sync -- records the coefficients. Host syncs happen only to log (every --logging-steps), to evaluate,
-to checkpoint, and when the EB detector checks.
+to checkpoint, to flush the records, and at the EB detector's draw: a detector check copies its coefficients
+to the host asynchronously and is decided once the next step is queued (EBTrain.decide; see fit()).
 
 Checkpoints by wall time (--checkpoint-minutes, on by default) are decided at the logging steps: the main
 process reads its clock and its decision travels in the all-reduce of the loss that happens there anyway, so
@@ -25,6 +26,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -163,12 +165,37 @@ def _rng_state() -> dict:
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict) -> str | None:
+    """Restore a process's RNG states; a note (one line) when the checkpoint holds more CUDA generators than this
+    machine shows (resumed with fewer visible GPUs): those that match are restored, the others have no device."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        saved, visible = state["cuda"], torch.cuda.device_count()
+        torch.cuda.set_rng_state_all(saved[:visible])
+        if len(saved) > visible:
+            return (f"the checkpoint holds the CUDA RNG states of {len(saved)} devices, this process sees {visible}: "
+                    f"restored those of devices 0-{visible - 1}")
+    return None
+
+
+def _generator_states(device) -> tuple:
+    """torch's generators that a step draws from (dropout): the CPU's, and the step's GPU's. No device sync."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_generator_states(states: tuple, device) -> None:
+    torch.set_rng_state(states[0])
+    if states[1] is not None:
+        torch.cuda.set_rng_state(states[1], device)
+
+
+def load_to_cpu(path: Path, weights_only: bool = True):
+    """A checkpoint file's tensors on the CPU, wherever they were saved (cuda:0 on a GPU run): every process would
+    otherwise materialise the saving process's GPU copy (AdamW's state, twice the model) on that GPU, and a GPU
+    checkpoint would not load on a machine without it. The optimizer moves its state to its parameters' device."""
+    return torch.load(path, map_location="cpu", weights_only=weights_only)
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -217,11 +244,11 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, cfg.lr_scheduler, self.schedule["warmup"], self.schedule["total"])
         if resume_from is not None:
             saved = CheckpointLayout(resume_from)
-            self.optimizer.load_state_dict(torch.load(saved.optimizer, weights_only=False))
-            self.scheduler.load_state_dict(torch.load(saved.scheduler, weights_only=False))
+            self.optimizer.load_state_dict(load_to_cpu(saved.optimizer))
+            self.scheduler.load_state_dict(load_to_cpu(saved.scheduler))
         self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
         if resume_from is not None and accelerator.scaler is not None and CheckpointLayout(resume_from).scaler.exists():
-            accelerator.scaler.load_state_dict(torch.load(CheckpointLayout(resume_from).scaler, weights_only=False))
+            accelerator.scaler.load_state_dict(load_to_cpu(CheckpointLayout(resume_from).scaler))
 
         self.recorder = None
         if record and any(c is not None for c in self._coefficients()):
@@ -244,7 +271,8 @@ class Trainer:
         self._flops_cache: dict[int, int] = {}
         self._resume_rng = None
         if resume_from is not None:
-            own = torch.load(CheckpointLayout(resume_from).rng(self.rank), weights_only=False)
+            # (Python's and numpy's RNG states are not plain tensors: this run's own file, not weights_only)
+            own = load_to_cpu(CheckpointLayout(resume_from).rng(self.rank), weights_only=False)
             self._resume_rng, self._resume_running = own["rng"], own["running_loss"]
             self._resume_penalty = own.get("running_penalty", 0.0)
 
@@ -445,11 +473,12 @@ class Trainer:
         if self.cfg.snapshot_due(0):
             self.save_weights(self.run.snapshot(0))
         if self._resume_rng is not None:
-            _set_rng_state(self._resume_rng)  # last, after everything that may draw random numbers
+            note = _set_rng_state(self._resume_rng)  # last, after everything that may draw random numbers
+            if note and self.accelerator.is_local_main_process:  # (once per machine: a machine's GPUs are counted)
+                print(f"warning: --resume: {note}", file=sys.stderr, flush=True)
         progress = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main or cfg.disable_tqdm,
                         desc=self.task.name, dynamic_ncols=True)
         batches = self._micro_batches()
-        accum = cfg.gradient_accumulation_steps
         # The loss since the last log line, summed on the device (read only when logging). A checkpoint
         # carries it, so a resumed run logs the same numbers as an uninterrupted one.
         self._running_loss = torch.full((), float(self._resume_running[0]), device=acc.device)
@@ -461,19 +490,18 @@ class Trainer:
         tic = time.perf_counter()
         self.model.train()
         while self.step < self.total_steps:
-            for i in range(accum):
-                batch = to_device(next(batches), acc.device)
-                self.flops[phase] += self._step_flops(batch)
-                sync = nullcontext() if i == accum - 1 else acc.no_sync(self.model)
-                with sync:
-                    loss = self._loss(batch)
-                    penalty = l1_penalty(self.unwrapped, slimming.l1_self, slimming.l1_inter)
-                    acc.backward((loss + penalty) / accum)
-                self._running_loss += loss.detach().float()
-                if isinstance(penalty, torch.Tensor):
-                    self._running_penalty += penalty.detach()
-                self._running_count += 1
-                self.micro += 1
+            # A detector check of the last step whose coefficients are still on their way to the host is decided
+            # once this step's forward and backward are queued (the device stays busy meanwhile); if it drew, the
+            # last step is pruned as if decided then, and this step is redone on the pruned model from the same
+            # batches and random state: the run is the one a decision at the check's own step would have made.
+            undo = _generator_states(acc.device) if self.ebtrain is not None and self.ebtrain.pending else None
+            done = self._forward_backward(batches, keep=undo is not None)
+            if undo is not None and self.ebtrain.decide():
+                self.optimizer.zero_grad(set_to_none=True)
+                _set_generator_states(undo, acc.device)  # (before the prune, which may draw from them too)
+                phase, tic = self._draw(phase, tic)
+                done = self._forward_backward(iter(done["batches"]), keep=False)
+            self._add_up(done, phase)
             if cfg.max_grad_norm:
                 acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
@@ -491,17 +519,11 @@ class Trainer:
                     msa, mlp = read_coefficients(self.unwrapped)
                     if self.recorder is not None and self.step > self.recorder.last_step:
                         self.recorder.record(self.step, msa, mlp)
-                    if self.ebtrain is not None and self.ebtrain.observe(self.step, msa, mlp):
-                        now = time.perf_counter()
-                        self.wall[phase] += now - tic
-                        tic = now
-                        plan = self._prune_in_place()
-                        phase = "after_draw"
-                        self.log_line({"type": "draw", "step": self.step, "shape": self.draw_state["shape_after"],
-                                       "pruned_heads": sum(len(v) for v in plan["pruned_heads"].values()),
-                                       "pruned_neurons": sum(len(v) for v in plan["pruned_intermediate"].values())})
-                        self.log(f"EB-Train: early bird drawn at step {self.step}; pruned in place to "
-                                 f"{self.draw_state['shape_after']}")
+                    if self.ebtrain is not None:
+                        self.ebtrain.observe(self.step, msa, mlp, defer=True)
+            if self.ebtrain is not None and self.ebtrain.pending and self._reads_back_anyway():
+                if self.ebtrain.decide():  # (the step reads from the device anyway: decided at once)
+                    phase, tic = self._draw(phase, tic)
 
             minutes_due = False
             if self.step % cfg.logging_steps == 0 or self.step == self.total_steps:
@@ -529,6 +551,53 @@ class Trainer:
         progress.close()
         if self.recorder is not None:
             self.recorder.close()
+
+    def _forward_backward(self, batches, keep: bool) -> dict:
+        """Forward and backward of one optimizer step's micro-batches, nothing read back from the device: their
+        losses, L1 terms and FLOPs (added to the run's by `_add_up`), and the batches themselves if `keep`."""
+        acc, accum, slimming = self.accelerator, self.cfg.gradient_accumulation_steps, self.slimming
+        done = {"batches": [], "losses": [], "penalties": [], "flops": []}
+        for i in range(accum):
+            batch = to_device(next(batches), acc.device)
+            if keep:
+                done["batches"].append(batch)
+            done["flops"].append(self._step_flops(batch))
+            sync = nullcontext() if i == accum - 1 else acc.no_sync(self.model)
+            with sync:
+                loss = self._loss(batch)
+                penalty = l1_penalty(self.unwrapped, slimming.l1_self, slimming.l1_inter)
+                acc.backward((loss + penalty) / accum)
+            done["losses"].append(loss.detach().float())
+            if isinstance(penalty, torch.Tensor):
+                done["penalties"].append(penalty.detach())
+        return done
+
+    def _add_up(self, done: dict, phase: str) -> None:
+        for flops, loss in zip(done["flops"], done["losses"]):
+            self.flops[phase] += flops
+            self._running_loss += loss
+            self._running_count += 1
+            self.micro += 1
+        for penalty in done["penalties"]:
+            self._running_penalty += penalty
+
+    def _reads_back_anyway(self) -> bool:
+        """This step reads from the device anyway (a log line, an evaluation, a snapshot, a checkpoint by steps, the
+        last step): a detector check still in flight is decided here, before them, at its own step."""
+        cfg, step = self.cfg, self.step
+        return (step % cfg.logging_steps == 0 or step == self.total_steps or cfg.snapshot_due(step)
+                or cfg.checkpoint_due(step) or bool(cfg.eval_every and step % cfg.eval_every == 0))
+
+    def _draw(self, phase: str, tic: float) -> tuple[str, float]:
+        """The early bird was drawn at this step: prune in place, log it; the phase and clock that follow."""
+        now = time.perf_counter()
+        self.wall[phase] += now - tic
+        plan = self._prune_in_place()
+        self.log_line({"type": "draw", "step": self.step, "shape": self.draw_state["shape_after"],
+                       "pruned_heads": sum(len(v) for v in plan["pruned_heads"].values()),
+                       "pruned_neurons": sum(len(v) for v in plan["pruned_intermediate"].values())})
+        self.log(f"EB-Train: early bird drawn at step {self.step}; pruned in place to {self.draw_state['shape_after']}")
+        return "after_draw", now
 
     def _elapsed(self, tic: float) -> float:
         done = self.wall["before_draw"] + self.wall["after_draw"]

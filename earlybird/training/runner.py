@@ -43,6 +43,15 @@ def _single_cpu_launch() -> bool:
             and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ)
 
 
+def _process_group_kwargs(minutes: float):
+    """--ddp-timeout-minutes for the process group accelerate starts (its barriers and all-reduces)."""
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    return InitProcessGroupKwargs(timeout=timedelta(minutes=minutes))
+
+
 def _quiet_libraries(is_main: bool) -> None:
     import datasets
     import transformers
@@ -84,6 +93,35 @@ def check_model_fits_data(task, model) -> None:
             "a tokenizer from another model? expected len(tokenizer) <= vocab_size")
 
 
+def check_shared_output_dir(rundir, accelerator) -> None:
+    """Several processes: every one must see the main process's --output-dir. Each saves its RNG state into the
+    checkpoints and each reads the checkpoint on --resume, so with several machines the directory must be on a file
+    system they share; a machine with a directory of its own would fail at the first checkpoint. The main process
+    writes a probe file of a fresh name, every process looks for it, and all learn the count (one all-reduce) and
+    stop together."""
+    if accelerator.num_processes == 1:
+        return
+    import uuid
+
+    import torch
+    from accelerate.utils import broadcast_object_list
+
+    name = broadcast_object_list([f".earlybird-shared-{uuid.uuid4().hex}"], from_process=0)[0]
+    probe = rundir.path / name
+    if accelerator.is_main_process:
+        probe.write_text(name)  # (closed: visible to other machines' clients of a network file system)
+    accelerator.wait_for_everyone()
+    sees = probe.is_file()
+    blind = int(accelerator.reduce(torch.tensor([0 if sees else 1], device=accelerator.device), "sum").item())
+    if accelerator.is_main_process:
+        probe.unlink(missing_ok=True)
+    if blind:
+        raise EarlyBirdError(
+            f"--output-dir {rundir.path}: {blind} of {accelerator.num_processes} processes do not see the main "
+            "process's files there; with several machines, --output-dir must be on a file system they all share "
+            "(each process saves its RNG state into the checkpoints, and --resume reads them on every process)")
+
+
 def _io_failure(prog: str, err: OSError, rundir, trainer) -> int:
     """A write failed mid-run (disk full, read-only, ...): say which file, what is intact, and how to go on."""
     where = err.filename or (rundir.path if rundir is not None else "the output directory")
@@ -119,7 +157,8 @@ def run(prog: str, args, build_task) -> int:
 
         trackers = cfg.trackers
         accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=_cpu_processes(), log_with=trackers or None,
-                                  project_dir=str(RunLayout(cfg.output_dir).tracking) if trackers else None)
+                                  project_dir=str(RunLayout(cfg.output_dir).tracking) if trackers else None,
+                                  kwargs_handlers=[_process_group_kwargs(cfg.ddp_timeout_minutes)])
         is_main = accelerator.is_main_process
         _quiet_libraries(is_main)
 
@@ -163,6 +202,11 @@ def run(prog: str, args, build_task) -> int:
         else:
             model = task.build_model(config.slimming.model_flags)
 
+        # The model is made from the shared seed (the same on every process); what is random in training (dropout)
+        # draws from seed + process index, so the processes do not drop the same units. The data order does not
+        # draw from these generators (a function of --seed and the epoch: loop.epoch_permutation).
+        set_seed(cfg.seed, device_specific=True)
+
         # The last checks that need the data and the model, still before the run directory is touched.
         _, _, total_steps = step_budget(cfg, len(task.train_dataset), accelerator.num_processes)
         check_model_fits_data(task, model)
@@ -184,6 +228,7 @@ def run(prog: str, args, build_task) -> int:
         if rundir.stale_lock:
             log(f"note: {rundir.stale_lock}")
         accelerator.wait_for_everyone()
+        check_shared_output_dir(rundir, accelerator)
         if resume_from is not None:
             rundir.clean_temporaries()
         rundir.write_json(rundir.args, vars(args))
@@ -229,7 +274,8 @@ def run(prog: str, args, build_task) -> int:
         log(f"done in {time.perf_counter() - start:.1f}s: {rundir.path}")
         return 0
     except EarlyBirdError as err:
-        return fail(prog, err, print_it=accelerator is None or accelerator.is_local_main_process)
+        return fail(prog, err, print_it=accelerator is None or accelerator.is_local_main_process
+                    or getattr(err, "print_here", False))
     except OSError as err:
         if accelerator is not None and not accelerator.is_main_process:
             raise

@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import torch
 
+from .. import faults
 from ..data import common, images, text
 from ..errors import EarlyBirdError
 from .task import EvalSet, Task, classification_eval_set
@@ -30,9 +32,34 @@ def _load_config(path: str, expected: str, flag: str = "--model-name-or-path"):
     return config
 
 
+@contextlib.contextmanager
+def preparing_data(accelerator, args):
+    """accelerate's `main_process_first`, with its barriers spelled out: the main process downloads, indexes or
+    tokenises (and fills the datasets cache) while the others wait, then they read its cache. A wait longer than
+    --ddp-timeout-minutes stops a waiting process with one line naming the flag, not the collective's traceback."""
+    if accelerator.is_main_process:
+        faults.hit("data-prepare")  # test-only: a slow preparation (earlybird.faults `stall=S`)
+        yield
+        accelerator.wait_for_everyone()
+        return
+    try:
+        accelerator.wait_for_everyone()
+    except RuntimeError as err:  # torch.distributed's DistBackendError is one
+        if "timed out" not in str(err).lower():
+            raise
+        error = EarlyBirdError(
+            f"waited more than --ddp-timeout-minutes {args.ddp_timeout_minutes:g} for the main process to prepare the "
+            "data; expected a longer --ddp-timeout-minutes (or the data prepared beforehand, in the datasets cache)")
+        # Said by process 1 on the main process's machine (whose local main process is not waiting), and by each
+        # other machine's local main process, as the runner says every error.
+        error.print_here = accelerator.process_index == 1
+        raise error from None
+    yield
+
+
 def _image_datasets(args, accelerator, where: str):
     """Train / validation / test splits of an image data set, with their columns and label names."""
-    with accelerator.main_process_first():  # one process downloads / builds the cache, the others read it
+    with preparing_data(accelerator, args):  # one process downloads / builds the cache, the others read it
         if args.dataset == "digits":
             from ..data.digits import load_digits_dataset
 
@@ -238,7 +265,7 @@ def _glue_task(args, accelerator, tokenizer) -> Task:
 
     files = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
     where = f"--train-file {args.train_file}" if args.train_file else f"glue/{args.glue_task}"
-    with accelerator.main_process_first():
+    with preparing_data(accelerator, args):
         dd = text.load_classification(args.glue_task, files, cache_dir=args.cache_dir)
         splits, final = common.resolve_splits(dd, "label", where)
         columns = text.pick_text_columns(set(splits["train"].column_names), args.glue_task, where)
@@ -270,7 +297,7 @@ def _squad_task(args, accelerator, tokenizer) -> Task:
     if not tokenizer.is_fast:
         raise EarlyBirdError("--task squad needs a fast tokenizer (offset mappings)")
     where = f"--train-file {args.train_file}" if args.train_file else "squad"
-    with accelerator.main_process_first():
+    with preparing_data(accelerator, args):
         dd = text.load_squad(args.train_file, args.predict_file, cache_dir=args.cache_dir)
         for name in ("train", "validation"):
             if name not in dd:
