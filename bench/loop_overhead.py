@@ -73,6 +73,8 @@ class BareStep:
         self.model.load_state_dict(trainer.unwrapped.state_dict())
         self.optimizer = make_optimizer(self.model, trainer.cfg)
         self.batch = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        if trainer.task.prepare_batch is not None:  # as the loop does after the copy (images: the normalisation)
+            self.batch = trainer.task.prepare_batch(self.batch, self.model.dtype)
         compute = trainer.task.compute_loss
         self.loss = (lambda: compute(self.model, self.batch)) if compute is not None else \
             (lambda: self.model(**self.batch).loss)

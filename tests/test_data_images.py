@@ -59,7 +59,8 @@ def test_dataset_seeds_augmentation_per_epoch_and_example():
     ds.set_epoch(1)
     assert not torch.equal(first, ds[5]["pixel_values"])
     batch = images.collate_images([ds[i] for i in range(4)])
-    assert batch["pixel_values"].shape == (4, 3, 8, 8) and batch["labels"].dtype == torch.long
+    assert batch["pixel_values"].shape == (4, 8, 8, 3) and batch["pixel_values"].dtype == torch.uint8
+    assert batch["labels"].dtype == torch.long
 
 
 def test_digits_split_is_fixed_and_stratified():
@@ -180,7 +181,8 @@ def test_batches_are_bitwise_the_per_image_pil_pipeline(kind, options):
         batch = ds.__getitems__(common.EpochIndices(rows, epoch))
         expected = torch.stack([reference_pipeline(dd["train"][i]["image"], transform,
                                                    np.random.default_rng([3, epoch, i])) for i in rows])
-        assert torch.equal(batch["pixel_values"], expected)
+        assert batch["pixel_values"].dtype == torch.uint8  # shipped as bytes, normalised where the model is
+        assert torch.equal(transform.normalise(batch["pixel_values"]), expected)
         assert batch["labels"].tolist() == [dd["train"][i]["label"] for i in rows]
     for i, size in enumerate([(30, 20), (8, 8), (5, 13), (8, 30)]):
         rng_a, rng_b = np.random.default_rng([1, i]), np.random.default_rng([1, i])
@@ -210,9 +212,11 @@ def test_digits_preset_is_a_normalisation_of_the_decoded_split(monkeypatch):
     monkeypatch.setattr(np.random, "default_rng", refuse)
     rows = [5, 0, 1196, 7]
     batch = ds.__getitems__(rows)
+    assert torch.equal(batch["pixel_values"], torch.from_numpy(pixels[rows]))  # the bytes, gathered
     expected = torch.from_numpy(((pixels[rows].astype(np.float32) / 255.0 - np.float32(0.5)) / np.float32(0.5))
                                 .transpose(0, 3, 1, 2).copy())
-    assert torch.equal(batch["pixel_values"], expected) and batch["pixel_values"].is_contiguous()
+    model_input = transform.on_device(batch, torch.float32)["pixel_values"]
+    assert torch.equal(model_input, expected) and model_input.is_contiguous()
 
 
 def test_the_epoch_comes_with_the_indices():

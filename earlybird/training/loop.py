@@ -309,6 +309,12 @@ class Trainer:
         requested = self.cfg.dataloader_num_workers
         return default_num_workers(dataset) if requested is None else requested
 
+    def _on_device(self, batch: dict) -> dict:
+        """A host batch moved to this process's device and made the model's input there (`Task.prepare_batch`)."""
+        batch = to_device(batch, self.accelerator.device)
+        prepare = self.task.prepare_batch
+        return batch if prepare is None else prepare(batch, self.unwrapped.dtype)
+
     def _loss(self, batch):
         if self.task.compute_loss is not None:
             return self.task.compute_loss(self.model, batch)
@@ -331,7 +337,7 @@ class Trainer:
                             num_workers=self._num_workers(eval_set.dataset))
         gathered = defaultdict(list)
         for batch in loader:
-            batch = to_device(batch, self.accelerator.device)
+            batch = self._on_device(batch)
             out = self.model(**batch)
             for key, value in eval_set.outputs(out, batch).items():
                 gathered[key].append(self.accelerator.gather(value.contiguous()).cpu())
@@ -462,7 +468,7 @@ class Trainer:
         self.model.train()
         while self.step < self.total_steps:
             for i in range(accum):
-                batch = to_device(next(batches), acc.device)
+                batch = self._on_device(next(batches))
                 self.flops[phase] += self._step_flops(batch)
                 sync = nullcontext() if i == accum - 1 else acc.no_sync(self.model)
                 with sync:
