@@ -321,7 +321,7 @@ def report(alt: Alternation, startup: dict | None, loader: dict | None, threads:
         rates = loader["rates"]
         lines += [
             "",
-            f"Loader throughput, data from files (500x375 JPEGs, RandomResizedCrop 224 + flip + normalise, batch 64; "
+            f"Loader throughput, data from files (500x375 JPEGs, RandomResizedCrop 224 + flip, uint8 batches of 64; "
             f"{os.cpu_count()} CPUs here, default workers here: {loader['default']}):",
             "",
             "| worker processes | images / s |",
