@@ -15,8 +15,9 @@ Each variant makes the same batches from them, in one process with one thread --
 * **earlybird, no draft**: the same with draft off, to show what draft adds.
 
 Rounds alternate the variants (reference, earlybird, no draft; then reversed); each round times one pass over all
-the images. The speed-up of a round is the reference's time over the variant's; the table gives their geometric
-mean with a 95% t-interval. Bytes per batch are those of the tensors a worker hands over (through shared memory).
+the images in CPU time of the process (one thread: the time of one worker core; wall time on a shared machine also
+counts the waits for a core). The speed-up of a round is the reference's time over the variant's; the table gives
+their geometric mean with a 95% t-interval. Bytes per batch are those of the tensors a worker hands over (through shared memory).
 """
 
 from __future__ import annotations
@@ -141,11 +142,11 @@ def measure_set(folder: Path, cache: Path, kind: str, rounds: int, batch: int, s
         images.DRAFT_FACTORS = () if variant == "earlybird, no draft" else draft_factors
         batches = reference_batches(paths, labels, kind, batch, size) if variant == "reference" else \
             earlybird_batches(dataset, batch, epoch)
-        start = time.perf_counter()
+        start = time.process_time()  # this process's CPU time: a worker core's, whatever else shares the machine
         first = None
         for out in batches:
             first = first or out
-        return time.perf_counter() - start, first
+        return time.process_time() - start, first
 
     variants = ("reference", "earlybird", "earlybird, no draft")
     seconds = {v: [] for v in variants}
@@ -192,7 +193,7 @@ def report(results: dict, args) -> str:
         f"{Image.__version__} with libjpeg-turbo; {os.cpu_count()} CPUs here, shared): {args.rounds} rounds alternating "
         f"the variants, each a pass over all the images of a set, batch {args.batch}, {args.size}x{args.size} out.",
         "",
-        "| images | transform | variant | images / s (median of rounds) | speed-up over reference (geometric mean) "
+        "| images | transform | variant | images / CPU-s (median of rounds) | speed-up over reference (geometric mean) "
         "| 95% interval | out per batch | drafted crops |",
         "|---|---|---|---:|---:|---|---|---:|",
     ]

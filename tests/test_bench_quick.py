@@ -87,7 +87,7 @@ EXPECTED = {
         "| 0 |",
     ],
     "image_pipeline.py": [
-        "| images | transform | variant | images / s (median of rounds) |",
+        "| images | transform | variant | images / CPU-s (median of rounds) |",
         "| ImageNet-sized 500x375 (8) | train | reference |",
         "| ImageNet-sized 500x375 (8) | train | earlybird | ",
         "| large 640x480 (8) | eval | earlybird, no draft |",
