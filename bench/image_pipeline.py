@@ -17,7 +17,8 @@ Each variant makes the same batches from them, in one process with one thread --
 Rounds alternate the variants (reference, earlybird, no draft; then reversed); each round times one pass over all
 the images in CPU time of the process (one thread: the time of one worker core; wall time on a shared machine also
 counts the waits for a core). The speed-up of a round is the reference's time over the variant's; the table gives
-their geometric mean with a 95% t-interval. Bytes per batch are those of the tensors a worker hands over (through shared memory).
+their geometric mean with a 95% t-interval. Bytes per batch are those of the tensors a worker hands over (through
+shared memory).
 """
 
 from __future__ import annotations
@@ -188,10 +189,14 @@ def interval_text(ratios: list[float]) -> tuple[str, str]:
 
 
 def report(results: dict, args) -> str:
+    from PIL import features
+
+    turbo = "with" if features.check_feature("libjpeg_turbo") else "without"
     lines = [
         f"Image loading per worker core (one process, one thread; torch {torch.__version__}, Pillow "
-        f"{Image.__version__} with libjpeg-turbo; {os.cpu_count()} CPUs here, shared): {args.rounds} rounds alternating "
-        f"the variants, each a pass over all the images of a set, batch {args.batch}, {args.size}x{args.size} out.",
+        f"{Image.__version__} {turbo} libjpeg-turbo; {os.cpu_count()} CPUs here, shared): {args.rounds} rounds "
+        f"alternating the variants, each a pass over all the images of a set, batch {args.batch}, "
+        f"{args.size}x{args.size} out.",
         "",
         "| images | transform | variant | images / CPU-s (median of rounds) | speed-up over reference (geometric mean) "
         "| 95% interval | out per batch | drafted crops |",
@@ -233,8 +238,8 @@ def report(results: dict, args) -> str:
 
 def main(argv=None) -> int:
     parser = make_parser(__doc__, "8 images per set (500x375, 640x480), 64x64 out, batch 4, 2 rounds")
-    parser.add_argument("--images", type=int, default=None, help="ImageNet-sized JPEGs (default 600, and a third as many "
-                        "large ones; quick 8 of each)")
+    parser.add_argument("--images", type=int, default=None,
+                        help="ImageNet-sized JPEGs (default 600, and a third as many large ones; quick 8 of each)")
     parser.add_argument("--rounds", type=int, default=None, help="alternated rounds (default 6; quick 2)")
     parser.add_argument("--batch", type=int, default=None, help="images per batch (default 64; quick 4)")
     parser.add_argument("--size", type=int, default=None, help="output side (default 224; quick 64)")

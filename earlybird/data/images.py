@@ -1,9 +1,9 @@
 """Image classification data: loading (hub, imagefolder, save_to_disk, digits), splits and transforms.
 
 torchvision has no CPU build here, so the transforms are written with PIL and numpy; a batch leaves the
-workers as uint8 and is normalised at once in torch, on the device. Every random transform takes a `numpy.random.Generator`; the training
-dataset seeds one per (seed, epoch, example), so augmentations do not depend on worker processes, on
-how examples are batched, or on where a resumed run starts.
+workers as uint8 and is normalised at once in torch, on the device. Every random transform takes a
+`numpy.random.Generator`; the training dataset seeds one per (seed, epoch, example), so augmentations do
+not depend on worker processes, on how examples are batched, or on where a resumed run starts.
 """
 
 from __future__ import annotations
