@@ -73,6 +73,8 @@ class BareStep:
         self.model.load_state_dict(trainer.unwrapped.state_dict())
         self.optimizer = make_optimizer(self.model, trainer.cfg)
         self.batch = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        if trainer.task.prepare_batch is not None:  # as the loop does after the copy (images: the normalisation)
+            self.batch = trainer.task.prepare_batch(self.batch, self.model.dtype)
         compute = trainer.task.compute_loss
         self.loss = (lambda: compute(self.model, self.batch)) if compute is not None else \
             (lambda: self.model(**self.batch).loss)
@@ -319,7 +321,7 @@ def report(alt: Alternation, startup: dict | None, loader: dict | None, threads:
         rates = loader["rates"]
         lines += [
             "",
-            f"Loader throughput, data from files (500x375 JPEGs, RandomResizedCrop 224 + flip + normalise, batch 64; "
+            f"Loader throughput, data from files (500x375 JPEGs, RandomResizedCrop 224 + flip, uint8 batches of 64; "
             f"{os.cpu_count()} CPUs here, default workers here: {loader['default']}):",
             "",
             "| worker processes | images / s |",

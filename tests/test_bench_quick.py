@@ -86,6 +86,14 @@ EXPECTED = {
         "| `ViT_pretraining/main.py` (digits, slimming) from launch to the end of its first step |",
         "| 0 |",
     ],
+    "image_pipeline.py": [
+        "| images | transform | variant | images / CPU-s (median of rounds) |",
+        "| ImageNet-sized 500x375 (8) | train | reference |",
+        "| ImageNet-sized 500x375 (8) | train | earlybird | ",
+        "| large 640x480 (8) | eval | earlybird, no draft |",
+        "| workers per GPU x GPUs | float32 batches (before) | uint8 batches (now) |",
+        "- Docker's default `/dev/shm` is 64 MB",
+    ],
     "callback_overhead.py": [
         "| variant | step (ms) | ratio to the Trainer alone |",
         "| Trainer alone |",
@@ -108,7 +116,7 @@ def test_quick_pass_of_every_benchmark(tmp_path):
             script = pending.pop(0)
             out = tmp_path / script.replace(".py", ".md")
             cmd = [sys.executable, str(ROOT / "bench" / script), "--quick", "--out", str(out)]
-            if script in ("recorder_cost.py", "detector_cost.py"):
+            if script in ("recorder_cost.py", "detector_cost.py", "image_pipeline.py"):
                 cmd += ["--dir", str(tmp_path)]
             stdout = open(tmp_path / script.replace(".py", ".stdout"), "w")
             stderr = open(tmp_path / script.replace(".py", ".stderr"), "w")
@@ -129,8 +137,9 @@ def test_quick_pass_of_every_benchmark(tmp_path):
         assert text.strip() in (tmp_path / script.replace(".py", ".stdout")).read_text()  # printed = written
         for expected in EXPECTED[script]:
             assert expected in text, f"{script}: no line with {expected!r} in\n{text}"
-    # the recorder and detector benchmarks leave no records behind
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(("eb-recorder-", "eb-detector-"))]
+    # the recorder and detector benchmarks leave no records behind, the image benchmark no JPEGs
+    scratch = ("eb-recorder-", "eb-detector-", "eb-images-")
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(scratch)]
     assert not leftovers
 
 

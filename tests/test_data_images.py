@@ -59,7 +59,8 @@ def test_dataset_seeds_augmentation_per_epoch_and_example():
     ds.set_epoch(1)
     assert not torch.equal(first, ds[5]["pixel_values"])
     batch = images.collate_images([ds[i] for i in range(4)])
-    assert batch["pixel_values"].shape == (4, 3, 8, 8) and batch["labels"].dtype == torch.long
+    assert batch["pixel_values"].shape == (4, 8, 8, 3) and batch["pixel_values"].dtype == torch.uint8
+    assert batch["labels"].dtype == torch.long
 
 
 def test_digits_split_is_fixed_and_stratified():
@@ -180,7 +181,8 @@ def test_batches_are_bitwise_the_per_image_pil_pipeline(kind, options):
         batch = ds.__getitems__(common.EpochIndices(rows, epoch))
         expected = torch.stack([reference_pipeline(dd["train"][i]["image"], transform,
                                                    np.random.default_rng([3, epoch, i])) for i in rows])
-        assert torch.equal(batch["pixel_values"], expected)
+        assert batch["pixel_values"].dtype == torch.uint8  # shipped as bytes, normalised where the model is
+        assert torch.equal(transform.normalise(batch["pixel_values"]), expected)
         assert batch["labels"].tolist() == [dd["train"][i]["label"] for i in rows]
     for i, size in enumerate([(30, 20), (8, 8), (5, 13), (8, 30)]):
         rng_a, rng_b = np.random.default_rng([1, i]), np.random.default_rng([1, i])
@@ -210,9 +212,11 @@ def test_digits_preset_is_a_normalisation_of_the_decoded_split(monkeypatch):
     monkeypatch.setattr(np.random, "default_rng", refuse)
     rows = [5, 0, 1196, 7]
     batch = ds.__getitems__(rows)
+    assert torch.equal(batch["pixel_values"], torch.from_numpy(pixels[rows]))  # the bytes, gathered
     expected = torch.from_numpy(((pixels[rows].astype(np.float32) / 255.0 - np.float32(0.5)) / np.float32(0.5))
                                 .transpose(0, 3, 1, 2).copy())
-    assert torch.equal(batch["pixel_values"], expected) and batch["pixel_values"].is_contiguous()
+    model_input = transform.on_device(batch, torch.float32)["pixel_values"]
+    assert torch.equal(model_input, expected) and model_input.is_contiguous()
 
 
 def test_the_epoch_comes_with_the_indices():
@@ -337,3 +341,156 @@ def test_digits_are_cached_and_read_back_identical(tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(digits, "build_digits_dataset", None)
         same(digits.load_digits_dataset(tmp_path), built)  # cached again
+
+
+# --------------------------------------------------------------------------- uint8 batches, device normalisation, draft
+
+
+def photo(width, height, seed=0):
+    """A JPEG-like picture: smooth colour fields with a little grain (pure noise would not compress like a photo)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(max(2, height // 40), max(2, width // 40), 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(small).resize((width, height), Image.BICUBIC)).astype(np.int16)
+    return Image.fromarray(np.clip(smooth + rng.integers(-12, 13, size=(height, width, 3)), 0, 255).astype(np.uint8))
+
+
+def jpeg_bytes(image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def opened(data: bytes):
+    import io
+
+    return Image.open(io.BytesIO(data))
+
+
+def test_workers_ship_uint8_batches_that_the_device_normalises_as_before(tmp_path):
+    """From files, through 2 worker processes: uint8 (batch, size, size, 3), a quarter of the float32 bytes; normalised
+    after the copy they are bitwise the float32 batches of the per-image pipeline."""
+    from torch.utils.data import DataLoader
+
+    split = common.load_dataset_any(str(saved_digits(tmp_path, rows=32)))["train"]
+    transform = images.ImageTransform("train", 8, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    ds = images.ImageClassificationDataset(split, "image", "label", transform, seed=1)
+    sampler = [common.EpochIndices(list(range(b, b + 16)), 0) for b in (0, 16)]
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=images.collate_images, num_workers=2)
+    for batch, indices in zip(loader, sampler):
+        pixels = batch["pixel_values"]
+        assert pixels.dtype == torch.uint8 and pixels.shape == (16, 8, 8, 3)
+        assert pixels.untyped_storage().nbytes() == 16 * 8 * 8 * 3  # was 16 * 3 * 8 * 8 * 4 (float32)
+        expected = torch.stack([reference_pipeline(split[i]["image"], transform, np.random.default_rng([1, 0, i]))
+                                for i in indices])
+        model_input = transform.on_device(batch, torch.float32)
+        assert torch.equal(model_input["pixel_values"], expected) and model_input["labels"] is batch["labels"]
+
+
+def test_normalise_in_the_model_dtype_is_the_float32_normalisation_cast():
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, size=(3, 5, 7, 3), dtype=np.uint8))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    float32 = images.normalise(pixels, mean, std)
+    expected = (pixels.numpy().astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    assert torch.equal(float32, torch.from_numpy(expected.transpose(0, 3, 1, 2).copy()))
+    bf16 = images.normalise(pixels, mean, std, torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, float32.to(torch.bfloat16))
+
+
+def test_the_digits_run_feeds_the_model_the_float_normalisation_of_the_split(tmp_path, monkeypatch):
+    """The digits default end to end: every batch the model sees (training and evaluation) is float32 in the model's
+    layout, each image bitwise the old CPU normalisation of one image of the split."""
+    from transformers import ViTForImageClassification
+
+    from test_training_support import load_script, one_thread
+
+    dd = load_digits_dataset()
+    known = {}
+    for split in dd.values():
+        for image in split["image"]:
+            array = np.asarray(image, dtype=np.float32) / 255.0
+            known[((array - np.float32(0.5)) / np.float32(0.5)).transpose(2, 0, 1).tobytes()] = True
+    seen = []
+
+    def capture(module, args, kwargs):
+        seen.append(kwargs["pixel_values"].detach().clone())
+
+    original = ViTForImageClassification.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.register_forward_pre_hook(capture, with_kwargs=True)
+
+    monkeypatch.setattr(ViTForImageClassification, "__init__", init)
+    pretrain = load_script("ViT_pretraining/main.py", "vit_pretraining_main")
+    with one_thread():
+        assert pretrain.main(["--output-dir", str(tmp_path / "run"), "--num-layers", "1", "--hidden-size", "16",
+                              "--num-heads", "2", "--intermediate-size", "16", "--max-steps", "2",
+                              "--max-eval-samples", "40", "--disable-tqdm"]) == 0
+    assert len(seen) >= 3  # 2 training steps and the evaluations
+    for pixels in seen:
+        assert pixels.dtype == torch.float32 and pixels.shape[1:] == (3, 8, 8) and pixels.is_contiguous()
+        assert all(image.numpy().tobytes() in known for image in pixels)
+
+
+def test_draft_keeps_at_least_the_target_pixels_in_every_crop():
+    """A 2000x1500 JPEG at 224: a draft chosen for the image (the smallest scale still >= 224, here 1/4: 500x375) would
+    leave RandomResizedCrop's small crops fewer than 224 pixels a side; the scale chosen for the crop never does, and
+    still reduces the large ones."""
+    data, size = jpeg_bytes(photo(2000, 1500)), 224
+    naive = opened(data)
+    naive.draft("RGB", (size, size))
+    naive_factor = 2000 // naive.size[0]
+    assert naive_factor == 4
+    factors, too_small_for_naive = [], 0
+    for seed in range(200):
+        image = opened(data)
+        box = images.crop_box(*image.size, np.random.default_rng(seed))
+        image, reduced = images.draft_for_crop(image, box, size)
+        factor = 2000 / image.size[0]
+        factors.append(factor)
+        assert reduced[2] - reduced[0] >= size and reduced[3] - reduced[1] >= size
+        assert reduced[2] <= image.size[0] and reduced[3] <= image.size[1]
+        assert np.allclose(np.asarray(reduced) * factor, box)
+        too_small_for_naive += min(box[2] - box[0], box[3] - box[1]) / naive_factor < size
+    assert too_small_for_naive > 0 and {1, 2, 4} <= set(factors)
+    # an image already decoded, or not a JPEG, is left as it is
+    for image in (Image.open(__import__("io").BytesIO(data)).copy(), photo(2000, 1500)):
+        assert images.draft_for_crop(image, (0, 0, 2000, 1500), size) == (image, (0, 0, 2000, 1500))
+
+
+def test_drafted_crops_are_the_full_decode_ones_within_a_few_levels(tmp_path, monkeypatch):
+    """Through the dataset (imagefolder of large JPEGs, read undecoded): draft is called, the train and eval outputs
+    keep their size, and they differ from the full decode's by less than 2 levels of 255 on average (DCT scaling
+    instead of bilinear averaging). A JPEG too small to reduce gives bitwise the full decode's pixels."""
+    from PIL import JpegImagePlugin
+
+    for split in ("train", "validation"):
+        for i, (width, height) in enumerate([(2000, 1500), (1400, 1900), (500, 375)]):
+            folder = tmp_path / "folder" / split / "ab"[i % 2]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{i}.jpg").write_bytes(jpeg_bytes(photo(width, height, seed=i)))
+    dd = common.load_dataset_any(str(tmp_path / "folder"), cache_dir=str(tmp_path / "cache"), builder="imagefolder")
+    drafts = []
+    original = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, mode, size: drafts.append(size) or original(self, mode, size))
+    for kind, split in (("train", "train"), ("eval", "validation")):
+        transform = images.ImageTransform(kind, 224, (0.5,) * 3, (0.5,) * 3)
+        ds = images.ImageClassificationDataset(dd[split], "image", "label", transform, seed=5)
+        assert ds.decodes_from_files
+        rows = sorted(range(3), key=lambda i: dd[split][i]["image"].size[0])[::-1]  # 2000, 1400, 500 wide
+        drafts.clear()
+        for epoch in range(4 if kind == "train" else 1):
+            pixels = ds.__getitems__(common.EpochIndices(rows, epoch))["pixel_values"]
+            assert pixels.shape == (3, 224, 224, 3) and pixels.dtype == torch.uint8
+            decoded = [np.asarray(dd[split][i]["image"]) for i in rows]  # datasets' full decode
+            full = transform.batch(decoded, [np.random.default_rng([5, epoch, i]) for i in rows])
+            difference = (pixels.float() - full.float()).abs().mean(dim=(1, 2, 3))
+            assert (difference < 2.0).all(), difference
+            assert torch.equal(pixels[2], full[2])  # 500x375: no crop of it can be reduced
+        if kind == "eval":  # shorter sides 1500 and 1400 over 224: 6.7 and 6.2, both decoded at 1/4
+            assert drafts == [(500, 375), (350, 475)]
+        else:  # 12 crops: some reduced (only the large images' crops can be)
+            assert drafts and all(size[0] in (1000, 500, 700, 350) for size in drafts)

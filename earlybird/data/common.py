@@ -160,9 +160,9 @@ def default_num_workers(dataset) -> int:
     Data held in memory (decoded once, or tokenised once) gets 0: a batch is a gather and a normalisation, which a
     worker process would only add copies to. A dataset that decodes from files (`decodes_from_files`: images from
     imagefolder, the Hub, save_to_disk) gets every CPU this process may use but one (left to the training process),
-    the CPUs shared among the node's processes, at least 1 and at most MAX_DEFAULT_WORKERS: one process decodes and
-    augments ~200 ImageNet-sized JPEGs per second, and a ViT-Base step on a current GPU consumes thousands
-    (docs/benchmarks.md, "Data loading").
+    the CPUs shared among the node's processes, at least 1 and at most MAX_DEFAULT_WORKERS: one worker decodes and
+    augments ~370 ImageNet-sized JPEGs per CPU-second, and a ViT-Base step on a current GPU consumes thousands
+    (docs/benchmarks.md, section 8).
     """
     if not getattr(dataset, "decodes_from_files", False):
         return 0

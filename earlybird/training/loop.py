@@ -337,6 +337,12 @@ class Trainer:
         requested = self.cfg.dataloader_num_workers
         return default_num_workers(dataset) if requested is None else requested
 
+    def _on_device(self, batch: dict) -> dict:
+        """A host batch moved to this process's device and made the model's input there (`Task.prepare_batch`)."""
+        batch = to_device(batch, self.accelerator.device)
+        prepare = self.task.prepare_batch
+        return batch if prepare is None else prepare(batch, self.unwrapped.dtype)
+
     def _loss(self, batch):
         if self.task.compute_loss is not None:
             return self.task.compute_loss(self.model, batch)
@@ -359,7 +365,7 @@ class Trainer:
                             num_workers=self._num_workers(eval_set.dataset))
         gathered = defaultdict(list)
         for batch in loader:
-            batch = to_device(batch, self.accelerator.device)
+            batch = self._on_device(batch)
             out = self.model(**batch)
             for key, value in eval_set.outputs(out, batch).items():
                 gathered[key].append(self.accelerator.gather(value.contiguous()).cpu())
@@ -554,13 +560,14 @@ class Trainer:
 
     def _forward_backward(self, batches, keep: bool) -> dict:
         """Forward and backward of one optimizer step's micro-batches, nothing read back from the device: their
-        losses, L1 terms and FLOPs (added to the run's by `_add_up`), and the batches themselves if `keep`."""
+        losses, L1 terms and FLOPs (added to the run's by `_add_up`), and the host batches themselves if `keep`."""
         acc, accum, slimming = self.accelerator, self.cfg.gradient_accumulation_steps, self.slimming
         done = {"batches": [], "losses": [], "penalties": [], "flops": []}
         for i in range(accum):
-            batch = to_device(next(batches), acc.device)
-            if keep:
-                done["batches"].append(batch)
+            host = next(batches)
+            batch = self._on_device(host)
+            if keep:  # the host batch: a redo moves and prepares it again
+                done["batches"].append(host)
             done["flops"].append(self._step_flops(batch))
             sync = nullcontext() if i == accum - 1 else acc.no_sync(self.model)
             with sync:

@@ -46,6 +46,8 @@ class Task:
     num_labels: int | None = None  # classes of the data (classification): the model's head must have as many
     vocab_size: int | None = None  # len(tokenizer) (text): the model's embeddings must hold as many
     image_size: int | None = None  # the side the transforms produce (images): the model's config must take it
+    # (batch on the device, the model's dtype) -> the model's input: work done after the copy (images: normalisation)
+    prepare_batch: Callable[[dict, torch.dtype], dict] | None = None
 
 
 def classification_eval_set(dataset, collate_fn) -> EvalSet:

@@ -100,7 +100,7 @@ def _image_task(name, args, splits, final, image_column, label_column, size, mea
                 collate_fn=images.collate_images, eval_sets=eval_sets, final_split=final,
                 tokens_per_example=lambda batch: tokens, compute_loss=compute_loss, save_extras=save_extras,
                 info={"dataset": args.dataset, "train_examples": len(train), **(info or {})}, num_labels=num_labels,
-                image_size=size)
+                image_size=size, prepare_batch=eval_transform.on_device)  # the train transform's mean / std too
 
 
 # --------------------------------------------------------------------------- ViT fine-tuning
