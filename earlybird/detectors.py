@@ -834,15 +834,29 @@ def first_test_step(detector: "Detector", steps) -> int | None:
     return None
 
 
+def first_test_if_longer(detector: "Detector", steps, limit: int = 1_000_000) -> int | None:
+    """The step of `detector`'s first test if the observations went on past ``steps`` at their last stride (the
+    recording cadence; 1 for a single step): the step a longer run must reach for it to test at all. None when it
+    would not test within `limit` more observations."""
+    steps = [int(s) for s in np.asarray(steps).reshape(-1)]
+    stride = steps[-1] - steps[-2] if len(steps) > 1 else 1
+    more = itertools.count((steps[-1] if steps else 0) + stride, stride)
+    return first_test_step(detector, itertools.islice(itertools.chain(steps, more), len(steps) + limit))
+
+
 def never_tests_message(detector: "Detector", steps, what: str) -> str | None:
-    """One line explaining why ``detector`` can never test on ``steps`` (None when it can)."""
+    """One line explaining why ``detector`` can never test on ``steps`` (None when it can), with the arithmetic: the
+    step of its first test, which a longer run must reach."""
     steps = np.asarray(steps).reshape(-1)
     if first_test_step(detector, steps) is not None:
         return None
     span = f"steps {int(steps[0])}..{int(steps[-1])}" if len(steps) else "no steps"
     need, fix = detector.needs()
+    first = first_test_if_longer(detector, steps)
+    longer = "a longer run" if first is None else f"a longer run (one reaching step {first})"
     return (f"the {detector.method} detector can never test on {what} ({len(steps)} observed, {span}): it needs "
-            f"{need}; expected {fix} or a longer run")
+            f"{need}" + ("" if first is None else f", so its first test would be at step {first}")
+            + f"; expected {fix} or {longer}")
 
 
 # --------------------------------------------------------------------------- offline

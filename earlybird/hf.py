@@ -186,9 +186,9 @@ class EarlyBirdCallback(TrainerCallback):
                                    args.world_size)
             problem = self.ebtrain.never_tests()
             if problem:
-                hint = "" if config.eb.eb_scale else ", or scale=True to scale the study's parameters to this run"
+                hint = self.ebtrain.budget_hint("max_steps={} or more", "scale=True")
                 raise _refuse(f"method {config.eb.eb_method}: {problem} (the keyword arguments of those "
-                              f"parameters{hint})")
+                              "parameters" + (f", or {hint})" if hint else ")"))
             if self.ebtrain.scaling:
                 self._say(f"scale=True: {self.ebtrain.scaling}")
             if resumed:

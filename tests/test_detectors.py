@@ -18,8 +18,11 @@ from earlybird.detectors import (
     default_maxlags,
     detect,
     detect_many,
+    first_test_if_longer,
+    first_test_step,
     hamming_table,
     make_detector,
+    never_tests_message,
 )
 from earlybird.errors import EarlyBirdError
 from earlybird.records import Records
@@ -265,3 +268,36 @@ def test_hamming_table_equals_separate_runs():
         separate = detect(records, "msa", ratio, method="hamming", cached=cached, threshold=eps).draw_step
         assert step == separate, (ratio, cached, eps)
     assert any(v is not None for v in table.values())
+
+
+def test_never_tests_message_gives_the_first_test_step_and_the_run_that_reaches_it():
+    """The study's slope detector (smooth 200, window 300, every 100) on the 360-step default run: the window fills
+    at step 300 and the next check is step 399, so the message names step 399 and the run length that reaches it."""
+    steps = range(1, 361)
+    detector = make_detector("slope")
+    assert first_test_step(detector, steps) is None and first_test_if_longer(detector, steps) == 399
+    assert first_test_step(detector, range(1, 400)) == 399  # the arithmetic holds: a 399-step run tests at 399
+    message = never_tests_message(detector, steps, "this run")
+    assert "so its first test would be at step 399" in message and "a longer run (one reaching step 399)" in message
+    # recorded every 4 steps: observations 4, 8, ...; the 300th is step 1200, which completes the 12th hundred: a check
+    assert first_test_if_longer(detector, range(4, 361, 4)) == 1200
+    # Hamming: cached=5 checks every 10 steps; the fifth check is at step 49
+    assert first_test_if_longer(make_detector("hamming", cached=5, every=10), range(1, 30)) == 49
+
+
+def test_ebtrain_refusal_names_the_max_steps_and_the_scaling_that_would_test():
+    from earlybird.training.config import EBConfig, PruningConfig
+    from earlybird.training.ebtrain import EBTrain
+
+    pruning = PruningConfig(self_pruning_ratio=0.3)
+    with pytest.raises(EarlyBirdError) as caught:
+        EBTrain(EBConfig(eb_method="slope"), pruning, total_steps=360).check_budget()
+    message = str(caught.value)
+    assert "first test would be at step 399" in message and "--max-steps 399 or more" in message
+    assert "--eb-scale to scale the study's parameters to this run" in message
+    # scaled to 360 steps (window 30, every 5) the detector tests: --eb-scale is what the message says it is
+    EBTrain(EBConfig(eb_method="slope", eb_scale=True), pruning, total_steps=360).check_budget()
+    # 20 steps: even the scaled window (its floor, 30) is too long, so --eb-scale is not offered
+    with pytest.raises(EarlyBirdError) as caught:
+        EBTrain(EBConfig(eb_method="slope", eb_scale=False), pruning, total_steps=20).check_budget()
+    assert "--eb-scale" not in str(caught.value) and "--max-steps 399 or more" in str(caught.value)

@@ -479,8 +479,9 @@ def test_bad_arguments_are_refused_at_construction(kwargs, message):
      "self_pruning_ratio > 0 in EB-Train needs self_slimming"),
     ({}, dict(method="slope", window=300),
      "method slope: the slope detector can never test on this run's 24 steps (recorded every 1) (24 observed, "
-     "steps 1..24): it needs window=300 observed steps and then a check (every 100 steps); expected a smaller "
-     "window / every or a longer run (the keyword arguments of those parameters, or scale=True"),
+     "steps 1..24): it needs window=300 observed steps and then a check (every 100 steps), so its first test would "
+     "be at step 399; expected a smaller window / every or a longer run (one reaching step 399) (the keyword "
+     "arguments of those parameters, or max_steps=399 or more)"),
 ])
 def test_bad_arguments_for_the_model_or_the_run_are_refused_before_the_first_step(bert_dir, tmp_path, flags, kwargs,
                                                                                    message):
