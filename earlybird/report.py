@@ -34,11 +34,13 @@ from .detectors import (DETECTORS, STUDY_STEPS, HammingEB, json_safe, detect_man
                         smooth_series, study_params)
 from .errors import EarlyBirdError
 from .fileio import write_text_atomic
-from .layout import REPORT, RUN_KINDS, Run, RunLayout, read_run, records_path
+from .layout import EBTRAIN, REPORT, RESULTS, RUN_KINDS, Run, RunLayout, read_json, read_run, records_path
 from .masks import compute_mask, hamming_distance, nuclear_norm
 from .profiles import get_profile
 from .records import Records, load_records
 
+# What a transformers Trainer writes with its state (Trainer.save_state and every checkpoint)
+TRAINER_STATE = "trainer_state.json"
 # The study's Figure 2 table: FIFO sizes x thresholds of the Hamming rule.
 PAPER_HAMMING_GRID = {"cached": (5, 50, 100, 500, 2000), "thresholds": (0.1, 0.01)}
 
@@ -499,6 +501,84 @@ def _profile_line(profile, scopes: dict) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class RunAccount:
+    """What the run that holds the records says about itself: what kind of run it is, its length (the training
+    budget, which the detectors' scaling and the "% of training" use) and its FLOPs per step before any pruning
+    (what "FLOPs until the draw" multiplies), each with the file it came from. A run whose records stop at a draw
+    (EB-Train, a Trainer with stop_at_draw) is longer than its records."""
+
+    kind: str  # one line: what kind of run, in words
+    total_steps: int
+    flops_per_step: float | None = None
+    sources: str = ""  # where the length and the FLOPs came from
+
+    def describe(self, records: Records) -> str:
+        last = int(records.steps[-1])
+        ends = ("" if last >= self.total_steps else
+                f" Its records end at step {last}, before the end of its {self.total_steps}-step budget: the draw "
+                "stopped them.")
+        flops = ("" if self.flops_per_step is None else
+                 f" Training FLOPs per step before any pruning: {self.flops_per_step:.3g}.")
+        return (f"Run: {self.kind}; {self.total_steps} training steps ({self.sources}).{ends}{flops} "
+                "Draw steps are given as a share of these training steps, and the stationarity parameters are "
+                "scaled to them.")
+
+
+def _trainer_state(path: Path) -> tuple[dict | None, Path | None]:
+    """The Trainer's own state: `<output_dir>/trainer_state.json` (Trainer.save_state), else the newest checkpoint's."""
+    candidates = [path / TRAINER_STATE] + sorted(path.glob(f"checkpoint-*/{TRAINER_STATE}"), reverse=True,
+                                                  key=lambda p: int(p.parent.name.split("-")[-1])
+                                                  if p.parent.name.split("-")[-1].isdigit() else -1)
+    for candidate in candidates:
+        state = read_json(candidate)
+        if state is not None:
+            return state, candidate
+    return None, None
+
+
+def run_account(path: Path | None, records: Records) -> RunAccount:
+    """The run's account of itself (see `RunAccount`), from what it wrote: `results.json` and `ebtrain.json` for
+    this project's runs, the callback's `ebtrain.json`, the records' meta and `trainer_state.json` for a Trainer's
+    output directory; records alone give their own last step and no FLOPs."""
+    last = int(records.steps[-1])  # step S is the state after S optimizer updates
+    run = read_run(path) if path is not None and path.is_dir() else None
+    if run is None:
+        return RunAccount("records only (no run directory)", last, None, "the records' last step")
+    results, eb = run.results, run.ebtrain or {}
+    eb_flops = eb.get("flops") or {}
+    if run.kind == "ebtrain" or (eb and not eb.get("trainer")):
+        total = int(eb.get("total_steps") or results.get("step") or last)
+        draw = eb.get("draw_step")
+        rate = (eb_flops["before_draw"] / draw if draw and eb_flops.get("before_draw") else
+                results["train_flops"] / total if results.get("train_flops") and not draw else None)
+        drew = f"drew at step {draw} and pruned itself there" if draw else "never drew"
+        return RunAccount(f"EB-Train (kind `ebtrain`: slimming with a detector; it {drew})", total, rate,
+                          f"`{EBTRAIN}` total_steps; FLOPs: its FLOPs before the draw over the draw step")
+    if eb.get("trainer") or records.meta.get("trainer"):
+        state, where = _trainer_state(run.path)
+        total = int(eb.get("total_steps") or records.meta.get("max_steps") or (state or {}).get("max_steps") or last)
+        source = (f"`{EBTRAIN}` (the callback's)" if eb.get("total_steps") else
+                  "the records' meta (max_steps)" if records.meta.get("max_steps") else
+                  f"`{where.relative_to(run.path)}`" if state and state.get("max_steps") else "the records' last step")
+        rate, flops_source = None, "no FLOPs"
+        if eb.get("steps_run") and eb_flops.get("total"):
+            rate, flops_source = eb_flops["total"] / eb["steps_run"], f"the Trainer's total_flos from `{EBTRAIN}`"
+        elif state and state.get("total_flos") and state.get("global_step"):
+            rate = state["total_flos"] / state["global_step"]
+            flops_source = f"the Trainer's total_flos from `{where.relative_to(run.path)}`"
+        draw = eb.get("draw_step")
+        how = ("" if not eb else f"; it drew at step {draw}" + (" and stopped there" if eb.get("stopped_at_draw")
+                                                                 else "") if draw else "; it never drew")
+        return RunAccount(f"a transformers Trainer with EarlyBirdCallback{how}", total, rate,
+                          f"{source}; FLOPs: {flops_source}")
+    kind = run.kind or "unknown kind"
+    total = int(results.get("step") or last)
+    rate = results["train_flops"] / results["step"] if results.get("train_flops") and results.get("step") else None
+    return RunAccount(f"kind `{kind}` ({'slimming' if kind == 'slim' else kind})", total, rate,
+                      f"`{RESULTS}` step and train_flops" if results.get("step") else "the records' last step")
+
+
 def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str | None = None, layer: int = 0,
                  scale: bool = True, hamming_grid: dict | None = None, profile: str | None = None, log=print) -> Path:
     """Write `report.md` and its figures for the slimming run (first path with records) and the other runs, under
@@ -507,11 +587,12 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str | None
     run_dirs = [Path(p) for p in run_dirs]
     if not run_dirs:
         raise EarlyBirdError("report: give at least one run directory (or records path)")
-    records, slim_run, others = None, None, []
+    records, slim_run, slim_path, others = None, None, None, []
     for path in run_dirs:
         if records is None and _holds_records(path):
             records = load_records(records_path(path))
             slim_run = read_run(path) if RunLayout(path).is_run() else None
+            slim_path = path if RunLayout(path).is_run() else None
         else:
             others.append(read_run(path))
     if records is None:
@@ -520,10 +601,12 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str | None
     out_dir.mkdir(parents=True, exist_ok=True)
     grid = {**PAPER_HAMMING_GRID, **(hamming_grid or {})}
     ratios = tuple(float(r) for r in ratios)
-    total = int(records.steps[-1])  # step S is the state after S optimizer updates
+    account = run_account(slim_path, records)
+    total = account.total_steps
     scopes = {block: profile.scope(block, scope) for block in records.blocks}
     stationarity, study, floors, factor = study_stationarity(total, scale, profile.name)
-    log(f"report: {records.total_steps} recorded steps (last step {total}) from {records.path}")
+    log(f"report: {records.total_steps} recorded steps (last step {int(records.steps[-1])}) from {records.path}; "
+        f"run: {account.kind}, {total} training steps")
     log(f"report: stationarity parameters {stationarity} (the study's {study} x {factor:.4f}, "
         f"run length {total} / {STUDY_STEPS} steps)" if factor < 1 else
         f"report: stationarity parameters {stationarity} (the study's)")
@@ -533,6 +616,8 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str | None
     md.append(f"Records: {records.total_steps} steps (steps {int(records.steps[0])}..{int(records.steps[-1])}), "
               f"blocks {', '.join(records.blocks)}, {records.layers} layers"
               + (f", model `{records.meta.get('model_type')}`" if records.meta.get("model_type") else "") + ".")
+    md.append("")
+    md.append(account.describe(records))
     # a block whose smoothing differs from the MSA's (the original profile's FFN series: not smoothed)
     smooths = {block: study_stationarity(total, scale, profile.name, block)[0]["smooth"] for block in records.blocks}
     smoothing = "".join(f" {block.upper()}: " + (f"smooth {value}." if value else "not smoothed.")
@@ -599,7 +684,7 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str | None
                              f"EB identification, {block.upper()} masks, {r:.0%} pruning")
         md += [f"![]({fig_p.name})", ""]
 
-    md += ["## Detector summary", "", _detector_summary(detections, titles, total, kinds, slim_run, dense), ""]
+    md += ["## Detector summary", "", _detector_summary(detections, titles, total, kinds, account, dense), ""]
     if kinds["ebtrain"]:
         md += ["## EB-Train against dense training", "", _ebtrain_table(kinds["ebtrain"], dense, slim_run), ""]
     report = out_dir / REPORT
@@ -615,12 +700,10 @@ def _ticket_draws(tickets: list[Run], detections: dict, block: str) -> dict:
             if (block, t.ratios[which]) in detections}
 
 
-def _detector_summary(detections: dict, titles: dict, total: int, kinds: dict, slim_run: Run | None,
+def _detector_summary(detections: dict, titles: dict, total: int, kinds: dict, account: RunAccount,
                       dense: Run | None) -> str:
     tickets = {(t.prune_step, t.ratios): t for t in kinds["ticket"]}
-    flops_per_step = None
-    if slim_run is not None and slim_run.results.get("train_flops") and slim_run.results.get("step"):
-        flops_per_step = slim_run.results["train_flops"] / slim_run.results["step"]
+    flops_per_step = account.flops_per_step
     metric = (kinds["ticket"][0].metric[0] if kinds["ticket"] else "accuracy")
     rows = []
     # a profile that reports the original code's numbers gets a column for them
@@ -638,7 +721,8 @@ def _detector_summary(detections: dict, titles: dict, total: int, kinds: dict, s
     if dense is not None:
         text += f"\n\nDense model: {dense.metric[0]} {_fmt_metric(dense.metric[1])}."
     if flops_per_step is None:
-        text += "\n\n_Compute until the draw needs the slimming run's `results.json` (train_flops)._"
+        text += ("\n\n_Compute until the draw needs the run's own FLOPs: `results.json` (train_flops), EB-Train's "
+                 "`ebtrain.json`, or a Trainer's `trainer_state.json` (total_flos)._")
     return text
 
 

@@ -249,3 +249,40 @@ def test_report_cli_bad_input(tmp_path, capsys):
     assert cli_main(["report", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("earlybird: error:") and "missing" in err[0]
+
+
+def records_until(path, msa, mlp, last, meta=None):
+    with CoefficientRecorder(path, chunk=64, meta=meta) as recorder:
+        for t in range(last):
+            recorder.record(t + 1, msa=msa[t], mlp=mlp[t])
+    return path
+
+
+def test_report_on_an_ebtrain_run_takes_its_length_and_flops_from_the_run(tmp_path):
+    """EB-Train's records stop at its draw (step D of 200): the report's lengths are the run's 200 steps (the draw is
+    at D/200, the stationarity parameters are scaled to 200 as EB-Train's --eb-scale did), and FLOPs until the draw
+    come from the run's own accounting (its FLOPs before the draw), not from its total scaled by steps."""
+    budget = 200
+    msa = synthetic_coefficients(4, layers=2, heads=6, steps=budget, plateau=40)
+    mlp = synthetic_coefficients(5, layers=2, heads=16, steps=budget, plateau=40)
+    full = records_until(tmp_path / "full", msa, mlp, budget)
+    params = scaled_params("slope", budget)[0]
+    draw = detect(full, "msa", 0.3, "layerwise", "slope", **params).draw_step
+    assert draw is not None and draw < budget
+    run = tmp_path / "eb"
+    records_until(run / "records", msa, mlp, draw)
+    before, after = 4.0e10, 7.1e10  # the pruned steps after the draw are cheaper: total / budget * draw is 3.0e10
+    (run / "args.json").write_text("{}")
+    (run / "results.json").write_text(json.dumps({"kind": "ebtrain", "step": budget, "accuracy": 0.8,
+                                                  "train_flops": before + after}))
+    (run / "ebtrain.json").write_text(json.dumps({"method": "slope", "draw_step": draw, "total_steps": budget,
+                                                  "flops": {"before_draw": before, "after_draw": after,
+                                                            "total": before + after}}))
+    text = build_report([run], tmp_path / "out", ratios=(0.3,), log=lambda _: None).read_text()
+    assert "Run: EB-Train" in text and f"{budget} training steps" in text and f"records end at step {draw}" in text
+    row = re.search(r"^\| MSA \| 30% \| sliding-window regression \(HAC p-value\) \| (\d+) \| ([\d.]+)% \| [^|]+ \| "
+                    r"([^|]+) \|", text, flags=re.M)
+    assert row.groups() == (str(draw), f"{100 * draw / budget:.1f}", "4e+10")
+    assert f"scaled by {budget / 14774:.4f} = {budget} / 14774 steps" in text
+    for png in (tmp_path / "out").glob("*.png"):  # every figure spans the run, not the records
+        assert png.stat().st_size > 5000
