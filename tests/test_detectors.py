@@ -301,3 +301,45 @@ def test_ebtrain_refusal_names_the_max_steps_and_the_scaling_that_would_test():
     with pytest.raises(EarlyBirdError) as caught:
         EBTrain(EBConfig(eb_method="slope", eb_scale=False), pruning, total_steps=20).check_budget()
     assert "--eb-scale" not in str(caught.value) and "--max-steps 399 or more" in str(caught.value)
+
+
+def drifting_masks(steps=160, layers=3, n=20, seed=0, rate=0.05):
+    rng = np.random.default_rng(seed)
+    flips = rng.random((steps, layers, n)) < rate * np.linspace(1, 0, steps)[:, None, None] ** 2  # settles
+    return np.logical_xor.accumulate(flips, axis=0) ^ (rng.random((layers, n)) > 0.5)
+
+
+@pytest.mark.parametrize("profile", ["paper", "original"])
+@pytest.mark.parametrize("params", [dict(cached=5, threshold=0.02), dict(cached=3, threshold=0.05, every=4),
+                                    dict(cached=7, threshold=0.03, patience=3), dict(cached=2, threshold=0.01)])
+@pytest.mark.parametrize("stop_at_draw", [True, False])
+def test_hamming_fed_a_block_at_once_equals_the_update_loop(profile, params, stop_at_draw):
+    """The vectorised block feed (packed bits, one XOR per lag) against `update` step by step: the same trace, draw,
+    draw index, clock and FIFO, over blocks of every size (1 step to all), recorded steps with gaps, and a detector
+    that goes on with `update` after a block."""
+    masks = drifting_masks()
+    steps = np.cumsum(np.r_[1, np.random.default_rng(1).integers(1, 3, len(masks) - 1)])  # gaps of 1 or 2 steps
+    looped = make_detector("hamming", profile, **params)
+    drew_at = None
+    for i, (step, mask) in enumerate(zip(steps, masks)):
+        if looped.update(int(step), mask) and stop_at_draw:
+            drew_at = i
+            break
+    for size in (1, 2, 7, 50, len(masks)):
+        blocked = make_detector("hamming", profile, **params)
+        for start in range(0, len(masks), size):
+            if stop_at_draw and blocked.draw_step is not None:
+                break
+            blocked.feed_many(steps[start:start + size], masks[start:start + size], stop_at_draw=stop_at_draw)
+        assert blocked.result(10).to_dict() == looped.result(10).to_dict(), size
+        assert (blocked.observed, blocked.checks, blocked._previous_step) == (looped.observed, looped.checks,
+                                                                              looped._previous_step)
+        np.testing.assert_array_equal(blocked._fifo_masks(60), looped._fifo_masks(60))
+        np.testing.assert_array_equal(np.sort(blocked._distance), np.sort(looped._distance))  # (ring slots differ)
+    assert looped.draw_step is not None and (drew_at is not None) == stop_at_draw
+    # after a block, one more step through `update` goes on from the same state
+    if not stop_at_draw:
+        extra = masks[-1] ^ (np.arange(60).reshape(3, 20) % 7 == 0)
+        blocked.update(int(steps[-1]) + 1, extra)
+        looped.update(int(steps[-1]) + 1, extra)
+        assert blocked.trace == looped.trace
