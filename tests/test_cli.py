@@ -227,3 +227,22 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"earlybird {earlybird.__version__}"
+
+
+@pytest.mark.parametrize("profile, extra", [("paper", ["--scale"]), ("original", ["--scale", "--window", "60"])])
+def test_detect_block_both_is_each_block_in_turn(capsys, run_dir, profile, extra):
+    """--block both: one process, the records loaded once; its output is --block msa's followed by --block mlp's."""
+    argv = ["detect", str(run_dir), "--ratio", "0.3", "--method", "slope,mk,adf,hamming", "--profile", profile,
+            "--full-trace", "--json", *extra]
+    code, both, err_both = run_main(capsys, [*argv, "--block", "both"])
+    assert code == 0
+    separate = []
+    for block in ("msa", "mlp"):
+        code, out, err = run_main(capsys, [*argv, "--block", block])
+        assert code == 0
+        separate += out.splitlines()
+    assert both.splitlines() == separate and len(separate) == 8
+    assert [json.loads(line)["params"]["block"] for line in separate] == ["msa"] * 4 + ["mlp"] * 4
+    code, text, _ = run_main(capsys, ["detect", str(run_dir), "--ratio", "0.3", "--method", "hamming,mk",
+                                      "--block", "both", *SMALL])
+    assert code == 0 and text.splitlines()[0].startswith("msa hamming: ") and text.splitlines()[3].startswith("mlp mk: ")
