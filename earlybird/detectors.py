@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import warnings
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -955,23 +956,37 @@ def _step_blocks(coefs: np.ndarray):
         yield start, min(start + per, coefs.shape[0])
 
 
+def _mask_workers() -> int:
+    """Threads computing masks ahead of the detectors: two where the process may use two cores or more."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return 2 if cores >= 2 else 1
+
+
 def _mask_blocks(coefs: np.ndarray, ratio: float, scope: str, rule: str, norms_wanted):
-    """(start, stop, masks, norms or None) for each block of steps, in order; the next block's masks (and norms, when
-    `norms_wanted()` says so as it is queued) are computed in a background thread while the caller feeds this one to
-    its detectors. numpy's partitions and LAPACK's SVDs release the GIL and the detectors' updates are Python, so on
-    two cores a scan takes about the longer of the two instead of their sum; the values are the same."""
+    """(start, stop, masks, norms or None) for each block of steps, in order; the following blocks' masks (and norms,
+    when `norms_wanted()` says so as a block is queued) are computed in background threads -- one per core, up to
+    two -- while the caller feeds this one to its detectors. numpy's partitions and LAPACK's eigen-solvers release
+    the GIL and the detectors' updates are Python, so a scan takes about the longest of them instead of their sum;
+    the values are the same."""
+    from collections import deque as queue
     from concurrent.futures import ThreadPoolExecutor
 
     def compute(start: int, stop: int, norms: bool):
         masks = compute_mask(coefs[start:stop], ratio, scope, rule)
         return start, stop, masks, nuclear_norm(masks) if norms else None
 
-    blocks = list(_step_blocks(coefs))
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="earlybird-masks") as pool:
-        pending = pool.submit(compute, *blocks[0], norms_wanted()) if blocks else None
-        for following in [*blocks[1:], None]:
-            current = pending.result()
-            pending = pool.submit(compute, *following, norms_wanted()) if following else None
+    blocks = iter(_step_blocks(coefs))
+    workers = _mask_workers()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="earlybird-masks") as pool:
+        pending = queue(pool.submit(compute, *block, norms_wanted()) for block in itertools.islice(blocks, workers))
+        while pending:
+            current = pending.popleft().result()
+            following = next(blocks, None)
+            if following is not None:
+                pending.append(pool.submit(compute, *following, norms_wanted()))
             yield current
 
 
