@@ -25,6 +25,7 @@ from earlybird.detectors import (
     never_tests_message,
 )
 from earlybird.errors import EarlyBirdError
+from earlybird.masks import nuclear_norm
 from earlybird.records import Records
 from earlybird.synthetic import synthetic_coefficients
 
@@ -343,3 +344,24 @@ def test_hamming_fed_a_block_at_once_equals_the_update_loop(profile, params, sto
         blocked.update(int(steps[-1]) + 1, extra)
         looped.update(int(steps[-1]) + 1, extra)
         assert blocked.trace == looped.trace
+
+
+@pytest.mark.parametrize("rule", ["magnitude", "quantile"])  # the paper's and the original code's conventions
+@pytest.mark.parametrize("scope", ["layerwise", "global"])
+def test_the_scans_masks_are_compute_mask_step_by_step(monkeypatch, rule, scope):
+    """The offline scan computes masks a block of steps at a time (one partition over (steps, layers, n)), blocks
+    ahead in worker threads: in order, and each step's mask is compute_mask of that step alone -- ties included."""
+    from earlybird import detectors as module
+    from earlybird.masks import compute_mask
+
+    monkeypatch.setattr(module, "_SCAN_ELEMENTS", 5 * 3 * 9)  # blocks of 5 steps: many blocks, several in flight
+    monkeypatch.setattr(module, "_mask_workers", lambda: 2)
+    rng = np.random.default_rng(3)
+    coefs = rng.integers(-2, 3, size=(43, 3, 9)).astype(np.float32)  # many equal magnitudes and signed ties
+    coefs[::7] += rng.normal(0, 1e-3, size=coefs[::7].shape).astype(np.float32)
+    blocks = list(module._mask_blocks(coefs, 0.4, scope, rule, lambda: True))
+    assert [b[0] for b in blocks] == list(range(0, 43, 5))
+    masks = np.concatenate([b[2] for b in blocks])
+    for t in range(len(coefs)):
+        np.testing.assert_array_equal(masks[t], compute_mask(coefs[t], 0.4, scope, rule))
+    np.testing.assert_allclose(np.concatenate([b[3] for b in blocks]), nuclear_norm(masks))
