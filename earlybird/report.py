@@ -688,8 +688,7 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str | None
     md.append(f"Records: {records.total_steps} steps (steps {int(records.steps[0])}..{int(records.steps[-1])}), "
               f"blocks {', '.join(records.blocks)}, {records.layers} layers"
               + (f", model `{records.meta.get('model_type')}`" if records.meta.get("model_type") else "") + ".")
-    md.append("")
-    md.append(account.describe(records))
+    md += ["", account.describe(records), ""]
     # a block whose smoothing differs from the MSA's (the original profile's FFN series: not smoothed)
     smooths = {block: study_stationarity(total, scale, profile.name, block)[0]["smooth"] for block in records.blocks}
     smoothing = "".join(f" {block.upper()}: " + (f"smooth {value}." if value else "not smoothed.")
