@@ -18,8 +18,8 @@ from typing import Callable
 from . import __version__
 from .blocks import BLOCK_NAMES, MLP, MSA
 from .detectors import (DETECTORS, STUDY_STEPS, add_param_arguments, check_applicable, describe_scaling,
-                        detect_many, detector_class, given_params, hamming_table, make_detector, never_tests_message,
-                        scaled_params)
+                        detect_many, detector_class, first_test_step, given_params, hamming_table, make_detector,
+                        never_tests_message, scaled_params)
 from .layout import records_path
 from .errors import EarlyBirdError
 from .masks import SCOPES, check_ratio
@@ -166,8 +166,12 @@ def _run_detect(args) -> int:
             message = never_tests_message(make_detector(method, args.profile, block, **params[block][method]),
                                           records.steps, f"{args.records} ({block})")
             if message:
-                hint = ("" if args.scale or not scaled_params(method, total, profile=args.profile)[0] else
-                        f"; or --scale to scale the study's parameters to these {total} steps")
+                # --scale is offered only where the scaled parameters would test on these records
+                scaled = {**scaled_params(method, total, profile=args.profile, block=block)[0],
+                          **{k: v for k, v in given_params(args).items() if k in params[block][method]}}
+                helps = not args.scale and first_test_step(make_detector(method, args.profile, block, **scaled),
+                                                           records.steps) is not None
+                hint = f"; or --scale to scale the study's parameters to these {total} steps" if helps else ""
                 raise EarlyBirdError(message + hint)
     for block in blocks:
         results = detect_many(records, block, args.ratio, args.scope, params[block],

@@ -246,3 +246,16 @@ def test_detect_block_both_is_each_block_in_turn(capsys, run_dir, profile, extra
     code, text, _ = run_main(capsys, ["detect", str(run_dir), "--ratio", "0.3", "--method", "hamming,mk",
                                       "--block", "both", *SMALL])
     assert code == 0 and text.splitlines()[0].startswith("msa hamming: ") and text.splitlines()[3].startswith("mlp mk: ")
+
+
+def test_a_detector_that_can_never_test_names_its_first_test_and_offers_scale_only_when_it_helps(capsys, tmp_path):
+    msa = synthetic_coefficients(5, layers=2, heads=6, steps=360, plateau=200)
+    for steps in (360, 20):
+        with CoefficientRecorder(tmp_path / str(steps), chunk=64) as recorder:
+            for t in range(steps):
+                recorder.record(t + 1, msa=msa[t])
+    code, _, err = run_main(capsys, ["detect", str(tmp_path / "360"), "--ratio", "0.3", "--method", "slope"])
+    assert code == 2 and "so its first test would be at step 399" in err and "--scale to scale" in err
+    # 20 steps: the scaled window (its floor, 30) is still too long: --scale is not offered
+    code, _, err = run_main(capsys, ["detect", str(tmp_path / "20"), "--ratio", "0.3", "--method", "slope"])
+    assert code == 2 and "first test would be at step 399" in err and "--scale" not in err
