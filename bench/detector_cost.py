@@ -15,14 +15,20 @@ afterwards. Masks: ratio 0.3, layerwise.
   case; each call computes its own masks), and one pass that computes masks and norms once and feeds all four
   detectors. Each scan runs in a fresh subprocess; its peak RSS (VmHWM) includes the memory-mapped record pages it
   touched, and the anonymous peak (RssAnon, sampled every 10 ms) is what the scan itself allocates.
+* Through the CLI, as a user runs it: `earlybird detect RECORDS --block both --method slope,mk,adf,hamming
+  --full-trace --json` in a fresh process, `--rounds` times; with `--baseline SRC` (an earlier `earlybird/`, e.g.
+  `git archive COMMIT earlybird | tar -x -C SRC`) that version too, as its users ran it (`--block msa`, then
+  `--block mlp`: two processes), alternating with this tree's, and every run's JSON compared with the first.
 
-    .venv/bin/python bench/detector_cost.py [--quick] [--steps N] [--dir DIR] [--out results.md]
+    .venv/bin/python bench/detector_cost.py [--quick] [--steps N] [--dir DIR] [--baseline SRC] [--rounds N]
+                                            [--out results.md]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -212,27 +218,48 @@ def one_pass(records, block: str, params: dict) -> dict:
     return {m: r.draw_step for m, r in results.items()}
 
 
-def cli_scan(records: Path, block: str, params: dict) -> dict:
-    """`earlybird detect RECORDS --block B --method all --full-trace --json` as a user runs it, in a fresh process
-    (imports included): wall time and the child's CPU time."""
+CLI_METHODS = ("slope", "mk", "adf", "hamming")
+
+
+def cli_scan(records: Path, params: dict, blocks: tuple, source: str | None = None) -> dict:
+    """`earlybird detect RECORDS --block B --method slope,mk,adf,hamming --full-trace --json` as a user runs it, one
+    fresh process per entry of `blocks` (imports and loading included): wall time, the children's CPU time and the
+    JSON lines printed. `source`: a directory holding another `earlybird/` package (an earlier commit, for a
+    before/after comparison), run from there instead of this tree's."""
     flags = []
     for name, value in params.get("slope", {}).items():  # quick only: the stationarity detectors' smaller windows
         if name != "every":  # (--every would set Hamming's too; their checks are every 100 steps here)
             flags += [f"--{name}", str(value)]
+    env = dict(os.environ)
+    if source:
+        env["PYTHONPATH"] = os.pathsep.join([source, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", "import sys; from earlybird.cli import main; sys.exit(main())",
-                             "detect", str(records), "--block", block, "--ratio", str(RATIO), "--scope", "layerwise",
-                             "--method", ",".join(METHODS), "--full-trace", "--json", *flags],
-                            capture_output=True, text=True, check=False)
+    lines = []
+    for block in blocks:
+        # (python -c puts the working directory first on sys.path: the source's own directory when comparing)
+        result = subprocess.run([sys.executable, "-c", "import sys; from earlybird.cli import main; sys.exit(main())",
+                                 "detect", str(records), "--block", block, "--ratio", str(RATIO), "--scope",
+                                 "layerwise", "--method", ",".join(CLI_METHODS), "--full-trace", "--json", *flags],
+                                capture_output=True, text=True, check=False, env=env, cwd=source or None)
+        if result.returncode:
+            raise RuntimeError(f"earlybird detect ({source or 'this tree'}) failed:\n{result.stderr}")
+        lines += [line for line in result.stdout.splitlines() if line]
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if result.returncode:
-        raise RuntimeError(f"earlybird detect failed:\n{result.stderr}")
-    draws = {json.loads(line)["method"]: json.loads(line)["draw_step"] for line in result.stdout.splitlines() if line}
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"block": block, "what": "cli", "seconds": seconds, "cpu": cpu, "draws": draws,
-            "peak_rss": after.ru_maxrss * 1024, "peak_anon": 0, "base_anon": 0}
+    return {"blocks": blocks, "source": source, "seconds": seconds, "cpu": cpu, "lines": lines}
+
+
+def cli_rows(records: Path, params: dict, baseline: str | None, rounds: int) -> list[dict]:
+    """The CLI scan of both blocks, `rounds` times: this tree in one process (`--block both`) and, with a baseline
+    source, that source as its users ran it (`--block msa`, then `--block mlp`), alternating which goes first."""
+    variants = [("this tree", ("both",), None)] + ([("baseline", ("msa", "mlp"), baseline)] if baseline else [])
+    rows = []
+    for round_ in range(rounds):
+        for name, blocks, source in (variants if round_ % 2 == 0 else variants[::-1]):
+            rows.append({"variant": name, "round": round_, **cli_scan(records, params, blocks, source)})
+    return rows
 
 
 def in_subprocess(spec: dict) -> list[dict]:
@@ -243,7 +270,8 @@ def in_subprocess(spec: dict) -> list[dict]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def scan_rows(quick: bool, steps: int | None, where: str | None) -> tuple[list[dict], list[str], dict]:
+def scan_rows(quick: bool, steps: int | None, where: str | None, baseline: str | None = None,
+              rounds: int = 1) -> tuple[list[dict], list[str], dict]:
     layers, heads, neurons = (4, 12, 256) if quick else (12, 12, 3072)
     wanted = steps or (1500 if quick else 15000)
     row_bytes = 4 * layers * (heads + neurons) + 8
@@ -264,8 +292,8 @@ def scan_rows(quick: bool, steps: int | None, where: str | None) -> tuple[list[d
         info["write_s"] = write_records(directory / "records", wanted, layers, heads, neurons)
         for block in ("msa", "mlp"):
             rows += in_subprocess({"records": str(directory / "records"), "params": params, "block": block})
-            rows.append(cli_scan(directory / "records", block, params))
             print(f"[detector_cost] scans of {block} done", file=sys.stderr, flush=True)
+        info["cli"] = cli_rows(directory / "records", params, baseline, rounds)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return rows, notes, info
@@ -305,9 +333,8 @@ def render(check_rows, scan_rows_, notes, info, quick) -> str:
     for r in scan_rows_:
         draws = r.get("draws") or {}
         draw = ", ".join(f"{m} {s}" for m, s in draws.items()) if draws else "-"
-        what = {"load": "load_records (both blocks)", "cli": "`earlybird detect --method all` (new process)"}.get(
-            r["what"], r["what"])
-        memory = "-" if r["what"] == "cli" else f"{mb(r['peak_anon'])} (+{mb(r['peak_anon'] - r['base_anon'])})"
+        what = {"load": "load_records (both blocks)"}.get(r["what"], r["what"])
+        memory = f"{mb(r['peak_anon'])} (+{mb(r['peak_anon'] - r['base_anon'])})"
         lines.append(f"| {r['block']} | {what} | {r['seconds']:.2f} | {r['cpu']:.2f} | {r.get('checks', '-')} | {draw} | "
                      f"{mb(r['peak_rss'])} | {memory} |")
     per = {(r["block"], r["what"]): r["seconds"] for r in scan_rows_}
@@ -328,20 +355,45 @@ def render(check_rows, scan_rows_, notes, info, quick) -> str:
         f"load ({'met' if load + single['msa'] + single['mlp'] <= 10 else 'not met'} with one pass per block; "
         f"{'met' if load + separate['msa'] + separate['mlp'] <= 10 else 'not met'} with separate calls); "
         f"in CPU time, load + one pass per block = {single_cpu:.1f} s.",
-        f"- Through the CLI (goal <= 5 s for all four on both blocks): `earlybird detect --method all` takes "
-        f"{per[('msa', 'cli')]:.1f} s (msa) + {per[('mlp', 'cli')]:.1f} s (mlp) = "
-        f"{per[('msa', 'cli')] + per[('mlp', 'cli')]:.1f} s of wall time, imports and loading included "
-        f"({'met' if per[('msa', 'cli')] + per[('mlp', 'cli')] <= 5 else 'not met'}); CPU time "
-        f"{cpu[('msa', 'cli')] + cpu[('mlp', 'cli')]:.1f} s (the next block's masks are computed in a second thread).",
+    ]
+    lines += cli_lines(info["cli"])
+    lines += [
         *[f"- Note: {n}" for n in notes],
     ]
     return "\n".join(lines)
+
+
+def cli_lines(rows: list[dict]) -> list[str]:
+    """The CLI table (each run) and the goal line: this tree against the baseline, side by side, same output."""
+    command = f"`earlybird detect RECORDS --method {','.join(CLI_METHODS)} --full-trace --json`"
+    lines = ["", f"Through the CLI, as a user runs it: {command}, each process fresh (imports, loading and the JSON "
+             "printing included); runs alternate between the variants:", "",
+             "| variant | processes | round | wall (s) | CPU (s) |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        processes = " + ".join(f"`--block {b}`" for b in r["blocks"])
+        lines.append(f"| {r['variant']} | {processes} | {r['round'] + 1} | {r['seconds']:.2f} | {r['cpu']:.2f} |")
+    median = {v: statistics.median(r["seconds"] for r in rows if r["variant"] == v) for v in {r["variant"] for r in rows}}
+    cpu = {v: statistics.median(r["cpu"] for r in rows if r["variant"] == v) for v in median}
+    ours = median["this tree"]
+    text = (f"- Through the CLI (goal <= 5 s for all four on both blocks): {ours:.1f} s of wall time (median, "
+            f"`--block both`; CPU {cpu['this tree']:.1f} s) ({'met' if ours <= 5 else 'not met'})")
+    if "baseline" in median:
+        same = all(r["lines"] == rows[0]["lines"] for r in rows)
+        text += (f"; the baseline, as its users ran it (two processes), {median['baseline']:.1f} s (CPU "
+                 f"{cpu['baseline']:.1f} s): {median['baseline'] / ours:.2f}x; detection JSON "
+                 f"{'identical' if same else 'DIFFERENT'} in every run.")
+    return lines + ["", text]
 
 
 def main(argv=None) -> int:
     parser = make_parser(__doc__, "small records and windows, a pass of seconds", threads=False)
     parser.add_argument("--steps", type=int, default=None, help="steps of the scanned records (default 15000)")
     parser.add_argument("--dir", default=None, help="where to write the temporary records (default: the system tmp)")
+    parser.add_argument("--baseline", metavar="SRC", default=None,
+                        help="a directory holding an earlier earlybird/ package (e.g. `git archive COMMIT earlybird | "
+                             "tar -x -C SRC`): its CLI scan is timed beside this tree's, alternating, and the outputs "
+                             "compared")
+    parser.add_argument("--rounds", type=int, default=None, help="CLI scans per variant (default 3; quick: 1)")
     parser.add_argument("--scan", help=argparse.SUPPRESS)  # internal: one scan, print JSON
     args = parser.parse_args(argv)
     if args.scan:
@@ -349,7 +401,8 @@ def main(argv=None) -> int:
         return 0
     check_rows = per_check_rows(args.quick)
     print("[detector_cost] per-check timings done", file=sys.stderr, flush=True)
-    rows, notes, info = scan_rows(args.quick, args.steps, args.dir)
+    rows, notes, info = scan_rows(args.quick, args.steps, args.dir, args.baseline,
+                                  args.rounds or (1 if args.quick else 3))
     return emit(render(check_rows, rows, notes, info, args.quick), args)
 
 

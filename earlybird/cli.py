@@ -18,8 +18,8 @@ from typing import Callable
 from . import __version__
 from .blocks import BLOCK_NAMES, MLP, MSA
 from .detectors import (DETECTORS, STUDY_STEPS, add_param_arguments, check_applicable, describe_scaling,
-                        detect_many, detector_class, given_params, hamming_table, make_detector, never_tests_message,
-                        scaled_params)
+                        detect_many, detector_class, first_test_step, given_params, hamming_table, make_detector,
+                        never_tests_message, scaled_params)
 from .layout import records_path
 from .errors import EarlyBirdError
 from .masks import SCOPES, check_ratio
@@ -89,7 +89,9 @@ def _add_scope(p: argparse.ArgumentParser, *flags, dest: str = "scope", what: st
 
 def _add_detect(p: argparse.ArgumentParser) -> None:
     p.add_argument("records", help="run directory, records directory or .npy file (ours or the original layout)")
-    p.add_argument("--block", choices=BLOCK_NAMES, default="msa", help="msa (heads) or mlp (neurons); default msa")
+    p.add_argument("--block", choices=(*BLOCK_NAMES, "both"), default="msa",
+                   help="msa (heads), mlp (neurons) or both (one after the other in this process: the records are "
+                        "loaded once); default msa")
     p.add_argument("--ratio", type=float, required=True, help="pruning ratio in [0, 1)")
     _add_profile(p)
     _add_scope(p)
@@ -115,10 +117,11 @@ def _methods(text: str, profile: str = DEFAULT_PROFILE) -> list[str]:
     return methods
 
 
-def _detector_params(args, methods: list[str], total_steps: int) -> dict[str, dict]:
-    """{method: parameters}: the given ones (each must apply to some selected method), over the scaled study's."""
+def _detector_params(args, methods: list[str], total_steps: int, block: str) -> dict[str, dict]:
+    """{method: parameters} for `block`: the given ones (each must apply to some selected method), over the scaled
+    study's."""
     given = given_params(args)
-    profile, block = args.profile, args.block
+    profile = args.profile
     if len(methods) == 1:
         check_applicable(methods[0], given, profile=profile)
     for name in given:
@@ -130,7 +133,8 @@ def _detector_params(args, methods: list[str], total_steps: int) -> dict[str, di
         scaled, factor = scaled_params(method, total_steps, profile=profile, block=block) if args.scale else ({}, 1.0)
         if scaled:
             kept = {k: v for k, v in scaled.items() if k not in given}
-            print(f"earlybird: {method}: {describe_scaling(method, total_steps, kept, factor, profile, block)}",
+            where = f"{block} " if args.block == "both" else ""
+            print(f"earlybird: {where}{method}: {describe_scaling(method, total_steps, kept, factor, profile, block)}",
                   file=sys.stderr)
         params[method] = {**scaled, **{k: v for k, v in given.items() if k in spec}}
     return params
@@ -154,23 +158,31 @@ def _run_detect(args) -> int:
     _check_ratios(args, ("--ratio", "ratio"))
     records = load_records(records_path(args.records))
     total = int(records.steps[-1]) if len(records.steps) else 0
-    params = _detector_params(args, methods, total)
-    for method in methods:
-        # A detector that can never test would print "none" as if it had looked and found nothing: refuse instead.
-        message = never_tests_message(make_detector(method, args.profile, args.block, **params[method]),
-                                      records.steps, f"{args.records} ({args.block})")
-        if message:
-            hint = ("" if args.scale or not scaled_params(method, total, profile=args.profile)[0] else
-                    f"; or --scale to scale the study's parameters to these {total} steps")
-            raise EarlyBirdError(message + hint)
-    results = detect_many(records, args.block, args.ratio, args.scope, params, stop_at_draw=not args.full_trace,
-                          profile=args.profile)
-    for method, result in results.items():
-        if args.json:
-            print(result.to_json())
-        else:
+    blocks = BLOCK_NAMES if args.block == "both" else (args.block,)
+    params = {block: _detector_params(args, methods, total, block) for block in blocks}
+    for block in blocks:
+        for method in methods:
+            # A detector that can never test would print "none" as if it had looked and found nothing: refuse.
+            message = never_tests_message(make_detector(method, args.profile, block, **params[block][method]),
+                                          records.steps, f"{args.records} ({block})")
+            if message:
+                # --scale is offered only where the scaled parameters would test on these records
+                scaled = {**scaled_params(method, total, profile=args.profile, block=block)[0],
+                          **{k: v for k, v in given_params(args).items() if k in params[block][method]}}
+                helps = not args.scale and first_test_step(make_detector(method, args.profile, block, **scaled),
+                                                           records.steps) is not None
+                hint = f"; or --scale to scale the study's parameters to these {total} steps" if helps else ""
+                raise EarlyBirdError(message + hint)
+    for block in blocks:
+        results = detect_many(records, block, args.ratio, args.scope, params[block],
+                              stop_at_draw=not args.full_trace, profile=args.profile)
+        for method, result in results.items():
+            if args.json:
+                print(result.to_json())  # (its params name the block)
+                continue
             step = "none" if result.draw_step is None else result.draw_step
-            print(step if len(methods) == 1 else f"{method}: {step}")
+            name = " ".join(([block] if len(blocks) > 1 else []) + ([method] if len(methods) > 1 else []))
+            print(f"{name}: {step}" if name else step)
     return 0
 
 

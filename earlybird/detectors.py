@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import warnings
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -224,6 +225,19 @@ class Detector:
     def update(self, step: int, mask) -> bool:
         raise NotImplementedError
 
+    def feed_many(self, steps, inputs, stop_at_draw: bool = False) -> bool:
+        """Feed a block of steps' inputs (nuclear norms for `uses_norm` detectors, else masks (K, L, N)) in order;
+        True if it drew. With `stop_at_draw` the steps after the draw are not fed. A detector may override it with
+        a vectorised equivalent (the Hamming rule does): the state, the trace and the draw are those of the loop."""
+        update = self.update_value if self.uses_norm else self.update
+        drew = False
+        for step, item in zip(steps, inputs):
+            if update(int(step), item):
+                drew = True
+                if stop_at_draw:
+                    break
+        return drew
+
     def can_test(self, observed: int, checks: int) -> bool:
         """Whether a check after `observed` observations, the `checks`-th, can run the test (not just warm up)."""
         return True
@@ -417,6 +431,76 @@ class HammingEB(Detector):
         self._distance[slot] = 0
         self._newest = slot
         self._filled = min(self._filled + 1, self.cached)
+
+    # The largest FIFO fed a block at once: the block's distances cost (cached - 1) x checks x mask bytes.
+    VECTOR_FIFO = 64
+
+    def feed_many(self, steps, inputs, stop_at_draw: bool = False) -> bool:
+        """The loop of `update` over a block, vectorised: the block's check masks are packed to bits and each one's
+        distance to the `cached - 1` masks before it (the FIFO's, then the block's own) is one XOR and popcount per
+        lag over the whole block; the trace and the draw are then concluded check by check, as `update` does, and
+        the FIFO is left holding the last masks fed. Large FIFOs (> VECTOR_FIFO) keep the incremental update."""
+        masks = np.asarray(inputs, dtype=bool)
+        if self.cached > self.VECTOR_FIFO or len(masks) < 2 or masks.ndim != 3:
+            return super().feed_many(steps, inputs, stop_at_draw)
+        if self._shape is not None and masks.shape[1:] != self._shape:
+            raise EarlyBirdError(f"mask shape changed from {self._shape} to {masks.shape[1:]}")
+        steps = [int(s) for s in steps][: len(masks)]
+        observed, checks, previous = self.observed, self.checks, self._previous_step
+        at = []  # the block's checks: (index in the block, observations so far, checks so far)
+        for i, step in enumerate(steps):
+            if previous is not None and step <= previous:
+                raise EarlyBirdError(f"steps must increase: got step {step} after {previous}")
+            check = self.checks_at(step, previous, observed)
+            previous, observed, checks = step, observed + 1, checks + check
+            if check:
+                at.append((i, observed, checks))
+        entries = int(np.prod(masks.shape[1:]))
+        before = self._fifo_masks(entries)  # oldest first
+        fresh = masks[[i for i, _, _ in at]].reshape(len(at), entries)
+        packed = np.packbits(np.concatenate([before, fresh]), axis=1)
+        newest = packed[len(before):]
+        distance = np.zeros(len(at), dtype=np.int64)
+        for lag in range(1, self.cached):
+            if lag > len(before) + len(at) - 1:
+                break
+            first = max(0, lag - len(before))  # the first of the block's checks with a mask `lag` checks before it
+            older = packed[len(before) + first - lag: len(packed) - lag]
+            np.maximum(distance[first:], np.bitwise_count(newest[first:] ^ older).sum(axis=1, dtype=np.int64),
+                       out=distance[first:])
+        pushed = self._filled  # masks pushed before the block, as far as a full FIFO is concerned
+        drew, last = False, len(steps) - 1
+        for n, (i, self.observed, self.checks) in enumerate(at):
+            if pushed + n + 1 < self.cached:
+                continue
+            value = float(distance[n]) / entries
+            passed = self.passes_at(value, self.threshold)
+            self.trace.append(self._entry(steps[i], value, passed))
+            if self._conclude(steps[i], passed):
+                drew = True
+                if stop_at_draw:
+                    last, at = i, at[: n + 1]
+                    break
+        stopped = drew and stop_at_draw
+        self.observed, self.checks = (at[-1][1], at[-1][2]) if stopped else (observed, checks)
+        self._previous_step = steps[last]
+        if at:
+            self._refill(np.concatenate([before, fresh[: len(at)]])[-self.cached:], masks.shape[1:])
+        return drew
+
+    def _fifo_masks(self, entries: int) -> np.ndarray:
+        """The cached masks, oldest first, flattened: (filled, entries)."""
+        if self._fifo is None:
+            return np.zeros((0, entries), dtype=bool)
+        order = [(self._newest - j) % self.cached for j in range(self._filled - 1, -1, -1)]
+        return self._fifo[:, order].T
+
+    def _refill(self, masks: np.ndarray, shape) -> None:
+        """The FIFO holding exactly `masks` (oldest first; at most `cached`), as pushing them one by one leaves it."""
+        self._fifo, self._filled, self._newest, self._shape = None, 0, -1, None
+        self._distance[:] = 0
+        for mask in masks:
+            self._push(mask.reshape(shape))
 
     def max_distance(self) -> float | None:
         """Max normalised distance between the newest and the other cached masks (FIFO full)."""
@@ -834,15 +918,29 @@ def first_test_step(detector: "Detector", steps) -> int | None:
     return None
 
 
+def first_test_if_longer(detector: "Detector", steps, limit: int = 1_000_000) -> int | None:
+    """The step of `detector`'s first test if the observations went on past ``steps`` at their last stride (the
+    recording cadence; 1 for a single step): the step a longer run must reach for it to test at all. None when it
+    would not test within `limit` more observations."""
+    steps = [int(s) for s in np.asarray(steps).reshape(-1)]
+    stride = steps[-1] - steps[-2] if len(steps) > 1 else 1
+    more = itertools.count((steps[-1] if steps else 0) + stride, stride)
+    return first_test_step(detector, itertools.islice(itertools.chain(steps, more), len(steps) + limit))
+
+
 def never_tests_message(detector: "Detector", steps, what: str) -> str | None:
-    """One line explaining why ``detector`` can never test on ``steps`` (None when it can)."""
+    """One line explaining why ``detector`` can never test on ``steps`` (None when it can), with the arithmetic: the
+    step of its first test, which a longer run must reach."""
     steps = np.asarray(steps).reshape(-1)
     if first_test_step(detector, steps) is not None:
         return None
     span = f"steps {int(steps[0])}..{int(steps[-1])}" if len(steps) else "no steps"
     need, fix = detector.needs()
+    first = first_test_if_longer(detector, steps)
+    longer = "a longer run" if first is None else f"a longer run (one reaching step {first})"
     return (f"the {detector.method} detector can never test on {what} ({len(steps)} observed, {span}): it needs "
-            f"{need}; expected {fix} or a longer run")
+            f"{need}" + ("" if first is None else f", so its first test would be at step {first}")
+            + f"; expected {fix} or {longer}")
 
 
 # --------------------------------------------------------------------------- offline
@@ -858,36 +956,43 @@ def _step_blocks(coefs: np.ndarray):
         yield start, min(start + per, coefs.shape[0])
 
 
+def _mask_workers() -> int:
+    """Threads computing masks ahead of the detectors: two where the process may use two cores or more."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return 2 if cores >= 2 else 1
+
+
 def _mask_blocks(coefs: np.ndarray, ratio: float, scope: str, rule: str, norms_wanted):
-    """(start, stop, masks, norms or None) for each block of steps, in order; the next block's masks (and norms, when
-    `norms_wanted()` says so as it is queued) are computed in a background thread while the caller feeds this one to
-    its detectors. numpy's partitions and LAPACK's SVDs release the GIL and the detectors' updates are Python, so on
-    two cores a scan takes about the longer of the two instead of their sum; the values are the same."""
+    """(start, stop, masks, norms or None) for each block of steps, in order; the following blocks' masks (and norms,
+    when `norms_wanted()` says so as a block is queued) are computed in background threads -- one per core, up to
+    two -- while the caller feeds this one to its detectors. numpy's partitions and LAPACK's eigen-solvers release
+    the GIL and the detectors' updates are Python, so a scan takes about the longest of them instead of their sum;
+    the values are the same."""
+    from collections import deque as queue
     from concurrent.futures import ThreadPoolExecutor
 
     def compute(start: int, stop: int, norms: bool):
         masks = compute_mask(coefs[start:stop], ratio, scope, rule)
         return start, stop, masks, nuclear_norm(masks) if norms else None
 
-    blocks = list(_step_blocks(coefs))
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="earlybird-masks") as pool:
-        pending = pool.submit(compute, *blocks[0], norms_wanted()) if blocks else None
-        for following in [*blocks[1:], None]:
-            current = pending.result()
-            pending = pool.submit(compute, *following, norms_wanted()) if following else None
+    blocks = iter(_step_blocks(coefs))
+    workers = _mask_workers()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="earlybird-masks") as pool:
+        pending = queue(pool.submit(compute, *block, norms_wanted()) for block in itertools.islice(blocks, workers))
+        while pending:
+            current = pending.popleft().result()
+            following = next(blocks, None)
+            if following is not None:
+                pending.append(pool.submit(compute, *following, norms_wanted()))
             yield current
 
 
 def _feed_block(detector: Detector, steps, inputs, stop_at_draw: bool) -> bool:
     """Feed one block of steps' inputs (nuclear norms for `uses_norm` detectors, else masks); True if it drew."""
-    update = detector.update_value if detector.uses_norm else detector.update
-    drew = False
-    for step, item in zip(steps, inputs):
-        if update(int(step), item):
-            drew = True
-            if stop_at_draw:
-                break
-    return drew
+    return detector.feed_many(steps, inputs, stop_at_draw)
 
 
 def feed(detector: Detector, steps, masks, *, stop_at_draw: bool = False) -> bool:

@@ -40,6 +40,7 @@ from transformers import TrainerCallback
 from .blocks import BLOCKS
 from .detectors import OnlineEarlyBird, all_params
 from .errors import EarlyBirdError
+from .fileio import write_json_atomic
 from .layout import RunLayout
 from .masks import check_scope
 from .plans import load_plan, save_plan
@@ -180,15 +181,16 @@ class EarlyBirdCallback(TrainerCallback):
         self._pending_log: dict = {}
         self._checked_unscaled = False
         resumed = state.global_step > 0
+        self._max_steps = int(state.max_steps)
         self.recorder = self._open_records(model, resumed)
         if config.eb.enabled:
             self.ebtrain = EBTrain(config.eb, config.pruning, state.max_steps, config.slimming.record_every,
                                    args.world_size)
             problem = self.ebtrain.never_tests()
             if problem:
-                hint = "" if config.eb.eb_scale else ", or scale=True to scale the study's parameters to this run"
+                hint = self.ebtrain.budget_hint("max_steps={} or more", "scale=True")
                 raise _refuse(f"method {config.eb.eb_method}: {problem} (the keyword arguments of those "
-                              f"parameters{hint})")
+                              "parameters" + (f", or {hint})" if hint else ")"))
             if self.ebtrain.scaling:
                 self._say(f"scale=True: {self.ebtrain.scaling}")
             if resumed:
@@ -218,6 +220,7 @@ class EarlyBirdCallback(TrainerCallback):
 
     def _open_records(self, model, resumed: bool) -> CoefficientRecorder:
         meta = {"model_type": model.config.model_type, "model": model_shape(model), "trainer": "transformers.Trainer",
+                "max_steps": self._max_steps,  # the run's budget: what scale=True scaled to (the report reads it)
                 "flags": {k: bool(getattr(model.config, k, False)) for k in SlimmingConfig().model_flags},
                 "model_name_or_path": getattr(model.config, "_name_or_path", None) or None}
         try:
@@ -306,6 +309,22 @@ class EarlyBirdCallback(TrainerCallback):
             self.recorder.close()
         if self.ebtrain is not None and not self.ebtrain.drawn:
             self._say(f"no early bird drawn in {state.global_step} steps ({self.eb.eb_method})")
+        if self.ebtrain is not None and self.is_main:
+            write_json_atomic(self.account(state), self.output.ebtrain)
+
+    def account(self, state) -> dict:
+        """The run's own account, written to `<output_dir>/ebtrain.json` at the end of training (what `earlybird
+        report` reads): the detector's summary, the run's budget (`max_steps`, what scale=True scaled to) and the
+        steps it ran, and the Trainer's FLOPs (`state.total_flos`, stored before on_train_end). The callback never
+        prunes the live model, so the FLOPs per step are the same before and after the draw."""
+        steps_run = int(state.global_step)
+        total = float(state.total_flos or 0.0)
+        per_step = total / steps_run if steps_run else None
+        return {**self.summary(), "trainer": "transformers.Trainer", "total_steps": self._max_steps,
+                "steps_run": steps_run, "stopped_at_draw": bool(self.draw_step is not None and self.stop_at_draw),
+                "flops": {"total": total, "before_draw": None if self.draw_step is None or per_step is None else
+                          per_step * self.draw_step},
+                "flops_note": "the Trainer's total_flos (its estimate: 6 x parameters x tokens, embeddings included)"}
 
     # -- the draw -----------------------------------------------------------------------------------------------------
 

@@ -34,11 +34,13 @@ from .detectors import (DETECTORS, STUDY_STEPS, HammingEB, json_safe, detect_man
                         smooth_series, study_params)
 from .errors import EarlyBirdError
 from .fileio import write_text_atomic
-from .layout import REPORT, RUN_KINDS, Run, RunLayout, read_run, records_path
+from .layout import EBTRAIN, REPORT, RESULTS, RUN_KINDS, Run, RunLayout, read_json, read_run, records_path
 from .masks import compute_mask, hamming_distance, nuclear_norm
 from .profiles import get_profile
 from .records import Records, load_records
 
+# What a transformers Trainer writes with its state (Trainer.save_state and every checkpoint)
+TRAINER_STATE = "trainer_state.json"
 # The study's Figure 2 table: FIFO sizes x thresholds of the Hamming rule.
 PAPER_HAMMING_GRID = {"cached": (5, 50, 100, 500, 2000), "thresholds": (0.1, 0.01)}
 
@@ -194,9 +196,36 @@ def _detector_handles(methods, styles: dict, titles: dict) -> list:
                    label=f"{m}: {titles[m]}") for m in methods]
 
 
-def _legend_below(fig, handles: list, ncol: int = 2) -> None:
-    """The figure's legend under its axes: it never covers a trace."""
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(ncol, len(handles)), fontsize=8, frameon=False)
+_CHAR_INCHES = 0.55 / 72  # the width of an average character per point of font size (DejaVu Sans)
+
+
+def _text_inches(text: str, fontsize: float) -> float:
+    return len(text) * fontsize * _CHAR_INCHES
+
+
+def _legend_below(fig, handles: list, ncol: int = 2, fontsize: float = 8) -> None:
+    """The figure's legend under its axes: it never covers a trace. Its columns are as many as the longest entry
+    allows in the figure's width (a one-panel figure gets one column), so no entry runs off the canvas."""
+    width = fig.get_figwidth()
+    longest = max((_text_inches(h.get_label(), fontsize) for h in handles), default=0.0) + 0.6  # + handle and gap
+    ncol = max(1, min(ncol, len(handles), int(width // longest)))
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=fontsize, frameon=False)
+
+
+def _title(fig, text: str, fontsize: float = 12) -> None:
+    """The figure's title, wrapped to the figure's width (a one-panel figure would cut a long title off)."""
+    import textwrap
+
+    fig.suptitle(textwrap.fill(text, max(20, int(0.92 * fig.get_figwidth() / (fontsize * _CHAR_INCHES)))),
+                 fontsize=fontsize)
+
+
+def _steps_xlim(ax, total_steps: int, marked=()) -> None:
+    """The x axis of a figure over training steps: 0 .. the run's length, with a margin on both sides so that a
+    draw or a check at the first or the last step (and its marker) is drawn whole, never half on the frame."""
+    right = max([max(total_steps, 1), *(int(s) for s in marked if s is not None)])
+    pad = 0.03 * right
+    ax.set_xlim(-pad, right + pad)
 
 
 def plot_hamming(series: dict, detections: dict, titles: dict, total_steps: int, out: Path) -> Path:
@@ -233,7 +262,7 @@ def plot_hamming(series: dict, detections: dict, titles: dict, total_steps: int,
             strip.set_title(f"{BLOCKS[block].title}, pruning ratio {ratio:.0%}", fontsize=10)
             ax.set_xlabel("training step")
             ax.set_ylabel("Hamming distance")
-            ax.set_xlim(0, max(total_steps, 1))
+            _steps_xlim(ax, total_steps, panel["draws"].values())
             panels.append(panel)
     handles = [Line2D([], [], color="black", lw=0.8, label="distance between consecutive masks")]
     if hamming in methods:
@@ -244,7 +273,7 @@ def plot_hamming(series: dict, detections: dict, titles: dict, total_steps: int,
                     Line2D([], [], color=styles[hamming].color, ls=(0, (4, 2)), lw=1.0,
                            label=f"ε = {params['threshold']} (the Hamming rule draws below it)")]
     _legend_below(fig, handles + _detector_handles(methods, styles, titles))
-    fig.suptitle("Normalised Hamming distance between pruning masks, and each detector's draw")
+    _title(fig, "Normalised Hamming distance between pruning masks, and each detector's draw")
     return _save(fig, out, {"figure": "hamming_distances", "panels": panels})
 
 
@@ -292,7 +321,7 @@ def plot_coefficients(records: Records, layer: int, out: Path, max_heads: int = 
         subfig.suptitle(f"{BLOCKS[block].title}: {what}", fontsize=10)
         panels.append({"block": block, "layer": layer, "units": [int(u) for u in shown],
                        "ylim": [float(v) for v in axes.flat[0].get_ylim()]})
-    fig.suptitle(f"Slimming coefficients of layer {layer} (rank 1 = the largest |coefficient| at the last step)")
+    _title(fig, f"Slimming coefficients of layer {layer} (rank 1 = the largest |coefficient| at the last step)")
     return _save(fig, out, {"figure": "coefficients", "panels": panels})
 
 
@@ -308,7 +337,7 @@ def plot_nuclear_norm(series: dict, results: dict, titles: dict, smooth: int, to
     ax.plot(series["steps"], series["norm"], lw=0.8, color="0.55")
     ax.plot(series["steps"], smooth_series(series["norm"], smooth), lw=1.6, color="black")
     _mark_draws(strip, ax, draws, styles, total_steps)
-    ax.set_xlim(0, max(total_steps, 1))
+    _steps_xlim(ax, total_steps, draws.values())
     ax.set_xlabel("training step")
     ax.set_ylabel("nuclear norm")
     strip.set_title(title, fontsize=11)
@@ -334,78 +363,118 @@ def plot_pvalues(results: dict, titles: dict, total_steps: int, out: Path, title
         constant = [e for e in trace if e.get("constant")]
         passing = [e for e in tested if e["passed"]]
         failing = [e for e in tested if not e["passed"]]
+        # a legend entry for each kind of point only when there is such a point
         ax.plot([e["step"] for e in trace], [e["p_value"] for e in trace], color="black", lw=0.8, zorder=2,
-                label="p-value at each check")
+                label="p-value at each check" if trace else None)
         ax.axhline(alpha, color="0.35", ls=(0, (4, 2)), lw=1.0, label=f"threshold α = {alpha}")
         ax.plot([e["step"] for e in failing], [e["p_value"] for e in failing], ls="none", marker=".", ms=4,
-                color="black", zorder=3, label="test fails")
+                color="black", zorder=3, label="test fails" if failing else None)
         ax.plot([e["step"] for e in passing], [e["p_value"] for e in passing], ls="none", marker=style.marker, ms=4,
-                color=style.color, zorder=3, label="test passes")
+                color=style.color, zorder=3, label="test passes" if passing else None)
         ax.plot([e["step"] for e in constant], [e["p_value"] for e in constant], ls="none", marker=style.marker,
                 ms=5, mfc="white", mec=style.color, mew=0.9, zorder=3,
-                label="constant window: stationary by convention, not tested")
+                label="constant window: stationary by convention, not tested" if constant else None)
         step = result.draw_step
         if step is None:
             ax.plot([], [], color=style.color, ls=style.linestyle, lw=1.3, label="draw: never")
         else:
             ax.axvline(step, color=style.color, ls=style.linestyle, lw=1.3, label=f"draw: step {step}")
         ax.set_ylim(-0.04, 1.04)
-        ax.set_xlim(0, max(total_steps, 1))
+        _steps_xlim(ax, total_steps, [step, *(e["step"] for e in trace)])
         ax.set_xlabel("training step")
         ax.set_ylabel("p-value")
         ax.set_title(f"{method}: {titles[method]}", fontsize=10, color=style.color)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7, frameon=False)
         panels.append({"method": method, "alpha": alpha, "draw": step, "passes": [e["step"] for e in passing],
                        "constant": [e["step"] for e in constant], "fails": [e["step"] for e in failing]})
-    fig.suptitle(title)
+    _title(fig, title)
     return _save(fig, out, {"figure": "pvalues", "panels": panels})
+
+
+# How a ticket's training started (`--rewind`): each is its own curve and table column, never joined with the other.
+REWINDS = {"init": dict(label="ticket rewound to the initial weights (--rewind init)", marker="o", ls="-",
+                        color="black", column="rewound to init"),
+           "none": dict(label="ticket trained on from its pruning step's weights (--rewind none)", marker="s",
+                        ls=(0, (5, 2)), color="0.4", column="from the pruning step"),
+           "checkpoint": dict(label="ticket started from --init-checkpoint", marker="^", ls=":", color="0.25",
+                              column="from --init-checkpoint")}
+
+
+def ticket_rewind(run: Run) -> str:
+    """How the ticket run started, from its `args.json`: `init`, `none` or `checkpoint` (--init-checkpoint); a run
+    without args.json is taken to use the default (`init`)."""
+    args = read_json(RunLayout(run.path).args) or {}
+    if args.get("init_checkpoint"):
+        return "checkpoint"
+    return args.get("rewind") or "init"
+
+
+def _ticket_curves(tickets: list[Run], ratio) -> dict:
+    """{rewind: {pruning step: metric in %}} of the tickets at `ratio`, in REWINDS' order."""
+    curves = {}
+    for t in tickets:
+        if t.ratios == ratio and t.prune_step is not None and t.metric[1] is not None:
+            curves.setdefault(ticket_rewind(t), {})[t.prune_step] = 100 * t.metric[1]
+    return {r: dict(sorted(curves[r].items())) for r in REWINDS if r in curves}
 
 
 def plot_tickets(tickets: list[Run], dense: Run | None, randoms: list[Run], draws: dict, titles: dict,
                  total_steps: int, out: Path) -> Path:
     """Figure 5: ticket accuracy against pruning step, one panel per ratio, with the dense reference, the random-pruning
     baselines, and each detector's draw (`draws`: {ratios: {method: step}}), labelled with the ticket's accuracy there
-    when one was trained."""
+    when one was trained. Tickets rewound to init and tickets trained on from the pruning step are separate curves.
+    The legend lists only what is drawn."""
     from matplotlib.lines import Line2D
 
     styles = detector_styles()
     metric = tickets[0].metric[0]
     ratios = sorted({t.ratios for t in tickets})
     methods = list(next(iter(draws.values()), {}))
-    fig = _figure(_PANEL[0] * len(ratios), _PANEL[1] + _strip_height(len(methods)) + 2.0)
+    fig = _figure(max(_PANEL[0] * len(ratios), 6.4), _PANEL[1] + _strip_height(len(methods)) + 2.4)
     grid = fig.add_gridspec(1, len(ratios))
-    panels, first = [], None
+    panels, first, drawn = [], None, set()
     for col, ratio in enumerate(ratios):
         strip, ax = _panel_axes(fig, grid[0, col], len(draws.get(ratio, {})))
         first = first or ax
         if ax is not first:
             ax.sharey(first)  # the ratios on one scale
-        curve = sorted((t.prune_step, 100 * t.metric[1]) for t in tickets
-                       if t.ratios == ratio and t.prune_step is not None and t.metric[1] is not None)
-        ax.plot(*zip(*curve), color="black", marker="o", ms=3.5, lw=1.0)
-        accuracy = dict(curve)
-        panel = {"ratios": list(ratio), "tickets": accuracy, "draws": draws.get(ratio, {})}
+        curves = _ticket_curves(tickets, ratio)
+        for rewind, curve in curves.items():
+            look = REWINDS[rewind]
+            ax.plot(list(curve), list(curve.values()), color=look["color"], marker=look["marker"], ms=3.5, lw=1.0,
+                    ls=look["ls"])
+            drawn.add(rewind)
+        panel = {"ratios": list(ratio), "tickets": curves.get("init", {}), "draws": draws.get(ratio, {}),
+                 **{f"tickets_rewind_{r}": c for r, c in curves.items() if r != "init"}}
         if dense is not None and dense.metric[1] is not None:
             ax.axhline(100 * dense.metric[1], color="0.35", ls=(0, (4, 2)), lw=1.0)
             panel["dense"] = 100 * dense.metric[1]
+            drawn.add("dense")
         baseline = [(r.prune_step, 100 * r.metric[1]) for r in randoms if r.ratios == ratio and r.metric[1] is not None]
         if baseline:
             ax.plot(*zip(*baseline), ls="none", marker="X", ms=7, color="0.45")
             panel["random"] = baseline
+            drawn.add("random")
         if panel["draws"]:
-            labels = {m: f"{s}" + (f": {accuracy[s]:.1f}" if s in accuracy else "") for m, s in panel["draws"].items()}
+            labels = {m: f"{s}" + "".join(f"{':' if i == 0 else ' /'} {c[s]:.1f}"
+                                          for i, c in enumerate(c for c in curves.values() if s in c))
+                      for m, s in panel["draws"].items()}
             _mark_draws(strip, ax, panel["draws"], styles, total_steps, labels)
         strip.set_title(f"pruning ratio {_ratio_label(ratio)}", fontsize=10)
-        ax.set_xlim(0, max(total_steps, 1))
+        _steps_xlim(ax, total_steps, [*panel["draws"].values(), *(s for c in curves.values() for s in c)])
         ax.set_xlabel(f"pruning step (of {total_steps} training steps)")
         ax.set_ylabel(f"ticket {metric} (%)")
         panels.append(panel)
-    handles = [Line2D([], [], color="black", marker="o", ms=3.5, lw=1.0, label="ticket pruned at that step"),
-               Line2D([], [], color="0.35", ls=(0, (4, 2)), lw=1.0,
-                      label="dense model" + (f": {_fmt_metric(dense.metric[1])}" if dense is not None else "")),
-               Line2D([], [], color="0.45", ls="none", marker="X", ms=7, label="random pruning (same counts)")]
+    handles = [Line2D([], [], color=look["color"], marker=look["marker"], ms=3.5, lw=1.0, ls=look["ls"],
+                      label=look["label"] if len(drawn & set(REWINDS)) > 1 else "ticket pruned at that step")
+               for rewind, look in REWINDS.items() if rewind in drawn]
+    if "dense" in drawn:
+        handles.append(Line2D([], [], color="0.35", ls=(0, (4, 2)), lw=1.0,
+                              label=f"dense model: {_fmt_metric(dense.metric[1])}"))
+    if "random" in drawn:
+        handles.append(Line2D([], [], color="0.45", ls="none", marker="X", ms=7, label="random pruning (same counts)"))
     _legend_below(fig, handles + _detector_handles(methods, styles, titles))
-    fig.suptitle(f"Ticket {metric} by pruning step; each detector's draw labelled with the ticket's {metric} there")
+    _title(fig, f"Ticket {metric} by pruning step; each detector's draw labelled with the ticket's {metric} there")
     return _save(fig, out, {"figure": "tickets", "panels": panels})
 
 
@@ -449,9 +518,14 @@ def ticket_table(tickets: list[Run], total_steps: int, dense: Run | None) -> str
     metric = tickets[0].metric[0]
     ratios = sorted({t.ratios for t in tickets})
     steps = sorted({t.prune_step for t in tickets if t.prune_step is not None})
-    cell = {(t.prune_step, t.ratios): t.metric[1] for t in tickets}
-    rows = [[_pct(s, total_steps), s] + [_fmt_metric(cell.get((s, r))) for r in ratios] for s in steps]
-    text = markdown_table(["% of steps", "pruning step"] + [_ratio_label(r) for r in ratios], rows)
+    cell = {(t.prune_step, t.ratios, ticket_rewind(t)): t.metric[1] for t in tickets}
+    rewinds = [r for r in REWINDS if any(key[2] == r for key in cell)]
+    # one column per ratio, and per way of starting the ticket when there are several
+    columns = [(r, w) for r in ratios for w in rewinds if any(key[1:] == (r, w) for key in cell)]
+    rows = [[_pct(s, total_steps), s] + [_fmt_metric(cell.get((s, r, w))) for r, w in columns] for s in steps]
+    text = markdown_table(["% of steps", "pruning step"] + [_ratio_label(r) + (f" ({REWINDS[w]['column']})"
+                                                                              if len(rewinds) > 1 else "")
+                                                            for r, w in columns], rows)
     if dense is not None:
         text += f"\n\nDense reference: {metric} **{_fmt_metric(dense.metric[1])}** (`{dense.path.name}`)."
     return text
@@ -499,6 +573,84 @@ def _profile_line(profile, scopes: dict) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class RunAccount:
+    """What the run that holds the records says about itself: what kind of run it is, its length (the training
+    budget, which the detectors' scaling and the "% of training" use) and its FLOPs per step before any pruning
+    (what "FLOPs until the draw" multiplies), each with the file it came from. A run whose records stop at a draw
+    (EB-Train, a Trainer with stop_at_draw) is longer than its records."""
+
+    kind: str  # one line: what kind of run, in words
+    total_steps: int
+    flops_per_step: float | None = None
+    sources: str = ""  # where the length and the FLOPs came from
+
+    def describe(self, records: Records) -> str:
+        last = int(records.steps[-1])
+        ends = ("" if last >= self.total_steps else
+                f" Its records end at step {last}, before the end of its {self.total_steps}-step budget: the draw "
+                "stopped them.")
+        flops = ("" if self.flops_per_step is None else
+                 f" Training FLOPs per step before any pruning: {self.flops_per_step:.3g}.")
+        return (f"Run: {self.kind}; {self.total_steps} training steps ({self.sources}).{ends}{flops} "
+                "Draw steps are given as a share of these training steps, and the stationarity parameters are "
+                "scaled to them.")
+
+
+def _trainer_state(path: Path) -> tuple[dict | None, Path | None]:
+    """The Trainer's own state: `<output_dir>/trainer_state.json` (Trainer.save_state), else the newest checkpoint's."""
+    candidates = [path / TRAINER_STATE] + sorted(path.glob(f"checkpoint-*/{TRAINER_STATE}"), reverse=True,
+                                                  key=lambda p: int(p.parent.name.split("-")[-1])
+                                                  if p.parent.name.split("-")[-1].isdigit() else -1)
+    for candidate in candidates:
+        state = read_json(candidate)
+        if state is not None:
+            return state, candidate
+    return None, None
+
+
+def run_account(path: Path | None, records: Records) -> RunAccount:
+    """The run's account of itself (see `RunAccount`), from what it wrote: `results.json` and `ebtrain.json` for
+    this project's runs, the callback's `ebtrain.json`, the records' meta and `trainer_state.json` for a Trainer's
+    output directory; records alone give their own last step and no FLOPs."""
+    last = int(records.steps[-1])  # step S is the state after S optimizer updates
+    run = read_run(path) if path is not None and path.is_dir() else None
+    if run is None:
+        return RunAccount("records only (no run directory)", last, None, "the records' last step")
+    results, eb = run.results, run.ebtrain or {}
+    eb_flops = eb.get("flops") or {}
+    if run.kind == "ebtrain" or (eb and not eb.get("trainer")):
+        total = int(eb.get("total_steps") or results.get("step") or last)
+        draw = eb.get("draw_step")
+        rate = (eb_flops["before_draw"] / draw if draw and eb_flops.get("before_draw") else
+                results["train_flops"] / total if results.get("train_flops") and not draw else None)
+        drew = f"drew at step {draw} and pruned itself there" if draw else "never drew"
+        return RunAccount(f"EB-Train (kind `ebtrain`: slimming with a detector; it {drew})", total, rate,
+                          f"`{EBTRAIN}` total_steps; FLOPs: its FLOPs before the draw over the draw step")
+    if eb.get("trainer") or records.meta.get("trainer"):
+        state, where = _trainer_state(run.path)
+        total = int(eb.get("total_steps") or records.meta.get("max_steps") or (state or {}).get("max_steps") or last)
+        source = (f"`{EBTRAIN}` (the callback's)" if eb.get("total_steps") else
+                  "the records' meta (max_steps)" if records.meta.get("max_steps") else
+                  f"`{where.relative_to(run.path)}`" if state and state.get("max_steps") else "the records' last step")
+        rate, flops_source = None, "no FLOPs"
+        if eb.get("steps_run") and eb_flops.get("total"):
+            rate, flops_source = eb_flops["total"] / eb["steps_run"], f"the Trainer's total_flos from `{EBTRAIN}`"
+        elif state and state.get("total_flos") and state.get("global_step"):
+            rate = state["total_flos"] / state["global_step"]
+            flops_source = f"the Trainer's total_flos from `{where.relative_to(run.path)}`"
+        draw = eb.get("draw_step")
+        how = ("" if not eb else f"; it drew at step {draw}" + (" and stopped there" if eb.get("stopped_at_draw")
+                                                                 else "") if draw else "; it never drew")
+        return RunAccount(f"a transformers Trainer with EarlyBirdCallback{how}", total, rate,
+                          f"{source}; FLOPs: {flops_source}")
+    kind = run.kind or "unknown kind"
+    total = int(results.get("step") or last)
+    rate = results["train_flops"] / results["step"] if results.get("train_flops") and results.get("step") else None
+    return RunAccount(f"kind `{kind}` ({'slimming' if kind == 'slim' else kind})", total, rate,
+                      f"`{RESULTS}` step and train_flops" if results.get("step") else "the records' last step")
+
+
 def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str | None = None, layer: int = 0,
                  scale: bool = True, hamming_grid: dict | None = None, profile: str | None = None, log=print) -> Path:
     """Write `report.md` and its figures for the slimming run (first path with records) and the other runs, under
@@ -507,11 +659,12 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str | None
     run_dirs = [Path(p) for p in run_dirs]
     if not run_dirs:
         raise EarlyBirdError("report: give at least one run directory (or records path)")
-    records, slim_run, others = None, None, []
+    records, slim_run, slim_path, others = None, None, None, []
     for path in run_dirs:
         if records is None and _holds_records(path):
             records = load_records(records_path(path))
             slim_run = read_run(path) if RunLayout(path).is_run() else None
+            slim_path = path if RunLayout(path).is_run() else None
         else:
             others.append(read_run(path))
     if records is None:
@@ -520,10 +673,12 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str | None
     out_dir.mkdir(parents=True, exist_ok=True)
     grid = {**PAPER_HAMMING_GRID, **(hamming_grid or {})}
     ratios = tuple(float(r) for r in ratios)
-    total = int(records.steps[-1])  # step S is the state after S optimizer updates
+    account = run_account(slim_path, records)
+    total = account.total_steps
     scopes = {block: profile.scope(block, scope) for block in records.blocks}
     stationarity, study, floors, factor = study_stationarity(total, scale, profile.name)
-    log(f"report: {records.total_steps} recorded steps (last step {total}) from {records.path}")
+    log(f"report: {records.total_steps} recorded steps (last step {int(records.steps[-1])}) from {records.path}; "
+        f"run: {account.kind}, {total} training steps")
     log(f"report: stationarity parameters {stationarity} (the study's {study} x {factor:.4f}, "
         f"run length {total} / {STUDY_STEPS} steps)" if factor < 1 else
         f"report: stationarity parameters {stationarity} (the study's)")
@@ -533,6 +688,7 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str | None
     md.append(f"Records: {records.total_steps} steps (steps {int(records.steps[0])}..{int(records.steps[-1])}), "
               f"blocks {', '.join(records.blocks)}, {records.layers} layers"
               + (f", model `{records.meta.get('model_type')}`" if records.meta.get("model_type") else "") + ".")
+    md += ["", account.describe(records), ""]
     # a block whose smoothing differs from the MSA's (the original profile's FFN series: not smoothed)
     smooths = {block: study_stationarity(total, scale, profile.name, block)[0]["smooth"] for block in records.blocks}
     smoothing = "".join(f" {block.upper()}: " + (f"smooth {value}." if value else "not smoothed.")
@@ -599,7 +755,7 @@ def build_report(run_dirs, out_dir=None, *, ratios=(0.3, 0.8), scope: str | None
                              f"EB identification, {block.upper()} masks, {r:.0%} pruning")
         md += [f"![]({fig_p.name})", ""]
 
-    md += ["## Detector summary", "", _detector_summary(detections, titles, total, kinds, slim_run, dense), ""]
+    md += ["## Detector summary", "", _detector_summary(detections, titles, total, kinds, account, dense), ""]
     if kinds["ebtrain"]:
         md += ["## EB-Train against dense training", "", _ebtrain_table(kinds["ebtrain"], dense, slim_run), ""]
     report = out_dir / REPORT
@@ -615,12 +771,19 @@ def _ticket_draws(tickets: list[Run], detections: dict, block: str) -> dict:
             if (block, t.ratios[which]) in detections}
 
 
-def _detector_summary(detections: dict, titles: dict, total: int, kinds: dict, slim_run: Run | None,
+def _detector_summary(detections: dict, titles: dict, total: int, kinds: dict, account: RunAccount,
                       dense: Run | None) -> str:
-    tickets = {(t.prune_step, t.ratios): t for t in kinds["ticket"]}
-    flops_per_step = None
-    if slim_run is not None and slim_run.results.get("train_flops") and slim_run.results.get("step"):
-        flops_per_step = slim_run.results["train_flops"] / slim_run.results["step"]
+    tickets: dict = {}  # (step, ratios) -> {rewind: ticket}
+    for t in kinds["ticket"]:
+        tickets.setdefault((t.prune_step, t.ratios), {})[ticket_rewind(t)] = t
+    several = len({r for by in tickets.values() for r in by}) > 1
+
+    def ticket_cell(step, ratio) -> str:
+        found = tickets.get((step, (ratio, ratio)), {}) if step is not None else {}
+        return " / ".join(_fmt_metric(found[r].metric[1]) + (f" ({REWINDS[r]['column']})" if several else "")
+                          for r in REWINDS if r in found) or "—"
+
+    flops_per_step = account.flops_per_step
     metric = (kinds["ticket"][0].metric[0] if kinds["ticket"] else "accuracy")
     rows = []
     # a profile that reports the original code's numbers gets a column for them
@@ -628,17 +791,17 @@ def _detector_summary(detections: dict, titles: dict, total: int, kinds: dict, s
     for (block, ratio), results in detections.items():
         for method, result in results.items():
             step = result.draw_step
-            ticket = tickets.get((step, (ratio, ratio))) if step is not None else None
             compute = "—" if step is None or flops_per_step is None else f"{flops_per_step * step:.3g}"
             rows.append([block.upper(), f"{ratio:.0%}", titles[method], _fmt_step(step),
                          *([_fmt_step(result.draw_index)] if indexed else []), _pct(step, total),
-                         _fmt_metric(ticket.metric[1]) if ticket else "—", compute])
+                         ticket_cell(step, ratio), compute])
     text = markdown_table(["block", "ratio", "detector", "draw step", *(["original code's number"] if indexed else []),
                            "% of training", f"ticket {metric}", "training FLOPs until the draw"], rows)
     if dense is not None:
         text += f"\n\nDense model: {dense.metric[0]} {_fmt_metric(dense.metric[1])}."
     if flops_per_step is None:
-        text += "\n\n_Compute until the draw needs the slimming run's `results.json` (train_flops)._"
+        text += ("\n\n_Compute until the draw needs the run's own FLOPs: `results.json` (train_flops), EB-Train's "
+                 "`ebtrain.json`, or a Trainer's `trainer_state.json` (total_flos)._")
     return text
 
 

@@ -164,15 +164,16 @@ def summarize(seed_dirs, out_dir, log=print) -> Path:
 def plot_study(seeds: list[Seed], detectors: list[dict], ratios, out: Path) -> Path:
     """Ticket accuracy against the pruning step (mean ± sd over seeds) per ratio, the dense band, and each
     detector's draws (mean fraction ± sd, at the mean accuracy of its tickets)."""
-    import matplotlib
+    from .report import _pyplot, _save, detector_styles
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(ratios), figsize=(max(7.5, 5.6 * len(ratios)), 4.6), squeeze=False, sharey=True)
     dense = [s.dense for s in seeds if s.dense is not None]
-    markers = "osD^vP*X"
+    # The report's styles: a colour (and marker) per detector, the data in black and grey -- so the dense line can
+    # never share a detector's colour; a profile's variant of a method is the method's colour with an open marker.
+    styles = detector_styles()
     methods = sorted({(d["profile"], d["method"]) for d in detectors})
+    profiles = sorted({profile for profile, _ in methods})
     for ax, ratio in zip(axes[0], ratios):
         fractions = sorted({f for s in seeds for f in s.fixed})
         means, sds = [], []
@@ -186,9 +187,9 @@ def plot_study(seeds: list[Seed], detectors: list[dict], ratios, out: Path) -> P
         if dense:
             mean = 100 * statistics.fmean(dense)
             sd = 100 * statistics.stdev(dense) if len(dense) > 1 else 0.0
-            ax.axhspan(mean - sd, mean + sd, color="tab:green", alpha=0.15)
-            ax.axhline(mean, color="tab:green", lw=1.2, label="dense (mean ± sd)")
-        for i, (profile, method) in enumerate(methods):
+            ax.axhspan(mean - sd, mean + sd, color="0.5", alpha=0.15)
+            ax.axhline(mean, color="0.35", ls=(0, (4, 2)), lw=1.2, label="dense (mean ± sd)")
+        for profile, method in methods:
             row = next((d for d in detectors if (d["profile"], d["method"], d["ratio"]) == (profile, method, ratio)),
                        None)
             drew = [x for x in (row or {}).get("seeds", []) if x["fraction"] is not None and x["accuracy"] is not None]
@@ -196,10 +197,12 @@ def plot_study(seeds: list[Seed], detectors: list[dict], ratios, out: Path) -> P
                 continue
             xs = [100 * x["fraction"] for x in drew]
             ys = [100 * x["accuracy"] for x in drew]
+            style = styles[method]
             ax.errorbar(statistics.fmean(xs), statistics.fmean(ys),
                         xerr=statistics.stdev(xs) if len(xs) > 1 else 0.0,
-                        yerr=statistics.stdev(ys) if len(ys) > 1 else 0.0, fmt=markers[i % len(markers)],
-                        color=f"C{i}", ms=7, capsize=3, label=f"{method} ({profile})")
+                        yerr=statistics.stdev(ys) if len(ys) > 1 else 0.0, fmt=style.marker, color=style.color,
+                        mfc=style.color if profiles.index(profile) == 0 else "white", ms=7, capsize=3,
+                        label=f"{method} ({profile})")
         ax.set_title(f"{ratio:.0%} of heads and neurons pruned")
         ax.set_xlabel("pruning step (% of training)")
         ax.grid(alpha=0.3)
@@ -210,6 +213,4 @@ def plot_study(seeds: list[Seed], detectors: list[dict], ratios, out: Path) -> P
     fig.suptitle(f"Tickets over {len(seeds)} seeds: accuracy by pruning step, and where each detector drew",
                  fontsize=11)
     fig.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / columns), 1, 1))
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out, {"figure": "study_accuracy", "methods": [f"{m} ({p})" for p, m in methods]})

@@ -227,3 +227,35 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"earlybird {earlybird.__version__}"
+
+
+@pytest.mark.parametrize("profile, extra", [("paper", ["--scale"]), ("original", ["--scale", "--window", "60"])])
+def test_detect_block_both_is_each_block_in_turn(capsys, run_dir, profile, extra):
+    """--block both: one process, the records loaded once; its output is --block msa's followed by --block mlp's."""
+    argv = ["detect", str(run_dir), "--ratio", "0.3", "--method", "slope,mk,adf,hamming", "--profile", profile,
+            "--full-trace", "--json", *extra]
+    code, both, err_both = run_main(capsys, [*argv, "--block", "both"])
+    assert code == 0
+    separate = []
+    for block in ("msa", "mlp"):
+        code, out, err = run_main(capsys, [*argv, "--block", block])
+        assert code == 0
+        separate += out.splitlines()
+    assert both.splitlines() == separate and len(separate) == 8
+    assert [json.loads(line)["params"]["block"] for line in separate] == ["msa"] * 4 + ["mlp"] * 4
+    code, text, _ = run_main(capsys, ["detect", str(run_dir), "--ratio", "0.3", "--method", "hamming,mk",
+                                      "--block", "both", *SMALL])
+    assert code == 0 and text.splitlines()[0].startswith("msa hamming: ") and text.splitlines()[3].startswith("mlp mk: ")
+
+
+def test_a_detector_that_can_never_test_names_its_first_test_and_offers_scale_only_when_it_helps(capsys, tmp_path):
+    msa = synthetic_coefficients(5, layers=2, heads=6, steps=360, plateau=200)
+    for steps in (360, 20):
+        with CoefficientRecorder(tmp_path / str(steps), chunk=64) as recorder:
+            for t in range(steps):
+                recorder.record(t + 1, msa=msa[t])
+    code, _, err = run_main(capsys, ["detect", str(tmp_path / "360"), "--ratio", "0.3", "--method", "slope"])
+    assert code == 2 and "so its first test would be at step 399" in err and "--scale to scale" in err
+    # 20 steps: the scaled window (its floor, 30) is still too long: --scale is not offered
+    code, _, err = run_main(capsys, ["detect", str(tmp_path / "20"), "--ratio", "0.3", "--method", "slope"])
+    assert code == 2 and "first test would be at step 399" in err and "--scale" not in err

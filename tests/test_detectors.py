@@ -18,10 +18,14 @@ from earlybird.detectors import (
     default_maxlags,
     detect,
     detect_many,
+    first_test_if_longer,
+    first_test_step,
     hamming_table,
     make_detector,
+    never_tests_message,
 )
 from earlybird.errors import EarlyBirdError
+from earlybird.masks import nuclear_norm
 from earlybird.records import Records
 from earlybird.synthetic import synthetic_coefficients
 
@@ -265,3 +269,99 @@ def test_hamming_table_equals_separate_runs():
         separate = detect(records, "msa", ratio, method="hamming", cached=cached, threshold=eps).draw_step
         assert step == separate, (ratio, cached, eps)
     assert any(v is not None for v in table.values())
+
+
+def test_never_tests_message_gives_the_first_test_step_and_the_run_that_reaches_it():
+    """The study's slope detector (smooth 200, window 300, every 100) on the 360-step default run: the window fills
+    at step 300 and the next check is step 399, so the message names step 399 and the run length that reaches it."""
+    steps = range(1, 361)
+    detector = make_detector("slope")
+    assert first_test_step(detector, steps) is None and first_test_if_longer(detector, steps) == 399
+    assert first_test_step(detector, range(1, 400)) == 399  # the arithmetic holds: a 399-step run tests at 399
+    message = never_tests_message(detector, steps, "this run")
+    assert "so its first test would be at step 399" in message and "a longer run (one reaching step 399)" in message
+    # recorded every 4 steps: observations 4, 8, ...; the 300th is step 1200, which completes the 12th hundred: a check
+    assert first_test_if_longer(detector, range(4, 361, 4)) == 1200
+    # Hamming: cached=5 checks every 10 steps; the fifth check is at step 49
+    assert first_test_if_longer(make_detector("hamming", cached=5, every=10), range(1, 30)) == 49
+
+
+def test_ebtrain_refusal_names_the_max_steps_and_the_scaling_that_would_test():
+    from earlybird.training.config import EBConfig, PruningConfig
+    from earlybird.training.ebtrain import EBTrain
+
+    pruning = PruningConfig(self_pruning_ratio=0.3)
+    with pytest.raises(EarlyBirdError) as caught:
+        EBTrain(EBConfig(eb_method="slope"), pruning, total_steps=360).check_budget()
+    message = str(caught.value)
+    assert "first test would be at step 399" in message and "--max-steps 399 or more" in message
+    assert "--eb-scale to scale the study's parameters to this run" in message
+    # scaled to 360 steps (window 30, every 5) the detector tests: --eb-scale is what the message says it is
+    EBTrain(EBConfig(eb_method="slope", eb_scale=True), pruning, total_steps=360).check_budget()
+    # 20 steps: even the scaled window (its floor, 30) is too long, so --eb-scale is not offered
+    with pytest.raises(EarlyBirdError) as caught:
+        EBTrain(EBConfig(eb_method="slope", eb_scale=False), pruning, total_steps=20).check_budget()
+    assert "--eb-scale" not in str(caught.value) and "--max-steps 399 or more" in str(caught.value)
+
+
+def drifting_masks(steps=160, layers=3, n=20, seed=0, rate=0.05):
+    rng = np.random.default_rng(seed)
+    flips = rng.random((steps, layers, n)) < rate * np.linspace(1, 0, steps)[:, None, None] ** 2  # settles
+    return np.logical_xor.accumulate(flips, axis=0) ^ (rng.random((layers, n)) > 0.5)
+
+
+@pytest.mark.parametrize("profile", ["paper", "original"])
+@pytest.mark.parametrize("params", [dict(cached=5, threshold=0.02), dict(cached=3, threshold=0.05, every=4),
+                                    dict(cached=7, threshold=0.03, patience=3), dict(cached=2, threshold=0.01)])
+@pytest.mark.parametrize("stop_at_draw", [True, False])
+def test_hamming_fed_a_block_at_once_equals_the_update_loop(profile, params, stop_at_draw):
+    """The vectorised block feed (packed bits, one XOR per lag) against `update` step by step: the same trace, draw,
+    draw index, clock and FIFO, over blocks of every size (1 step to all), recorded steps with gaps, and a detector
+    that goes on with `update` after a block."""
+    masks = drifting_masks()
+    steps = np.cumsum(np.r_[1, np.random.default_rng(1).integers(1, 3, len(masks) - 1)])  # gaps of 1 or 2 steps
+    looped = make_detector("hamming", profile, **params)
+    drew_at = None
+    for i, (step, mask) in enumerate(zip(steps, masks)):
+        if looped.update(int(step), mask) and stop_at_draw:
+            drew_at = i
+            break
+    for size in (1, 2, 7, 50, len(masks)):
+        blocked = make_detector("hamming", profile, **params)
+        for start in range(0, len(masks), size):
+            if stop_at_draw and blocked.draw_step is not None:
+                break
+            blocked.feed_many(steps[start:start + size], masks[start:start + size], stop_at_draw=stop_at_draw)
+        assert blocked.result(10).to_dict() == looped.result(10).to_dict(), size
+        assert (blocked.observed, blocked.checks, blocked._previous_step) == (looped.observed, looped.checks,
+                                                                              looped._previous_step)
+        np.testing.assert_array_equal(blocked._fifo_masks(60), looped._fifo_masks(60))
+        np.testing.assert_array_equal(np.sort(blocked._distance), np.sort(looped._distance))  # (ring slots differ)
+    assert looped.draw_step is not None and (drew_at is not None) == stop_at_draw
+    # after a block, one more step through `update` goes on from the same state
+    if not stop_at_draw:
+        extra = masks[-1] ^ (np.arange(60).reshape(3, 20) % 7 == 0)
+        blocked.update(int(steps[-1]) + 1, extra)
+        looped.update(int(steps[-1]) + 1, extra)
+        assert blocked.trace == looped.trace
+
+
+@pytest.mark.parametrize("rule", ["magnitude", "quantile"])  # the paper's and the original code's conventions
+@pytest.mark.parametrize("scope", ["layerwise", "global"])
+def test_the_scans_masks_are_compute_mask_step_by_step(monkeypatch, rule, scope):
+    """The offline scan computes masks a block of steps at a time (one partition over (steps, layers, n)), blocks
+    ahead in worker threads: in order, and each step's mask is compute_mask of that step alone -- ties included."""
+    from earlybird import detectors as module
+    from earlybird.masks import compute_mask
+
+    monkeypatch.setattr(module, "_SCAN_ELEMENTS", 5 * 3 * 9)  # blocks of 5 steps: many blocks, several in flight
+    monkeypatch.setattr(module, "_mask_workers", lambda: 2)
+    rng = np.random.default_rng(3)
+    coefs = rng.integers(-2, 3, size=(43, 3, 9)).astype(np.float32)  # many equal magnitudes and signed ties
+    coefs[::7] += rng.normal(0, 1e-3, size=coefs[::7].shape).astype(np.float32)
+    blocks = list(module._mask_blocks(coefs, 0.4, scope, rule, lambda: True))
+    assert [b[0] for b in blocks] == list(range(0, 43, 5))
+    masks = np.concatenate([b[2] for b in blocks])
+    for t in range(len(coefs)):
+        np.testing.assert_array_equal(masks[t], compute_mask(coefs[t], 0.4, scope, rule))
+    np.testing.assert_allclose(np.concatenate([b[3] for b in blocks]), nuclear_norm(masks))

@@ -11,6 +11,7 @@ the model at the draw with the pruned coefficients zeroed.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -377,6 +378,29 @@ def test_stop_at_draw_stops_and_saves_the_ticket_pruned_and_folded(vit_dir, tmp_
                                    rtol=1e-4, atol=1e-5)
 
 
+def test_the_report_on_a_trainer_run_stopped_at_the_draw_takes_the_runs_length_and_flops(vit_dir, tmp_path):
+    """The records of a Trainer stopped at the draw end there; the report reads the callback's account (ebtrain.json):
+    the run's budget (max_steps, what scale=True scaled to) and the Trainer's FLOPs, and says what kind of run it is."""
+    from earlybird.report import build_report
+
+    budget = 200
+    callback = EarlyBirdCallback(l1_self=0.05, method="slope", scale=True, alpha=0.5, stop_at_draw=True)
+    made = trainer(vit(vit_dir), tmp_path / "run", [callback], dataset=Images(), max_steps=budget, learning_rate=0.2)
+    made.train()
+    step = callback.draw_step
+    assert step is not None and made.state.global_step == step < budget
+    account = json.loads((tmp_path / "run" / "ebtrain.json").read_text())
+    assert (account["total_steps"], account["steps_run"], account["draw_step"]) == (budget, step, step)
+    assert account["flops"]["total"] == made.state.total_flos > 0
+
+    text = build_report([tmp_path / "run"], tmp_path / "out", ratios=(0.3,), log=lambda _: None).read_text()
+    assert "Run: a transformers Trainer with EarlyBirdCallback; it drew at step" in text
+    assert f"scaled by {budget / 14774:.4f} = {budget} / 14774 steps" in text  # the callback's scaling, not the records'
+    row = re.search(r"^\| MSA \| 30% \| sliding-window regression \(HAC p-value\) \| (\d+) \| ([\d.]+)% \| [^|]+ \| "
+                    r"([^|]+) \|", text, flags=re.M)
+    assert row.groups() == (str(step), f"{100 * step / budget:.1f}", f"{made.state.total_flos:.3g}")
+
+
 def test_a_bert_ticket_reloads_with_its_tokenizer(bert_dir, tmp_path):
     callback = EarlyBirdCallback(l1_self=0.05, l1_inter=0.05, method="slope", smooth=3, window=10, every=2,
                                  stop_at_draw=True, save_ticket=True)
@@ -479,8 +503,9 @@ def test_bad_arguments_are_refused_at_construction(kwargs, message):
      "self_pruning_ratio > 0 in EB-Train needs self_slimming"),
     ({}, dict(method="slope", window=300),
      "method slope: the slope detector can never test on this run's 24 steps (recorded every 1) (24 observed, "
-     "steps 1..24): it needs window=300 observed steps and then a check (every 100 steps); expected a smaller "
-     "window / every or a longer run (the keyword arguments of those parameters, or scale=True"),
+     "steps 1..24): it needs window=300 observed steps and then a check (every 100 steps), so its first test would "
+     "be at step 399; expected a smaller window / every or a longer run (one reaching step 399) (the keyword "
+     "arguments of those parameters, or max_steps=399 or more)"),
 ])
 def test_bad_arguments_for_the_model_or_the_run_are_refused_before_the_first_step(bert_dir, tmp_path, flags, kwargs,
                                                                                    message):

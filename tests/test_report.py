@@ -249,3 +249,125 @@ def test_report_cli_bad_input(tmp_path, capsys):
     assert cli_main(["report", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("earlybird: error:") and "missing" in err[0]
+
+
+def records_until(path, msa, mlp, last, meta=None):
+    with CoefficientRecorder(path, chunk=64, meta=meta) as recorder:
+        for t in range(last):
+            recorder.record(t + 1, msa=msa[t], mlp=mlp[t])
+    return path
+
+
+def test_report_on_an_ebtrain_run_takes_its_length_and_flops_from_the_run(tmp_path):
+    """EB-Train's records stop at its draw (step D of 200): the report's lengths are the run's 200 steps (the draw is
+    at D/200, the stationarity parameters are scaled to 200 as EB-Train's --eb-scale did), and FLOPs until the draw
+    come from the run's own accounting (its FLOPs before the draw), not from its total scaled by steps."""
+    budget = 200
+    msa = synthetic_coefficients(4, layers=2, heads=6, steps=budget, plateau=40)
+    mlp = synthetic_coefficients(5, layers=2, heads=16, steps=budget, plateau=40)
+    full = records_until(tmp_path / "full", msa, mlp, budget)
+    params = scaled_params("slope", budget)[0]
+    draw = detect(full, "msa", 0.3, "layerwise", "slope", **params).draw_step
+    assert draw is not None and draw < budget
+    run = tmp_path / "eb"
+    records_until(run / "records", msa, mlp, draw)
+    before, after = 4.0e10, 7.1e10  # the pruned steps after the draw are cheaper: total / budget * draw is 3.0e10
+    (run / "args.json").write_text("{}")
+    (run / "results.json").write_text(json.dumps({"kind": "ebtrain", "step": budget, "accuracy": 0.8,
+                                                  "train_flops": before + after}))
+    (run / "ebtrain.json").write_text(json.dumps({"method": "slope", "draw_step": draw, "total_steps": budget,
+                                                  "flops": {"before_draw": before, "after_draw": after,
+                                                            "total": before + after}}))
+    text = build_report([run], tmp_path / "out", ratios=(0.3,), log=lambda _: None).read_text()
+    assert "Run: EB-Train" in text and f"{budget} training steps" in text and f"records end at step {draw}" in text
+    row = re.search(r"^\| MSA \| 30% \| sliding-window regression \(HAC p-value\) \| (\d+) \| ([\d.]+)% \| [^|]+ \| "
+                    r"([^|]+) \|", text, flags=re.M)
+    assert row.groups() == (str(draw), f"{100 * draw / budget:.1f}", "4e+10")
+    assert f"scaled by {budget / 14774:.4f} = {budget} / 14774 steps" in text
+    for png in (tmp_path / "out").glob("*.png"):  # every figure spans the run, not the records
+        assert png.stat().st_size > 5000
+
+
+@pytest.fixture(scope="module")
+def one_ratio_report(slim_run, tmp_path_factory):
+    """One ratio; tickets rewound to init and tickets trained on from the pruning step (--rewind none); no dense
+    run, no random baseline."""
+    root = tmp_path_factory.mktemp("one-ratio")
+    runs = root / "runs"
+    runs.mkdir()
+    accuracy = {}
+    for i, step in enumerate((24, 120, 300)):
+        for rewind, bonus in (("init", 0.0), ("none", 0.1)):
+            path = make_run(runs, f"ticket-{step}-{rewind}", "ticket", {"accuracy": 0.5 + 0.01 * i + bonus},
+                            {"records": str(slim_run / "records"), "step": step, "self_ratio": 0.3, "inter_ratio": 0.3})
+            (path / "args.json").write_text(json.dumps({"rewind": rewind}))
+            accuracy[(step, rewind)] = 100 * (0.5 + 0.01 * i + bonus)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        figures = keep_figures(monkeypatch)
+        report = build_report([slim_run, *sorted(runs.iterdir())], root / "out", ratios=(0.3,), log=lambda _: None)
+    return SimpleNamespace(out=root / "out", text=report.read_text(), figures=figures, accuracy=accuracy)
+
+
+def drawn(fig):
+    canvas = FigureCanvasAgg(fig)  # the figure was closed: draw it again, as saved
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def test_every_figure_fits_its_canvas(full_report, one_ratio_report):
+    """Titles and legends are wrapped / laid out to the figure's width: nothing is cut off (one ratio panel too)."""
+    for figures in (full_report.figures, one_ratio_report.figures):
+        for name, fig in figures.items():
+            renderer = drawn(fig)
+            box, canvas = fig.get_tightbbox(renderer), fig.bbox_inches
+            assert (box.x0 >= -0.01 and box.y0 >= -0.01 and box.x1 <= canvas.x1 + 0.01
+                    and box.y1 <= canvas.y1 + 0.01), (name, box, canvas)
+
+
+def legend_labels(fig) -> list:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def test_the_tickets_legend_lists_only_what_is_drawn_and_rewinds_are_separate_curves(one_ratio_report, full_report):
+    fig = one_ratio_report.figures["tickets.png"]
+    labels = legend_labels(fig)
+    assert not any(label.startswith(("dense", "random")) for label in labels)  # neither is drawn
+    assert "ticket rewound to the initial weights (--rewind init)" in labels
+    assert "ticket trained on from its pruning step's weights (--rewind none)" in labels
+    ax = next(ax for ax in fig.axes if ax.get_ylabel())
+    curves = {line.get_marker(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()
+              if line.get_marker() in ("o", "s")}  # init: circles, none: squares
+    acc = one_ratio_report.accuracy
+    for marker, rewind in (("o", "init"), ("s", "none")):
+        assert curves[marker] == ([24, 120, 300], pytest.approx([acc[(s, rewind)] for s in (24, 120, 300)]))
+    (panel,) = figure_annotations(one_ratio_report.out / "tickets.png")["panels"]
+    assert panel["tickets"] == {str(s): pytest.approx(acc[(s, "init")]) for s in (24, 120, 300)}
+    assert panel["tickets_rewind_none"] == {str(s): pytest.approx(acc[(s, "none")]) for s in (24, 120, 300)}
+    # the table: a column for each
+    assert "| % of steps | pruning step | 30% (rewound to init) | 30% (from the pruning step) |" in one_ratio_report.text
+    assert f"| 20.0% | 120 | {acc[(120, 'init')]:.1f} | {acc[(120, 'none')]:.1f} |" in one_ratio_report.text
+    # with a dense run and a random baseline drawn, both are listed
+    full = legend_labels(full_report.figures["tickets.png"])
+    assert any(label.startswith("dense model") for label in full) and "random pruning (same counts)" in full
+
+
+def test_a_draw_at_the_last_step_is_inside_the_axes(tmp_path, monkeypatch):
+    from earlybird.detectors import DetectionResult
+    from earlybird.report import plot_pvalues
+
+    figures = keep_figures(monkeypatch)
+    trace = [{"step": s, "p_value": p, "passed": p > 0.2, "constant": False, "statistic": 0.0}
+             for s, p in zip(range(100, 601, 50), np.linspace(0.01, 0.5, 11))]
+    results = {"slope": DetectionResult("slope", 600, 600, trace, {"alpha": 0.2})}
+    plot_pvalues(results, {"slope": "slope"}, 600, tmp_path / "p.png", "a draw at the last step")
+    fig = figures["p.png"]
+    renderer = drawn(fig)
+    (ax,) = fig.axes
+    low, high = ax.get_xlim()
+    assert low < 100 and high > 600
+    # the draw's line and the last check's marker lie whole inside the axes (not on its frame)
+    frame = ax.get_window_extent(renderer)
+    x_draw = ax.transData.transform((600, 0.5))[0]
+    assert frame.x0 + 4 < x_draw < frame.x1 - 4
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert not any("constant window" in label for label in labels)  # no check was decided on a constant window

@@ -2,6 +2,7 @@
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,30 @@ def test_the_cli_writes_the_summary_and_refuses_bad_input(tmp_path, capsys):
     assert main(["study", str(tmp_path / "nothing"), "-o", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("earlybird: error:") and "draws.json" in err[-1]
+
+
+def test_the_figure_gives_the_dense_line_a_colour_no_detector_has(tmp_path, monkeypatch):
+    """Three detectors used to take matplotlib's C0, C1, C2 -- and C2 is the dense line's green. Detectors take the
+    report's styles (a colour each), the dense line is grey."""
+    from matplotlib.colors import to_rgba
+    from matplotlib.figure import Figure
+
+    from earlybird.report import detector_styles
+
+    saved, savefig = {}, Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: (saved.setdefault(Path(path).name, fig),
+                                                                    savefig(fig, path, **kw))[1])
+    draws = {("hamming", 0.3): 10, ("mk", 0.3): 20, ("slope", 0.3): 50}
+    tickets = {(10, 0.3): 0.70, (20, 0.3): 0.74, (50, 0.3): 0.80}
+    studies = [make_study(tmp_path, seed, tickets, draws, dense=0.85 + 0.01 * seed) for seed in (1, 2)]
+    summarize(studies, tmp_path / "out", log=lambda _: None)
+    (ax,) = saved["study_accuracy.png"].axes
+    dense = [line for line in ax.get_lines() if line.get_label().startswith("dense")]
+    assert len(dense) == 1
+    styles = detector_styles()
+    for container in ax.containers:  # one errorbar per detector, plus the tickets' curve
+        method = container.get_label().split(" ")[0]
+        if method in styles:
+            colour = to_rgba(container.lines[0].get_color())
+            assert colour == to_rgba(styles[method].color) and colour != to_rgba(dense[0].get_color())
+    assert {c.get_label() for c in ax.containers} >= {"hamming (paper)", "mk (paper)", "slope (paper)"}

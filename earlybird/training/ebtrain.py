@@ -21,11 +21,13 @@ so all prune at the same step with the same plan.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
 from ..blocks import BLOCKS
-from ..detectors import OnlineEarlyBird, never_tests_message
+from ..detectors import OnlineEarlyBird, first_test_if_longer, never_tests_message
 from ..errors import EarlyBirdError
 from ..plans import plan_from_coefficients
 from ..records import derived_meta
@@ -64,25 +66,39 @@ class EBTrain:
         self.draw_step: int | None = None
         self.draw_coefficients: dict | None = None
 
+    def _observed_steps(self) -> range:
+        return range(self.record_every, self.total_steps + 1, self.record_every)
+
     def never_tests(self) -> str | None:
         """Why the detector could never test in this run (e.g. a window longer than it), or None: one line, naming
-        no flag (EB-Train's and the Trainer callback's wordings add their own)."""
+        no flag (EB-Train's and the Trainer callback's wordings add their own: see `budget_hint`)."""
         total = self.total_steps
-        observed = range(self.record_every, total + 1, self.record_every)
         for detector in self.detector.detectors.values():
-            message = never_tests_message(detector, observed, f"this run's {total} steps "
-                                                              f"(recorded every {self.record_every})")
+            message = never_tests_message(detector, self._observed_steps(), f"this run's {total} steps "
+                                                                            f"(recorded every {self.record_every})")
             if message:
                 return message
         return None
+
+    def budget_hint(self, steps_flag: str, scale_flag: str) -> str:
+        """What would make a detector that never tests testable, in the caller's flag names: the run length at which
+        every block's detector tests (`steps_flag`, a template of that number), and scaling the study's parameters (`scale_flag`)
+        when that is not on already and would make it test on this run."""
+        needed = [first_test_if_longer(d, self._observed_steps()) for d in self.detector.detectors.values()]
+        hints = [] if None in needed else [steps_flag.format(max(needed))]
+        if not self.config.eb_scale:
+            scaled = EBTrain(replace(self.config, eb_scale=True), self.pruning, self.total_steps, self.record_every)
+            if scaled.never_tests() is None:
+                hints.append(f"{scale_flag} to scale the study's parameters to this run")
+        return ", or ".join(hints)
 
     def check_budget(self) -> None:
         """Refuse, before training, a detector that could never test in this run."""
         message = self.never_tests()
         if message:
-            hint = "" if self.config.eb_scale else ", or --eb-scale to scale the study's parameters to this run"
+            hint = self.budget_hint("--max-steps {} or more", "--eb-scale")
             raise EarlyBirdError(f"--eb-method {self.config.eb_method}: {message} (the --eb- flags of those "
-                                 f"parameters{hint})")
+                                 f"parameters" + (f", or {hint})" if hint else ")"))
 
     @property
     def params(self) -> dict:
