@@ -123,13 +123,24 @@ class Run:
                     entry.update(status="fail", reason=f"{type(err).__name__}: {' '.join(str(err).split())[:500]}",
                                  traceback=traceback.format_exc()[-4000:])
                 finally:
-                    self.torch.cuda.empty_cache() if self.cuda else None
+                    reset_accelerate()
+                    if self.cuda:
+                        self.torch.cuda.empty_cache()
             entry["seconds"] = round(time.monotonic() - tic, 1)
             print(f"[gpu_check] {name}: {entry['status']} ({entry['seconds']} s) {entry['reason']}", file=sys.stderr,
                   flush=True)
             self.results.append(entry)
             self.write()
         return 1 if any(r["status"] == "fail" for r in self.results) else 0
+
+
+def reset_accelerate() -> None:
+    """A check's Accelerator (a Trainer's with fp16, say) must not be the next check's: accelerate keeps one state
+    per process and refuses another mixed precision."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def render(doc: dict) -> str:
@@ -473,6 +484,7 @@ def flash_attention_2_row(model, inputs, reference, run: Run, kind: str, masked:
     flash = copy.deepcopy(model).to(torch.bfloat16)
     flash.config._attn_implementation = "flash_attention_2"
     try:
+        inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
         row["max |error| vs float64"] = (outputs(flash, inputs) - reference).abs().max().item()
     except (RuntimeError, ValueError, ImportError) as err:
         row["not run"] = " ".join(str(err).split())[:90]
@@ -559,15 +571,12 @@ def l1_step_verdict(deltas: dict, signs, lr: float, strength: float, scale_note:
 
 @check("fp16_loop", 20, 40, "fp16 GradScaler + L1 through earlybird/training/loop.py; a NaN batch")
 def fp16_loop(run: Run) -> dict:
-    import numpy as np
-
-    from earlybird.records import load_records
     from earlybird.slimming import head_coefficients, neuron_coefficients
     from earlybird.training import loop
     from earlybird.training.entrypoints import load_entry_point
 
     entry = load_entry_point(ROOT / "ViT_pretraining/main.py", "gpu_check_pretrain_main")
-    lr, strength, steps, nan_step = 0.05, 0.01, 6, 4
+    lr, strength, steps, nan_step = 0.05, 0.1, 6, 4
     base = ["--disable-tqdm", "--self-slimming", "--inter-slimming", "--max-steps", str(steps),
             "--per-device-train-batch-size", "16", "--max-train-samples", "256", "--max-eval-samples", "64",
             "--logging-steps", "1", "--mixed-precision", "fp16" if run.cuda else "no", "--checkpoint-every", "1000"]
@@ -581,6 +590,11 @@ def fp16_loop(run: Run) -> dict:
         coefficients = [*head_coefficients(model), *neuron_coefficients(model)]
         seen["first"] = first_step_sgd(model.parameters(), cfg.learning_rate, coefficients)
         return seen["first"]
+
+    def counted(model, cfg):
+        optimizer = original["make_optimizer"](model, cfg)
+        count_steps(optimizer, seen)
+        return optimizer
 
     def scheduler(optimizer, *args, **kwargs):
         seen["scheduler"] = original["make_scheduler"](optimizer, *args, **kwargs)
@@ -613,7 +627,7 @@ def fp16_loop(run: Run) -> dict:
                 if first.before is None:
                     raise RuntimeError("no optimizer step was taken in 3 steps (every step overflowed?)")
                 deltas[l1], signs = first.delta(), first.signs()
-            loop.make_optimizer = original["make_optimizer"]
+            loop.make_optimizer = counted
             part, bad = l1_step_verdict(deltas, signs, lr, strength, "would be lr*l1/65536 ~ "
                                         f"{lr * strength / 2 ** 16:.1e}")
             numbers.update(part)
@@ -624,25 +638,54 @@ def fp16_loop(run: Run) -> dict:
                           "--l1-self", "1e-4", "--l1-inter", "1e-4"])
     finally:
         loop.make_optimizer, loop.make_scheduler, loop.to_device = original.values()
-    records = load_records(run.work / "fp16_loop" / "nan" / "records")
+    if seen.get("micro", 0) < nan_step:
+        raise RuntimeError("the NaN batch was never served: earlybird.training.loop no longer moves batches with "
+                           "its to_device (update this check)")
+    part, bad = nan_step_verdict(run.work / "fp16_loop" / "nan" / "records", steps, nan_step, seen["taken"],
+                                 seen["scheduler"].last_epoch)
+    numbers.update(part)
+    return {**numbers, "failures": failures + bad}
+
+
+def count_steps(optimizer, seen: dict) -> None:
+    """seen["taken"]: the optimizer steps actually taken (a step the GradScaler skips never runs the optimizer's)."""
+    seen["taken"] = 0
+
+    def taken(*_):
+        seen["taken"] += 1
+
+    getattr(optimizer, "optimizer", optimizer).register_step_post_hook(taken)
+
+
+def nan_step_verdict(records_dir: Path, steps: int, nan_step: int, taken: int, scheduler_steps: int) -> tuple[dict, list]:
+    """A NaN at step `nan_step`: that step's coefficients are the step before's (skipped), every step is recorded,
+    the optimizer took fewer steps than the loop counted, and the scheduler advanced once per step taken."""
+    import numpy as np
+
+    from earlybird.records import load_records
+
+    records = load_records(records_dir)
     recorded = records.steps.tolist()
-    unchanged = [int(s) for i, s in enumerate(recorded)
-                 if i and (records.msa[i] == records.msa[i - 1]).all() and (records.mlp[i] == records.mlp[i - 1]).all()]
-    numbers.update({"NaN batch at step": nan_step, "steps recorded": len(recorded),
-                    "steps with unchanged coefficients (skipped)": unchanged,
-                    "scheduler steps": seen["scheduler"].last_epoch,
-                    "expected scheduler steps (steps - skipped)": steps - len(unchanged),
-                    "coefficients finite": bool(np.isfinite(records.msa).all() and np.isfinite(records.mlp).all())})
+    numbers = {"NaN at step": nan_step, "steps counted": steps, "optimizer steps taken": taken,
+               "scheduler steps": scheduler_steps,
+               "coefficients finite": bool(np.isfinite(records.msa).all() and np.isfinite(records.mlp).all())}
+    failures = []
     if recorded != list(range(1, steps + 1)):
         failures.append(f"records hold steps {recorded}, expected 1..{steps}")
-    if nan_step not in unchanged:
-        failures.append(f"the NaN batch's step {nan_step} changed the coefficients (not skipped)")
-    if seen["scheduler"].last_epoch != steps - len(unchanged):
-        failures.append(f"the scheduler took {seen['scheduler'].last_epoch} steps, expected {steps - len(unchanged)} "
-                        "(the loop's rule: a skipped step does not advance the schedule, as transformers' Trainer)")
+    else:
+        i = nan_step - 1
+        skipped = bool((records.msa[i] == records.msa[i - 1]).all() and (records.mlp[i] == records.mlp[i - 1]).all())
+        numbers["NaN step left the coefficients as they were"] = skipped
+        if not skipped:
+            failures.append(f"step {nan_step} (NaN) changed the coefficients: not skipped")
+    if taken >= steps:
+        failures.append(f"the optimizer took {taken} steps of {steps}: the NaN step was not skipped")
+    if scheduler_steps != taken:
+        failures.append(f"the scheduler advanced {scheduler_steps} times for {taken} optimizer steps taken (expected: "
+                        "only on steps taken, as transformers' Trainer)")
     if not numbers["coefficients finite"]:
-        failures.append("non-finite coefficients after the NaN batch")
-    return {**numbers, "failures": failures}
+        failures.append("non-finite coefficients after the NaN step")
+    return numbers, failures
 
 
 @check("fp16_trainer", 15, 30, "fp16 GradScaler + L1 through a transformers Trainer with EarlyBirdCallback; NaN loss")
@@ -651,11 +694,10 @@ def fp16_trainer(run: Run) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments, ViTForImageClassification
 
     from earlybird.hf import EarlyBirdCallback
-    from earlybird.records import load_records
     from earlybird.slimming import head_coefficients, neuron_coefficients
 
     size = 32 if run.tiny else 224
-    lr, strength, steps, nan_step = 0.05, 0.01, 6, 4
+    lr, strength, steps, nan_step = 0.05, 0.1, 6, 4
 
     class Images(torch.utils.data.Dataset):
         def __init__(self, n=96):
@@ -678,7 +720,10 @@ def fp16_trainer(run: Run) -> dict:
 
     class Watch(TrainerCallback):
         def __init__(self):
-            self.first, self.calls = None, 0
+            self.first, self.calls, self.seen = None, 0, {}
+
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            count_steps(optimizer, self.seen)
 
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
             self.before = [c.detach().float().cpu().clone() for c in [*head_coefficients(model),
@@ -723,21 +768,12 @@ def fp16_trainer(run: Run) -> dict:
 
     trainer, watch = train("nan", 1e-4, poison=True, max_steps=steps, learning_rate=1e-3, optim="adamw_torch",
                            lr_scheduler_type="linear", warmup_steps=2)
-    records = load_records(run.work / "fp16_trainer" / "nan" / "records")
-    recorded = records.steps.tolist()
-    unchanged = [int(s) for i, s in enumerate(recorded)
-                 if i and (records.msa[i] == records.msa[i - 1]).all() and (records.mlp[i] == records.mlp[i - 1]).all()]
-    scheduler_steps = trainer.lr_scheduler.last_epoch
-    numbers.update({"NaN loss at step": nan_step, "global_step": trainer.state.global_step,
-                    "steps with unchanged coefficients (skipped)": unchanged, "scheduler steps": scheduler_steps})
     if trainer.state.global_step != steps:
         failures.append(f"global_step {trainer.state.global_step}, expected {steps}")
-    if nan_step not in unchanged:
-        failures.append(f"the NaN step {nan_step} changed the coefficients (not skipped)")
-    if scheduler_steps != steps - len(unchanged):
-        failures.append(f"the scheduler took {scheduler_steps} steps, expected {steps - len(unchanged)} (transformers "
-                        "5.23 steps it only when the optimizer step was not skipped)")
-    return {**numbers, "failures": failures}
+    part, bad = nan_step_verdict(run.work / "fp16_trainer" / "nan" / "records", steps, nan_step, watch.seen["taken"],
+                                 trainer.lr_scheduler.last_epoch)
+    numbers.update(part)
+    return {**numbers, "global_step": trainer.state.global_step, "failures": failures + bad}
 
 
 # --------------------------------------------------------------------------- EB-Train end to end, crash and resume
@@ -786,13 +822,16 @@ def model_dir(run: Run) -> Path:
     return path
 
 
-def slim_vit(run: Run, output: Path, extra: list[str], steps: int, batch: int) -> tuple[int, str]:
+def slim_vit(run: Run, output: Path, extra: list[str], steps: int, batch: int, checkpoint_every: int) -> tuple[int, str]:
     """Finetuning/scripts/slim_vit.bash with this run's settings (environment variables, the entry point's other
     flags through EXTRA_ARGS). On CUDA the script runs as it is (accelerate launch); on the CPU its command (DRY_RUN=1)
     runs in-process: seconds of accelerate start-up per run saved, the same flags."""
+    launch = (ROOT / "Finetuning" / "scripts" / "launch.bash").read_text()
+    # one process, no accumulation: the per-device batch is the global batch, whichever variable the scripts take
+    batch_variable = "GLOBAL_BATCH" if "GLOBAL_BATCH" in launch else "BATCH_SIZE"
     env = {**os.environ, "MODEL": str(model_dir(run)), "DATASET": str(jpeg_folder(run)), "OUTPUT_DIR": str(output),
-           "MAX_STEPS": str(steps), "BATCH_SIZE": str(batch), "GRAD_ACCUM": "1", "EVAL_BATCH_SIZE": str(batch),
-           "CHECKPOINT_EVERY": str(max(1, steps // 4)), "EVAL_EVERY": "0", "WORKERS": "2" if run.tiny else "8",
+           "MAX_STEPS": str(steps), batch_variable: str(batch), "GRAD_ACCUM": "1", "EVAL_BATCH_SIZE": str(batch),
+           "CHECKPOINT_EVERY": str(checkpoint_every), "EVAL_EVERY": "0", "WORKERS": "2" if run.tiny else "8",
            "WARMUP_RATIO": "0.1", "LEARNING_RATE": "1e-3", "L1_SELF": "1e-3", "L1_INTER": "1e-3",
            "MIXED_PRECISION": "bf16" if run.cuda else "no", "NUM_PROCESSES": "1", "DEVICE": run.device.type,
            "PYTHON": sys.executable, "ACCELERATE": str(Path(sys.executable).with_name("accelerate")),
@@ -802,9 +841,12 @@ def slim_vit(run: Run, output: Path, extra: list[str], steps: int, batch: int) -
         proc = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True)
         return proc.returncode, (proc.stdout + proc.stderr)[-400:]
     # PYTHON=false: launch.bash's CUDA probe (a python importing torch, seconds) answers "no GPU" at once
-    proc = subprocess.run(["bash", str(script)], cwd=ROOT, env={**env, "DRY_RUN": "1", "PYTHON": "false"},
-                          capture_output=True, text=True)
-    command = [line for line in proc.stderr.splitlines() if line.startswith("+ ")]
+    for python in ("false", sys.executable):
+        proc = subprocess.run(["bash", str(script)], cwd=ROOT, env={**env, "DRY_RUN": "1", "PYTHON": python},
+                              capture_output=True, text=True)
+        command = [line for line in proc.stderr.splitlines() if line.startswith("+ ")]
+        if proc.returncode == 0 and command:
+            break
     if proc.returncode or not command:
         return proc.returncode or 1, proc.stderr[-400:]
     words = shlex.split(command[-1][2:])
@@ -823,7 +865,8 @@ def ebtrain(run: Run) -> dict:
 
     from earlybird.records import load_records
 
-    steps, crash = (30, 8) if run.tiny else (80, 15)  # the crash before the draw: the resumed run replays the records
+    # the crash between two checkpoints (the resumed run redoes steps and truncates its records), before the draw
+    steps, crash, every = (30, 8, 3) if run.tiny else (80, 15, 12)
     batch = 8 if run.tiny else 32
     eb = ["--eb-method", "slope", "--self-pruning-ratio", "0.3", "--inter-pruning-ratio", "0.3",
           "--eb-smooth", "3", "--eb-window", "10", "--eb-every", "2"]
@@ -832,7 +875,7 @@ def ebtrain(run: Run) -> dict:
     for name, extra in (("uninterrupted", eb), ("crashed", [*eb, "--debug-crash-at-step", str(crash)]),
                         ("resumed", [*eb, "--resume"])):
         output = base / ("uninterrupted" if name == "uninterrupted" else "interrupted")
-        code, tail = slim_vit(run, output, extra, steps, batch)
+        code, tail = slim_vit(run, output, extra, steps, batch, every)
         outcomes[name] = code
         # the crash: exit 3 from the entry point (accelerate launch reports a failed child as 1)
         if (code == 0) == (name == "crashed"):
@@ -847,7 +890,7 @@ def ebtrain(run: Run) -> dict:
     diff = max(float(np.abs(a.msa - b.msa).max()), float(np.abs(a.mlp - b.mlp).max())) if same_steps else float("inf")
     draws = {k: v.get("draw_step") for k, v in summaries.items()}
     tolerance = 1e-3 if run.cuda else 0.0  # CUDA kernels need not be bitwise deterministic; the CPU's are
-    numbers = {"steps": steps, "crash at": crash, "draw step (uninterrupted / resumed)": f"{draws['uninterrupted']} / "
+    numbers = {"steps": steps, "crash at": crash, "checkpoint every": every, "draw step (uninterrupted / resumed)": f"{draws['uninterrupted']} / "
                f"{draws['interrupted']}", "records max |diff|": diff, "tolerance": tolerance,
                "final accuracy (uninterrupted / resumed)": " / ".join(
                    f"{results[k].get('eval_accuracy', results[k].get('accuracy', float('nan'))):.4f}"
@@ -907,8 +950,7 @@ def throughput(run: Run) -> dict:
     # our loop: run_vit.py on the JPEG folder, images/s over its training wall time (its first steps included)
     steps = 6 if run.tiny else 60
     output = run.work / "throughput-loop"
-    code, tail = slim_vit(run, output, ["--checkpoint-every", str(10 * steps), "--max-eval-samples", str(batch)],
-                          steps, batch)
+    code, tail = slim_vit(run, output, ["--max-eval-samples", str(batch)], steps, batch, checkpoint_every=10 * steps)
     if code:
         raise RuntimeError(f"the loop's run exited {code}: {tail}")
     result = json.loads((output / "results.json").read_text())
