@@ -838,7 +838,12 @@ def slim_vit(run: Run, output: Path, extra: list[str], steps: int, batch: int, c
            "EXTRA_ARGS": " ".join(["--disable-tqdm", "--logging-steps", "5", *extra])}
     script = ROOT / "Finetuning" / "scripts" / "slim_vit.bash"
     if run.cuda:
-        proc = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True)
+        limit = max(60.0, run.left() + 60)  # the budget guard's last word: a hung run is a failed check
+        try:
+            proc = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=limit)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"slim_vit.bash ran past {limit:.0f} s (the budget); stopped") from None
         return proc.returncode, (proc.stdout + proc.stderr)[-400:]
     # PYTHON=false: launch.bash's CUDA probe (a python importing torch, seconds) answers "no GPU" at once
     for python in ("false", sys.executable):
