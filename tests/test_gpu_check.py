@@ -162,14 +162,14 @@ def test_every_check_passes_or_skips_on_the_cpu(tmp_path):
         assert entry["status"] in ("pass", "skip"), name
         assert entry["status"] == "pass" or entry["reason"], name
     # what each check measured on the CPU
-    assert status["equality"]["numbers"]["rows"][0]["fp32 max |diff|"] <= 1e-5
+    assert status["equality"]["numbers"]["rows"][0]["fp32 max abs diff"] <= 1e-5
     assert status["soft_by_one"]["numbers"]["combinations run"] >= 4
     for name in ("fp16_loop", "fp16_trainer"):
         numbers = status[name]["numbers"]
         assert numbers["L1 part of the step (mean)"] == pytest.approx(-numbers["lr * l1"], rel=1e-3)
         assert numbers["NaN step left the coefficients as they were"]
         assert numbers["scheduler steps"] == numbers["optimizer steps taken"] < numbers["steps counted"]
-    assert status["ebtrain"]["numbers"]["records max |diff|"] == 0
+    assert status["ebtrain"]["numbers"]["records max abs diff"] == 0
     markdown = (out / "gpu_check.md").read_text()
     for name in status:
         assert f"| {name} | {status[name]['status']} |" in markdown

@@ -151,7 +151,7 @@ def render(doc: dict) -> str:
              "| check | status | seconds | numbers | reason |", "|---|---|---:|---|---|"]
     for r in doc["checks"]:
         numbers = "; ".join(f"{k}: {fmt(v)}" for k, v in r["numbers"].items() if not isinstance(v, (dict, list)))
-        lines.append(f"| {r['name']} | {r['status']} | {r['seconds']} | {numbers or '-'} | {r['reason'] or '-'} |")
+        lines.append(f"| {r['name']} | {r['status']} | {r['seconds']} | {numbers or '-'} | {fmt(r['reason']) or '-'} |")
     for r in doc["checks"]:
         tables = {k: v for k, v in r["numbers"].items() if isinstance(v, list) and v and isinstance(v[0], dict)}
         for key, rows in tables.items():
@@ -167,7 +167,7 @@ def fmt(value) -> str:
         return f"{value:.3g}"
     if isinstance(value, dict):
         return ", ".join(f"{k} {fmt(v)}" for k, v in value.items())
-    return str(value)
+    return str(value).replace("|", "\\|")  # a table cell
 
 
 CHECKS: dict = {}
@@ -369,7 +369,7 @@ def equality(run: Run) -> dict:
             bf16_pristine = outputs(pristine, inputs, "bf16") - reference
             rms = {name: diff.pow(2).mean().sqrt().item() for name, diff in
                    (("patched", bf16_patched), ("unpatched", bf16_pristine))}
-            row = {"model": kind, "attention": attn, "fp32 max |diff|": fp32,
+            row = {"model": kind, "attention": attn, "fp32 max abs diff": fp32,
                    "bf16 rms error, patched": rms["patched"], "bf16 rms error, unpatched": rms["unpatched"],
                    "bf16 max error, patched": bf16_patched.abs().max().item(),
                    "bf16 max error, unpatched": bf16_pristine.abs().max().item()}
@@ -378,10 +378,10 @@ def equality(run: Run) -> dict:
             if rms["patched"] > BF16_FACTOR * rms["unpatched"] + 1e-6:
                 failures.append(f"{kind}/{attn}: bf16 rms error {rms['patched']:.2e} > {BF16_FACTOR} x the unpatched "
                                 f"model's {rms['unpatched']:.2e}")
-            row["zeroed = pruned, max |diff|"] = zeroed_vs_pruned(patched, inputs, torch)
+            row["zeroed = pruned, max abs diff"] = zeroed_vs_pruned(patched, inputs, torch)
             tolerance = FP32_ATOL if run.tiny else PRUNE_ATOL
-            if row["zeroed = pruned, max |diff|"] > tolerance:
-                failures.append(f"{kind}/{attn}: zeroed coefficients vs pruned {row['zeroed = pruned, max |diff|']:.2e}"
+            if row["zeroed = pruned, max abs diff"] > tolerance:
+                failures.append(f"{kind}/{attn}: zeroed coefficients vs pruned {row['zeroed = pruned, max abs diff']:.2e}"
                                 f" > {tolerance:g}")
             rows.append(row)
             del pristine, patched
@@ -443,7 +443,7 @@ def soft_by_one(run: Run) -> dict:
                                "soft_by_one": sbo}
                         try:
                             with exact_fp32(torch), sdpa_kernel([backend]):
-                                row["max |error| vs float64"] = (outputs(model, inputs, dtype) - reference).abs().max().item()
+                                row["max abs error vs float64"] = (outputs(model, inputs, dtype) - reference).abs().max().item()
                         except RuntimeError as err:
                             row["not run"] = " ".join(str(err).split())[:90]
                         rows.append(row)
@@ -452,18 +452,18 @@ def soft_by_one(run: Run) -> dict:
                 if flash is not None:
                     rows.append(flash)
     # each soft_by_one error against the plain softmax's under the same kernel, dtype and inputs
-    plain = {(r["model"], r["mask"], r["kernel"], r["dtype"]): r.get("max |error| vs float64")
+    plain = {(r["model"], r["mask"], r["kernel"], r["dtype"]): r.get("max abs error vs float64")
              for r in rows if not r["soft_by_one"]}
     for r in rows:
-        if not r["soft_by_one"] or "max |error| vs float64" not in r:
+        if not r["soft_by_one"] or "max abs error vs float64" not in r:
             continue
         base = plain.get((r["model"], r["mask"], r["kernel"], r["dtype"]))
         limit = SOFT_FACTOR * (base if base is not None else 0.0) + SOFT_FLOOR[r["dtype"]]
         r["limit"] = limit
         ran += 1
-        if r["max |error| vs float64"] > limit:
+        if r["max abs error vs float64"] > limit:
             failures.append(f"{r['model']} mask={r['mask']} {r['kernel']} {r['dtype']}: "
-                            f"{r['max |error| vs float64']:.2e} > {limit:.2e}")
+                            f"{r['max abs error vs float64']:.2e} > {limit:.2e}")
     if not ran:
         failures.append("no kernel ran soft_by_one")
     skipped = sorted({r["kernel"] + "/" + r["dtype"] for r in rows if "not run" in r})
@@ -485,7 +485,7 @@ def flash_attention_2_row(model, inputs, reference, run: Run, kind: str, masked:
     flash.config._attn_implementation = "flash_attention_2"
     try:
         inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
-        row["max |error| vs float64"] = (outputs(flash, inputs) - reference).abs().max().item()
+        row["max abs error vs float64"] = (outputs(flash, inputs) - reference).abs().max().item()
     except (RuntimeError, ValueError, ImportError) as err:
         row["not run"] = " ".join(str(err).split())[:90]
     return row
@@ -560,7 +560,7 @@ def l1_step_verdict(deltas: dict, signs, lr: float, strength: float, scale_note:
     difference = deltas[strength] - deltas[0.0]
     error = (difference - expected).abs().max().item()
     numbers = {"lr * l1": lr * strength, "L1 part of the step (mean)": difference.mean().item(),
-               "max |L1 part - (-lr l1 sign c)|": error, "if divided by the loss scale": scale_note}
+               "max abs(L1 part + lr l1 sign c)": error, "if divided by the loss scale": scale_note}
     failures = []
     if error > GRAD_RTOL * lr * strength:
         failures.append(f"the L1 part of the coefficient step is off by {error:.2e} (> {GRAD_RTOL:g} x lr*l1 = "
@@ -896,7 +896,7 @@ def ebtrain(run: Run) -> dict:
     draws = {k: v.get("draw_step") for k, v in summaries.items()}
     tolerance = 1e-3 if run.cuda else 0.0  # CUDA kernels need not be bitwise deterministic; the CPU's are
     numbers = {"steps": steps, "crash at": crash, "checkpoint every": every, "draw step (uninterrupted / resumed)": f"{draws['uninterrupted']} / "
-               f"{draws['interrupted']}", "records max |diff|": diff, "tolerance": tolerance,
+               f"{draws['interrupted']}", "records max abs diff": diff, "tolerance": tolerance,
                "final accuracy (uninterrupted / resumed)": " / ".join(
                    f"{results[k].get('eval_accuracy', results[k].get('accuracy', float('nan'))):.4f}"
                    for k in ("uninterrupted", "interrupted")),
