@@ -1010,9 +1010,16 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     selected = {n: c for n, c in CHECKS.items() if not args.only or n in args.only.split(",")}
     run = Run(args, device)
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU")
+    if device.type == "cpu":  # the in-process runs stay on the CPU on a machine with a GPU too (accelerate's switch)
+        os.environ["ACCELERATE_USE_CPU"] = "1"
     try:
         code = run.run_all(selected)
     finally:
+        if use_cpu is None:
+            os.environ.pop("ACCELERATE_USE_CPU", None)
+        else:
+            os.environ["ACCELERATE_USE_CPU"] = use_cpu
         if args.workdir is None:
             import shutil
 
