@@ -8,7 +8,8 @@ with a crash and --resume through the bash script, and throughput -- and writes 
     .venv/bin/python tools/gpu_check.py --out DIR --budget-s 480 --only probe,equality
 
 Checks (each isolated: a failure is recorded and the next check runs; results are rewritten atomically after each):
-  probe        versions (torch, CUDA, cuDNN, transformers, accelerate, driver), GPU, sdpa backends, flash-attn, patch
+  probe        versions (torch, CUDA, cuDNN, NCCL, transformers, accelerate, the driver's CUDA version), GPU, sdpa
+               backends, flash-attn, patch state
   equality     patched (slimming on, coefficients 1) vs the unpatched 5.23.0 model (the pristine copy kept by the
                patch tool, as tests/test_patch_models.py), random-init ViT-Base and BERT-base, eager and sdpa: fp32
                with TF32 off, bf16 autocast (error against fp32 no worse than the unpatched model's), zeroed
@@ -301,6 +302,14 @@ def sdpa_backends(torch, device) -> dict:
     return found
 
 
+def nccl_version(torch) -> str:
+    try:
+        version = torch.cuda.nccl.version()
+    except Exception as err:  # noqa: BLE001 -- a build without NCCL: say so
+        return f"none ({type(err).__name__})"
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+
+
 @check("probe", 5, 10, "versions, GPU, sdpa backends, flash-attn, patch state")
 def probe(run: Run) -> dict:
     import importlib.metadata
@@ -321,7 +330,8 @@ def probe(run: Run) -> dict:
         driver = getattr(torch._C, "_cuda_getDriverVersion", lambda: None)()
         numbers.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                        capability=f"{props.major}.{props.minor}",
-                       driver_cuda=f"{driver // 1000}.{driver % 1000 // 10}" if driver else "unknown")
+                       driver_cuda=f"{driver // 1000}.{driver % 1000 // 10}" if driver else "unknown",
+                       nccl=nccl_version(torch))
     else:
         numbers.update(gpu="none (CPU)", cpu=platform.processor() or platform.machine(), cores=os.cpu_count())
     numbers["sdpa"] = sdpa_backends(torch, run.device)
