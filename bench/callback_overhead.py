@@ -12,7 +12,11 @@ with the records' flush of all its rows (one flush per round instead of one per 
 flushes' share); the detectors never draw (patience too large: the draw's plan is a one-off). The per-step cost is
 then put against a measured train step of BERT-base proper (hidden 768, batch 8 x 128).
 
-    .venv/bin/python bench/callback_overhead.py [--quick] [--rounds N] [--steps N] [--threads N] [--out results.md]
+`--device cuda`: the Trainer runs on the GPU (`use_cpu=False`; `--dtype bf16`: `bf16=True`), each `on_step_begin`
+synchronises before reading the clock (`benchlib.Clock`), and the BERT-base step is CUDA-event time.
+
+    .venv/bin/python bench/callback_overhead.py [--quick] [--rounds N] [--steps N] [--threads N]
+        [--device cpu|cuda] [--dtype fp32|bf16] [--out results.md]
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import torch  # noqa: E402
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback  # noqa: E402
 from transformers import TrainingArguments  # noqa: E402
 
-from benchlib import bert_train_step_seconds, emit, make_parser, set_threads  # noqa: E402
+from benchlib import Clock, bert_train_step_seconds, device_label, emit, make_parser, resolve_device, set_threads  # noqa: E402
 from earlybird.hf import EarlyBirdCallback  # noqa: E402
 
 NEVER = 10**9  # patience: the detectors check but never draw
@@ -77,15 +81,19 @@ TimedCallback = type("TimedCallback", (EarlyBirdCallback,), {e: _timed(e) for e 
 
 
 class StepClock(TrainerCallback):
-    """The time from one on_step_begin to the next: the whole step, every callback included."""
+    """The time from one on_step_begin to the next: the whole step, every callback included (on CUDA the queued
+    kernels are waited for first)."""
 
-    def __init__(self):
+    def __init__(self, clock: Clock):
+        self.clock = clock
         self.starts = []
 
     def on_step_begin(self, args, state, control, **kwargs):
+        self.clock.synchronize()
         self.starts.append(time.perf_counter())
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.clock.synchronize()
         self.starts.append(time.perf_counter())
 
     def step_times(self) -> list[float]:
@@ -102,12 +110,13 @@ def config(quick: bool, wide: bool = False) -> BertConfig:
                       self_slimming=True, inter_slimming=True, **sizes)
 
 
-def run_round(models: dict, data, steps: int, scratch: str, order: list, options: dict) -> tuple[dict, dict]:
+def run_round(models: dict, data, steps: int, scratch: str, order: list, options: dict, device="cpu",
+              dtype: str = "fp32") -> tuple[dict, dict]:
     """{variant: its step times} and {variant: (seconds inside the callback per step in its step events, in its
     final flush)}."""
     times, inside = {}, {}
     for label in order:
-        clock = StepClock()
+        clock = StepClock(Clock(device))
         callbacks = [clock]
         if options[label] is not None:
             detector = {**options[label], "patience": NEVER} if options[label] else {}
@@ -115,7 +124,8 @@ def run_round(models: dict, data, steps: int, scratch: str, order: list, options
             callbacks[0].spent = {}
         args = TrainingArguments(tempfile.mkdtemp(dir=scratch), max_steps=steps, per_device_train_batch_size=4,
                                  learning_rate=1e-4, weight_decay=0.01, logging_steps=20, save_strategy="no",
-                                 report_to="none", disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+                                 report_to="none", disable_tqdm=True, use_cpu=device.type == "cpu",
+                                 bf16=dtype == "bf16")
         Trainer(model=models[label], args=args, train_dataset=data, callbacks=callbacks).train()
         times[label] = clock.step_times()
         if len(callbacks) > 1:
@@ -125,16 +135,19 @@ def run_round(models: dict, data, steps: int, scratch: str, order: list, options
     return times, inside
 
 
-def bert_base_step(repeats: int) -> float:
+def bert_base_step(repeats: int, device="cpu", dtype: str = "fp32") -> float:
     """Median seconds of one train step (forward, backward, AdamW) of BERT-base at batch 8 x 128."""
-    return bert_train_step_seconds(BertForSequenceClassification(config(False, wide=True)).train(), repeats)
+    return bert_train_step_seconds(BertForSequenceClassification(config(False, wide=True)).train(), repeats, device,
+                                   dtype)
 
 
 def main(argv=None) -> int:
-    parser = make_parser(__doc__, "a tiny model (2 layers, 4 heads, 128 neurons), 2 rounds of 12 steps: seconds")
+    parser = make_parser(__doc__, "a tiny model (2 layers, 4 heads, 128 neurons), 2 rounds of 12 steps: seconds",
+                         device=True)
     parser.add_argument("--rounds", type=int, help="alternating rounds (default 6; quick 2)")
     parser.add_argument("--steps", type=int, help="steps per variant and round (default 40; quick 12)")
     args = parser.parse_args(argv)
+    device = resolve_device(args, "callback_overhead.py")
     set_threads(args)
     rounds = args.rounds or (2 if args.quick else 6)
     steps = args.steps or (12 if args.quick else 40)
@@ -147,7 +160,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="eb-callback-") as scratch:
         for r in range(rounds + 1):
             order = list(options) if r % 2 == 0 else list(options)[::-1]
-            times, inside = run_round(models, data, steps, scratch, order, options)
+            times, inside = run_round(models, data, steps, scratch, order, options, device, args.dtype)
             if r == 0:
                 continue  # warm-up
             for label in options:
@@ -163,7 +176,7 @@ def main(argv=None) -> int:
     lines = [
         f"EarlyBirdCallback overhead: Trainer step ({shape}; batch 4 x 16): mean step of a round ({steps - 1} "
         f"steps), median over {rounds} alternating rounds; ratio within each round, median; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
+        f"{device_label(device)}{', bf16' if args.dtype == 'bf16' else ''}",
         "",
         "| variant | step (ms) | ratio to the Trainer alone | step difference (ms) | inside the callback: step events "
         "(ms/step) | + the round's final flush (ms/step) |",
@@ -184,7 +197,7 @@ def main(argv=None) -> int:
     if args.quick:
         lines.append("- BERT-base step not measured in --quick.")
     else:
-        full = bert_base_step(3)
+        full = bert_base_step(3, device, args.dtype)
         lines.append(f"- A BERT-base train step (hidden 768, batch 8 x 128, AdamW) takes {full:.2f} s here: the "
                      f"largest time inside the callback above (step events + flush), {worst * 1e3:.2f} ms per step, is "
                      f"{100 * worst / full:.3f}% of it.")

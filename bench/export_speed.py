@@ -36,7 +36,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from earlybird.export import export, quiet_libraries, sample_inputs, task_auto_class  # noqa: E402
 from earlybird.slimming import apply_plan, fold_slimming  # noqa: E402
 
-from benchlib import emit, make_parser, set_threads  # noqa: E402
+from benchlib import Clock, emit, make_parser, set_threads  # noqa: E402
 from pruned_speed import alternate, model_specs, random_plan  # noqa: E402
 
 RATIO = 0.8
@@ -99,10 +99,12 @@ def load_runners(exports: dict, threads: int) -> dict:
     return runners
 
 
+CPU = Clock("cpu")  # a CPU deployment benchmark (onnxruntime's CPU provider): CPU time and wall time
+
+
 def timed(run, inputs) -> dict:
-    wall, cpu = time.perf_counter(), time.process_time()
-    run(inputs)
-    return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+    span = CPU.time(run, inputs)
+    return {"wall": span.wall, "cpu": span.seconds}
 
 
 def measure(title: str, config, runners: dict, batches: list[int], seq_len: int, repeats: int) -> list[dict]:

@@ -26,8 +26,14 @@ imagefolder of ImageNet-sized JPEGs (500x375, made here), with 0, 1, ... worker 
 machine), batches of 64, from the loader's creation to its last batch. Compare with what the model
 consumes: on a GPU, images/s of a ViT-Base training step (see docs/benchmarks.md for the figure assumed).
 
+`--device cuda`: the loop runs on the GPU (accelerate's device) and so does the bare step (model and batch moved there
+once); the two are compared in wall time with a `torch.cuda.synchronize()` at each round's boundaries
+(`benchlib.Clock`), and the per-part breakdown is host time (kernels run asynchronously: a part's time lands where
+the host waits). `--device cpu` keeps the loop on the CPU on a machine with a GPU too (ACCELERATE_USE_CPU).
+`--dtype bf16`: the loop with `--mixed-precision bf16`, the bare step under bf16 autocast.
+
     .venv/bin/python bench/loop_overhead.py [--quick] [--rounds N] [--chunk K] [--threads T] [--startup N]
-                                            [--loader-images N] [--out FILE]
+                                            [--loader-images N] [--device cpu|cuda] [--dtype fp32|bf16] [--out FILE]
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchlib import emit, make_parser, set_threads  # noqa: E402
+from benchlib import Clock, autocast, device_label, emit, make_parser, resolve_device, set_threads, to_device  # noqa: E402
 from earlybird.training.entrypoints import load_entry_point  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,23 +72,33 @@ PARTS = ("data", "forward + backward", "optimizer", "recording", "logging")
 class BareStep:
     """The trainer's model, rebuilt bare: same task, flags, weights and optimizer groups, one pre-made batch."""
 
-    def __init__(self, trainer, batch: dict):
+    def __init__(self, trainer, batch: dict, dtype: str = "fp32"):
         from earlybird.training.loop import make_optimizer
 
+        device = trainer.accelerator.device
+        self.clock = Clock(device, cpu_clock="wall")
         self.model = trainer.task.build_model(trainer.config.slimming.model_flags).train()
         self.model.load_state_dict(trainer.unwrapped.state_dict())
+        self.model.to(device)
         self.optimizer = make_optimizer(self.model, trainer.cfg)
-        self.batch = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        self.batch = to_device({k: v.clone() for k, v in batch.items() if isinstance(v, torch.Tensor)}, device)
+        self.batch.update({k: v for k, v in batch.items() if not isinstance(v, torch.Tensor)})
         if trainer.task.prepare_batch is not None:  # as the loop does after the copy (images: the normalisation)
             self.batch = trainer.task.prepare_batch(self.batch, self.model.dtype)
         compute = trainer.task.compute_loss
-        self.loss = (lambda: compute(self.model, self.batch)) if compute is not None else \
-            (lambda: self.model(**self.batch).loss)
+
+        def loss():
+            with autocast(device, dtype):
+                return compute(self.model, self.batch) if compute is not None else self.model(**self.batch).loss
+
+        self.loss = loss
         self.parts = defaultdict(float)
         self.run(1)  # warm-up: allocator, AdamW state
         self.parts.clear()
 
     def run(self, steps: int) -> float:
+        """Seconds of `steps` bare steps (synchronised on CUDA; the parts are host time there)."""
+        self.clock.synchronize()
         start = time.perf_counter()
         for _ in range(steps):
             t0 = time.perf_counter()
@@ -93,14 +109,15 @@ class BareStep:
             t2 = time.perf_counter()
             self.parts["forward + backward"] += t1 - t0
             self.parts["optimizer"] += t2 - t1
+        self.clock.synchronize()
         return time.perf_counter() - start
 
 
 class Alternation:
     """Runs `chunk` bare steps after every `chunk` loop steps, from inside the loop's batch iterator."""
 
-    def __init__(self, chunk: int, rounds: int):
-        self.chunk, self.rounds = chunk, rounds
+    def __init__(self, chunk: int, rounds: int, dtype: str = "fp32"):
+        self.chunk, self.rounds, self.dtype = chunk, rounds, dtype
         self.loop: list[float] = []  # seconds per step, per round
         self.bare: list[float] = []
         self.parts = defaultdict(float)  # loop parts, summed over the measured rounds
@@ -160,6 +177,7 @@ class Alternation:
         mark = clock()
         while True:
             if served and served % self.chunk == 0:
+                bare.clock.synchronize()  # the loop's queued kernels belong to its round
                 now = clock()
                 loop = (now - mark) / self.chunk
                 seconds = bare.run(self.chunk) / self.chunk
@@ -176,32 +194,41 @@ class Alternation:
             batch = next(source)
             self._add("data", clock() - start)
             if bare is None:
-                bare = BareStep(trainer, batch)
+                bare = BareStep(trainer, batch, self.dtype)
                 self.bare_parts = bare.parts
                 mark += clock() - start  # building the bare model is not a loop step
             served += 1
             yield batch
 
 
-def measure_loop(chunk: int, rounds: int, workdir: Path) -> Alternation:
+def measure_loop(chunk: int, rounds: int, workdir: Path, device="cpu", dtype: str = "fp32") -> Alternation:
     from earlybird.training.loop import Trainer
 
     entry = load_entry_point(ROOT / "ViT_pretraining/main.py", "bench_loop_overhead_main")
-    alternation = Alternation(chunk, rounds)
+    alternation = Alternation(chunk, rounds, dtype)
     original = Trainer._micro_batches
 
     def micro_batches(trainer):
         return alternation.interleave(trainer, original(trainer))
 
     argv = ["--output-dir", str(workdir / "run"), "--overwrite-output-dir", *SLIM,
-            "--max-steps", str(alternation.total_steps())]
+            "--max-steps", str(alternation.total_steps()), "--mixed-precision", "bf16" if dtype == "bf16" else "no"]
     sink = io.StringIO()
     Trainer._micro_batches = micro_batches
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU")
+    if torch.device(device).type == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "1"  # accelerate's own switch: the loop stays on the CPU beside a GPU
+    else:
+        os.environ.pop("ACCELERATE_USE_CPU", None)
     try:
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             code = entry.main(argv)
     finally:
         Trainer._micro_batches = original
+        if use_cpu is None:
+            os.environ.pop("ACCELERATE_USE_CPU", None)
+        else:
+            os.environ["ACCELERATE_USE_CPU"] = use_cpu
     if code or len(alternation.loop) != rounds:
         raise RuntimeError(f"the digits run failed (exit {code}, {len(alternation.loop)} rounds):\n{sink.getvalue()[-3000:]}")
     return alternation
@@ -267,7 +294,8 @@ def measure_loader(count: int, workers: list[int], workdir: Path, batch: int = 6
     return {"rates": rates, "default": common.default_num_workers(dataset)}
 
 
-def report(alt: Alternation, startup: dict | None, loader: dict | None, threads: int, chunk: int) -> str:
+def report(alt: Alternation, startup: dict | None, loader: dict | None, threads: int, chunk: int, device="cpu",
+           dtype: str = "fp32") -> str:
     ratios = [loop / bare for loop, bare in zip(alt.loop, alt.bare)]
     ratio = statistics.median(ratios)
     loop_ms, bare_ms = 1e3 * statistics.median(alt.loop), 1e3 * statistics.median(alt.bare)
@@ -277,7 +305,7 @@ def report(alt: Alternation, startup: dict | None, loader: dict | None, threads:
     lines = [
         f"Loop overhead on the digits default (small ViT, batch 64, both slimmings + L1, recording every step): "
         f"{len(alt.loop)} rounds of {chunk} loop steps and {chunk} bare steps, alternating; torch {torch.__version__}, "
-        f"{threads} thread(s), {'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
+        f"{threads} thread(s), {device_label(device)}{', bf16' if dtype == 'bf16' else ''}",
         "",
         "| variant | ms / step (median of rounds) | ratio to bare (median of rounds) |",
         "|---|---:|---:|",
@@ -334,7 +362,7 @@ def report(alt: Alternation, startup: dict | None, loader: dict | None, threads:
 
 
 def main(argv=None) -> int:
-    parser = make_parser(__doc__, "3 rounds of 5 steps, one startup launch each")
+    parser = make_parser(__doc__, "3 rounds of 5 steps, one startup launch each", device=True)
     parser.add_argument("--rounds", type=int, default=None, help="measured rounds (default 10, quick 3)")
     parser.add_argument("--chunk", type=int, default=None, help="steps per variant and round (default 20, quick 5)")
     parser.add_argument("--startup", type=int, default=None, help="launches of each startup variant (default 3, "
@@ -342,6 +370,7 @@ def main(argv=None) -> int:
     parser.add_argument("--loader-images", type=int, default=None,
                         help="JPEGs for the loader throughput (default 1280, quick 128; 0: skip)")
     args = parser.parse_args(argv)
+    device = resolve_device(args, "loop_overhead.py")
     set_threads(args)
     rounds = args.rounds or (3 if args.quick else 10)
     chunk = args.chunk or (5 if args.quick else 20)
@@ -350,12 +379,12 @@ def main(argv=None) -> int:
     workers = list(range(0, min(2 if args.quick else 4, os.cpu_count() or 1) + 1))
     workdir = Path(tempfile.mkdtemp(prefix="eb-loop-overhead-"))
     try:
-        alternation = measure_loop(chunk, rounds, workdir)
+        alternation = measure_loop(chunk, rounds, workdir, device, args.dtype)
         startup = measure_startup(launches, workdir, args.threads) if launches else None
         loader = measure_loader(jpegs, workers, workdir) if jpegs else None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return emit(report(alternation, startup, loader, torch.get_num_threads(), chunk), args)
+    return emit(report(alternation, startup, loader, torch.get_num_threads(), chunk, device, args.dtype), args)
 
 
 if __name__ == "__main__":

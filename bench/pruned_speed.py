@@ -15,7 +15,11 @@ and both FFN linears (`earlybird.slimming.encoder_flops_per_token`), plus the un
 BERT pooler, the classifier. Element-wise work (layer norms, GELU, softmax, residual adds, dropout, embedding lookups)
 is not counted. The same ratio bounds the training step (its FLOPs are ~3x the forward's for every part).
 
-    .venv/bin/python bench/pruned_speed.py [--quick] [--repeats N] [--threads T] [--train-all] [--out results.md]
+On a GPU (`--device cuda`) the models and inputs are on the device and every figure read as "CPU" below is CUDA-event
+time (`benchlib.Clock`), the block split included; `--dtype bf16` runs the passes under bf16 autocast.
+
+    .venv/bin/python bench/pruned_speed.py [--quick] [--repeats N] [--threads T] [--train-all]
+        [--device cpu|cuda] [--dtype fp32|bf16] [--out results.md]
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,7 +46,7 @@ from earlybird.plans import make_plan  # noqa: E402
 from earlybird.records import Records  # noqa: E402
 from earlybird.slimming import apply_plan, encoder_flops_per_token, encoder_layers, fold_slimming  # noqa: E402
 
-from benchlib import emit, make_parser, set_threads  # noqa: E402
+from benchlib import Clock, autocast, device_label, emit, make_parser, resolve_device, set_threads, to_device  # noqa: E402
 
 SLIM = dict(self_slimming=True, inter_slimming=True)
 NUM_LABELS = {"vit": 10, "bert": 2}
@@ -120,8 +123,9 @@ def random_plan(config, variant: dict, seed: int) -> dict:
     return make_plan(records, 0, variant["heads"], variant["inter"], variant["scope"], variant["scope"])
 
 
-def build_variants(spec, quick: bool, seed: int = 0) -> dict:
-    """{label: (variant, model)}: the dense weights, pruned by each plan, coefficients folded (plain models)."""
+def build_variants(spec, quick: bool, seed: int = 0, device="cpu") -> dict:
+    """{label: (variant, model)}: the dense weights, pruned by each plan, coefficients folded (plain models), on the
+    device."""
     _, cls, config = spec
     torch.manual_seed(seed)
     base = cls(config)
@@ -131,7 +135,7 @@ def build_variants(spec, quick: bool, seed: int = 0) -> dict:
         if variant["heads"] or variant["inter"]:
             apply_plan(model, random_plan(config, variant, seed=1000 + index))
         fold_slimming(model)
-        out[variant["label"]] = (variant, model)
+        out[variant["label"]] = (variant, model.to(device))
     return out
 
 
@@ -160,7 +164,7 @@ def model_flops(model, kind: str, tokens: int) -> int:
 # --------------------------------------------------------------------------- timing
 
 
-def make_inputs(case: dict, config, seed: int = 0) -> tuple[dict, int]:
+def make_inputs(case: dict, config, seed: int = 0, device="cpu") -> tuple[dict, int]:
     generator = torch.Generator().manual_seed(seed)
     batch = case["batch"]
     if case["kind"] == "vit":
@@ -171,14 +175,16 @@ def make_inputs(case: dict, config, seed: int = 0) -> tuple[dict, int]:
         tokens = case["seq"]
         inputs = {"input_ids": torch.randint(0, config.vocab_size, (batch, tokens), generator=generator)}
     inputs["labels"] = torch.randint(0, NUM_LABELS[case["kind"]], (batch,), generator=generator)
-    return inputs, tokens
+    return to_device(inputs, device), tokens
 
 
 class BlockTimer:
-    """Forward hooks around each layer's attention block and FFN block(s): wall time of each kind per forward."""
+    """Forward hooks around each layer's attention block and FFN block(s): the clock's time (CPU time; CUDA events
+    on a GPU, read after the forward) of each kind per forward."""
 
-    def __init__(self, model):
-        self.totals = {"attention": 0.0, "ffn": 0.0}
+    def __init__(self, model, clock: Clock):
+        self.clock = clock
+        self.spans = {"attention": [], "ffn": []}
         self._start = {}
         self.handles = []
         for layer in encoder_layers(model):
@@ -190,16 +196,17 @@ class BlockTimer:
 
     def _pre(self, module):
         def hook(*_):
-            self._start[id(module)] = time.process_time()
+            self._start[id(module)] = self.clock.mark()
         return hook
 
     def _post(self, module, kind):
         def hook(*_):
-            self.totals[kind] += time.process_time() - self._start.pop(id(module))
+            self.spans[kind].append((self._start.pop(id(module)), self.clock.mark()))
         return hook
 
     def take(self) -> dict:
-        out, self.totals = self.totals, {"attention": 0.0, "ffn": 0.0}
+        out = {kind: sum(self.clock.elapsed(*pair) for pair in pairs) for kind, pairs in self.spans.items()}
+        self.spans = {"attention": [], "ffn": []}
         return out
 
     def remove(self):
@@ -207,24 +214,26 @@ class BlockTimer:
             handle.remove()
 
 
-def infer(model, inputs, timer: BlockTimer) -> dict:
-    """One forward: wall seconds, CPU seconds of this process, and the CPU seconds in each kind of block."""
+def infer(model, inputs, timer: BlockTimer, dtype: str = "fp32") -> dict:
+    """One forward: wall seconds, the clock's seconds ("cpu": CPU time of this process, or CUDA-event time), and the
+    clock's seconds in each kind of block."""
     timer.take()
-    wall, cpu = time.perf_counter(), time.process_time()
-    with torch.inference_mode():
+    with timer.clock.span() as span, torch.inference_mode(), autocast(timer.clock.device, dtype):
         model(**{k: v for k, v in inputs.items() if k != "labels"})
-    return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu, **timer.take()}
+    return {"wall": span.wall, "cpu": span.seconds, **timer.take()}
 
 
-def train_step(model, optimizer, inputs) -> dict:
-    """Forward + backward + AdamW: wall and CPU seconds, and the CPU seconds of the optimizer part."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    model(**inputs).loss.backward()
-    middle = time.process_time()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    end = time.process_time()
-    return {"wall": time.perf_counter() - wall, "cpu": end - cpu, "optimizer": end - middle}
+def train_step(model, optimizer, inputs, clock: Clock, dtype: str = "fp32") -> dict:
+    """Forward + backward + AdamW: wall and the clock's seconds, and the clock's seconds of the optimizer part."""
+    with clock.span() as span:
+        with autocast(clock.device, dtype):
+            loss = model(**inputs).loss
+        loss.backward()
+        middle = clock.mark()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        end = clock.mark()
+    return {"wall": span.wall, "cpu": span.seconds, "optimizer": clock.elapsed(middle, end)}
 
 
 def medians(samples: list[dict]) -> dict:
@@ -249,11 +258,11 @@ def alternate(labels: list, run_one, repeats: int, warm_up: bool = True) -> dict
     return out
 
 
-def measure_case(case: dict, spec, models: dict, repeats: int, warm: bool) -> list[dict]:
+def measure_case(case: dict, spec, models: dict, repeats: int, warm: bool, clock: Clock, dtype: str) -> list[dict]:
     """Inference (and training) rows of one configuration. `warm`: the models already ran inference (at another
     batch or length), so the inference pass skips its warm-up calls (the training pass always has its own)."""
     name, _, config = spec
-    inputs, tokens = make_inputs(case, config)
+    inputs, tokens = make_inputs(case, config, device=clock.device)
     labels = [label for label, (variant, _) in models.items() if case["controls"] or not variant["control"]]
     flops = {label: model_flops(models[label][1], case["kind"], tokens) * case["batch"] for label in labels}
     where = f"{case['batch']}, {config.image_size}²" if case["kind"] == "vit" else f"{case['batch']} x seq {case['seq']}"
@@ -262,8 +271,8 @@ def measure_case(case: dict, spec, models: dict, repeats: int, warm: bool) -> li
 
     for label in labels:
         models[label][1].eval()
-    timers = {label: BlockTimer(models[label][1]) for label in labels}
-    results = alternate(labels, lambda label: infer(models[label][1], inputs, timers[label]), repeats, not warm)
+    timers = {label: BlockTimer(models[label][1], clock) for label in labels}
+    results = alternate(labels, lambda label: infer(models[label][1], inputs, timers[label], dtype), repeats, not warm)
     for timer in timers.values():
         timer.remove()
     dense = medians(results["dense"])
@@ -281,7 +290,8 @@ def measure_case(case: dict, spec, models: dict, repeats: int, warm: bool) -> li
         for label in train_labels:
             models[label][1].train()
             optimizers[label] = torch.optim.AdamW(models[label][1].parameters(), lr=1e-5)
-        results = alternate(train_labels, lambda label: train_step(models[label][1], optimizers[label], inputs), repeats)
+        results = alternate(train_labels, lambda label: train_step(models[label][1], optimizers[label], inputs, clock,
+                                                                   dtype), repeats)
         dense = medians(results["dense"])
         for label in train_labels:
             m = medians(results[label])
@@ -316,11 +326,13 @@ def counts(values: list[int]) -> str:
     return str(values[0]) if len(set(values)) == 1 else "/".join(map(str, values))
 
 
-def render(speed: list[dict], sizes: list[dict], repeats: int, threads: int) -> str:
-    device = f"CUDA {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "CPU"
+def render(speed: list[dict], sizes: list[dict], repeats: int, threads: int, clock: Clock, dtype: str = "fp32") -> str:
+    device = device_label(clock.device) + (", bf16 autocast" if dtype == "bf16" else "")
+    gpu = (" On CUDA, every figure called CPU time below is CUDA-event time (the GPU's time), wall time is taken "
+           "between synchronisations.") if clock.cuda else ""
     lines = [
         f"Pruned-model speed: median of {repeats} alternating calls after one warm-up each, torch {torch.__version__}, "
-        f"{threads} thread(s), {device}. Speed-up = dense median / pruned median, of wall time and of this process's CPU "
+        f"{threads} thread(s), {device}.{gpu} Speed-up = dense median / pruned median, of wall time and of this process's CPU "
         "time (with one thread, CPU time is the work done, much less disturbed by other jobs on a shared machine). "
         "FLOPs limit = dense FLOPs / pruned FLOPs (encoder matmuls + patch embedding / pooler / classifier, from the "
         "shapes); 'of limit' = speed-up / limit, wall and CPU (goal at 80%: >= 0.8).",
@@ -410,26 +422,28 @@ def findings(speed: list[dict]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = make_parser(__doc__, "tiny configs, a pass of seconds")
+    parser = make_parser(__doc__, "tiny configs, a pass of seconds", device=True)
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per variant (default 3, quick 2)")
     parser.add_argument("--train-all", action="store_true",
                         help="also time training steps at ViT batch 32 / BERT seq 384 (slow on a small CPU)")
     args = parser.parse_args(argv)
+    device = resolve_device(args, "pruned_speed.py")
+    clock = Clock(device)
     set_threads(args)
     hf_logging.disable_progress_bar()
     repeats = args.repeats or (2 if args.quick else 3)
     specs = model_specs(args.quick)
     speed, sizes = [], []
     for kind, spec in specs.items():
-        models = build_variants(spec, args.quick)
+        models = build_variants(spec, args.quick, device=device)
         warm = False
         for case in cases(args.quick, args.train_all):
             if case["kind"] == kind:
-                speed += measure_case(case, spec, models, repeats, warm)
+                speed += measure_case(case, spec, models, repeats, warm, clock, args.dtype)
                 warm = True
                 print(f"[pruned_speed] {speed[-1]['config']} done", file=sys.stderr, flush=True)
         sizes += size_rows(spec[0], models)
-    return emit(render(speed, sizes, repeats, torch.get_num_threads()), args)
+    return emit(render(speed, sizes, repeats, torch.get_num_threads(), clock, args.dtype), args)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,11 @@ mlp 12 x 256 (12.9 KB a step, 1.3 GB) and is compared with the same reduced rows
 rewrites the history every 100 steps, i.e. ~T^2/200 rows in all (10k full rows: 74 GB): it is measured at 500 and
 1k steps and its larger points are extrapolated from its measured write rate, marked as such.
 
-    .venv/bin/python bench/recorder_cost.py [--quick] [--step-seconds S] [--out results.md]
+The recording itself is host work (the recorder takes host tensors); `--device cuda [--dtype bf16]` measures the
+BERT-base step it is put against on the GPU (`benchlib.bert_train_step_seconds`, CUDA-event time).
+
+    .venv/bin/python bench/recorder_cost.py [--quick] [--step-seconds S] [--device cpu|cuda] [--dtype fp32|bf16]
+        [--out results.md]
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from benchlib import bert_train_step_seconds, emit, make_parser, set_threads  # noqa: E402
+from benchlib import bert_train_step_seconds, device_label, emit, make_parser, resolve_device, set_threads  # noqa: E402
 
 NAIVE_EVERY = 100
 POOL = 257  # random rows cycled through (prime: never aligned with the chunk or the save period)
@@ -123,7 +127,7 @@ def in_subprocess(spec: dict) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def bert_step_seconds(quick: bool, repeats: int = 3) -> tuple[float, str]:
+def bert_step_seconds(quick: bool, repeats: int = 3, device="cpu", dtype: str = "fp32") -> tuple[float, str]:
     """Median train step (fwd + bwd + AdamW) of BERT-base at seq 128, batch 8 (quick: a tiny BERT)."""
     from transformers import BertConfig
     from transformers.models.bert.modeling_bert import BertForSequenceClassification
@@ -132,8 +136,9 @@ def bert_step_seconds(quick: bool, repeats: int = 3) -> tuple[float, str]:
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(num_labels=2, self_slimming=True, inter_slimming=True, **kwargs))
     name = "BERT-tiny" if quick else "BERT-base"
-    return bert_train_step_seconds(model, repeats), (f"{name} seq 128 batch 8 train step (slimming on), median of {repeats}, "
-                                          f"{torch.get_num_threads()} thread(s)")
+    where = f"{torch.get_num_threads()} thread(s)" if torch.device(device).type == "cpu" else device_label(device)
+    return bert_train_step_seconds(model, repeats, device, dtype), (
+        f"{name} seq 128 batch 8 train step (slimming on{', bf16' if dtype == 'bf16' else ''}), median of {repeats}, {where}")
 
 
 def plan(quick: bool) -> tuple[dict, list[dict]]:
@@ -178,7 +183,7 @@ def human(n: float) -> str:
 
 
 def main(argv=None) -> int:
-    parser = make_parser(__doc__, "small sizes and step counts, a pass of seconds")
+    parser = make_parser(__doc__, "small sizes and step counts, a pass of seconds", device=True)
     parser.add_argument("--step-seconds", type=float, default=None,
                         help="reference training-step time (default: measure a BERT-base step here)")
     parser.add_argument("--dir", default=None, help="where to write the temporary records (default: the system tmp)")
@@ -188,6 +193,7 @@ def main(argv=None) -> int:
         print(json.dumps(run_scenario(json.loads(args.scenario))))
         return 0
 
+    device = resolve_device(args, "recorder_cost.py")
     set_threads(args)
     sizes, scenarios = plan(args.quick)
     results = []
@@ -213,7 +219,7 @@ def main(argv=None) -> int:
     if args.step_seconds is not None:
         step_s, step_what = args.step_seconds, "given with --step-seconds"
     else:
-        step_s, step_what = bert_step_seconds(args.quick)
+        step_s, step_what = bert_step_seconds(args.quick, device=device, dtype=args.dtype)
 
     def size_name(key):
         s = sizes[key]

@@ -8,7 +8,8 @@
 # shared 2-core machine one thread is steadier than two), OUT (results directory, default bench/results),
 # SST2_DIR and BERT_MODEL (optional: the SST-2 part of ebtrain_savings, its own ebtrain_savings_sst2.md), SCRATCH (where the recorder and detector
 # benchmarks write their temporary records, default the system tmp), SLIM_BUDGET_MIN (slimming_overhead's --budget-min,
-# default its own 14).
+# default its own 14), DEVICE (cpu or cuda, default cpu) and DTYPE (fp32 or bf16, default fp32) for the benchmarks that
+# take --device / --dtype (pruned_speed, recorder_cost, slimming_overhead, loop_overhead, callback_overhead).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,11 +40,12 @@ run() {  # name, then the command
   echo "== $name: ${SECONDS_TAKEN[$name]} s" >&2
 }
 
+DEVICE_ARGS=(--device "${DEVICE:-cpu}" --dtype "${DTYPE:-fp32}")
 SLIM_ARGS=()
 if [[ -n "${SLIM_BUDGET_MIN:-}" && ${#QUICK[@]} -eq 0 ]]; then SLIM_ARGS=(--budget-min "$SLIM_BUDGET_MIN"); fi
 
-run pruned_speed "$PYTHON" bench/pruned_speed.py "${QUICK[@]}" --threads "$THREADS"
-run recorder_cost "$PYTHON" bench/recorder_cost.py "${QUICK[@]}" --threads "$THREADS" "${SCRATCH_ARGS[@]}"
+run pruned_speed "$PYTHON" bench/pruned_speed.py "${QUICK[@]}" --threads "$THREADS" "${DEVICE_ARGS[@]}"
+run recorder_cost "$PYTHON" bench/recorder_cost.py "${QUICK[@]}" --threads "$THREADS" "${SCRATCH_ARGS[@]}" "${DEVICE_ARGS[@]}"
 run detector_cost "$PYTHON" bench/detector_cost.py "${QUICK[@]}" "${SCRATCH_ARGS[@]}"
 run ebtrain_savings "$PYTHON" bench/ebtrain_savings.py "${QUICK[@]}" --threads "$THREADS"
 if [[ -n "${SST2_DIR:-}" && -n "${BERT_MODEL:-}" && ${#QUICK[@]} -eq 0 ]]; then  # optional, ~10 minutes more
@@ -51,10 +53,10 @@ if [[ -n "${SST2_DIR:-}" && -n "${BERT_MODEL:-}" && ${#QUICK[@]} -eq 0 ]]; then 
     --sst2-dir "$SST2_DIR" --bert-model "$BERT_MODEL"
   NAMES+=(ebtrain_savings_sst2)
 fi
-run slimming_overhead "$PYTHON" bench/slimming_overhead.py "${QUICK[@]}" --threads "$THREADS" "${SLIM_ARGS[@]}"
+run slimming_overhead "$PYTHON" bench/slimming_overhead.py "${QUICK[@]}" --threads "$THREADS" "${SLIM_ARGS[@]}" "${DEVICE_ARGS[@]}"
 run export_speed "$PYTHON" bench/export_speed.py "${QUICK[@]}" --threads "$THREADS"
-run loop_overhead "$PYTHON" bench/loop_overhead.py "${QUICK[@]}" --threads "$THREADS"
-run callback_overhead "$PYTHON" bench/callback_overhead.py "${QUICK[@]}" --threads "$THREADS"
+run loop_overhead "$PYTHON" bench/loop_overhead.py "${QUICK[@]}" --threads "$THREADS" "${DEVICE_ARGS[@]}"
+run callback_overhead "$PYTHON" bench/callback_overhead.py "${QUICK[@]}" --threads "$THREADS" "${DEVICE_ARGS[@]}"
 run image_pipeline "$PYTHON" bench/image_pipeline.py "${QUICK[@]}" "${SCRATCH_ARGS[@]}"  # one thread: a worker's
 
 {
@@ -67,6 +69,7 @@ run image_pipeline "$PYTHON" bench/image_pipeline.py "${QUICK[@]}" "${SCRATCH_AR
   echo "| CPU | $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//') |"
   echo "| cores | $(nproc) (load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)) |"
   echo "| memory | $(awk '/MemTotal/ {printf "%.1f GB", $2/1e6}' /proc/meminfo) |"
+  echo "| device | ${DEVICE:-cpu}, ${DTYPE:-fp32}$("$PYTHON" -c 'import torch; print(", " + torch.cuda.get_device_name() if torch.cuda.is_available() else "")') |"
   echo "| torch | $("$PYTHON" -c 'import torch; print(torch.__version__)') (threads for the timed scripts: $THREADS) |"
   echo "| transformers | $("$PYTHON" -c 'import transformers; print(transformers.__version__)') (patched) |"
   echo "| git | $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (with local changes)') |"

@@ -8,10 +8,12 @@ are independent; the log makes the ratio symmetric), and a run keeps adding pair
 `--target` (default ±1%) or its time budget is spent, whichever comes first; the table says which. Steps are timed in
 CPU time of the process by default (`--clock cpu`): on a shared machine the time the process waits for a core is not
 its cost, and it is what made wall-clock ratios move by ±10% from pair to pair here (with one thread, CPU time is the
-step's duration on a quiet machine). About 6 GB of memory (four ViT-Base models with their AdamW states).
+step's duration on a quiet machine). About 6 GB of memory (four ViT-Base models with their AdamW states). With
+`--device cuda` models and inputs are on the GPU and steps are timed with CUDA events (`benchlib.Clock`; `--clock` is
+then not used); `--dtype bf16` runs the forward passes under bf16 autocast.
 
     .venv/bin/python bench/slimming_overhead.py [--quick] [--threads N] [--target 0.01] [--budget-min 14]
-        [--min-pairs N] [--max-pairs N] [--clock cpu|wall] [--out results.md]
+        [--min-pairs N] [--max-pairs N] [--clock cpu|wall] [--device cpu|cuda] [--dtype fp32|bf16] [--out results.md]
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from transformers.models.bert.modeling_bert import BertForSequenceClassification
 from transformers.models.vit.modeling_vit import ViTForImageClassification  # noqa: E402
 
 from earlybird.transformers_patch import import_pristine_modeling  # noqa: E402
+
+from benchlib import Clock, add_device_arguments, autocast, device_label, resolve_device, to_device  # noqa: E402
 
 VARIANTS = {
     "both": dict(self_slimming=True, inter_slimming=True),
@@ -74,16 +78,17 @@ def cases(quick: bool):
     ]
 
 
-CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+CLOCKS = tuple(Clock.CPU_CLOCKS)
 
 
-def train_step(model, optimizer, inputs, clock=time.process_time) -> float:
-    start = clock()
-    loss = model(**inputs).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return clock() - start
+def train_step(model, optimizer, inputs, clock: Clock, dtype: str = "fp32") -> float:
+    with clock.span() as span:
+        with autocast(clock.device, dtype):
+            loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return span.seconds
 
 
 def interval(ratios: list[float]) -> tuple[float, float, float]:
@@ -107,13 +112,14 @@ def measure(case, attn: str, variants, args, deadline: float) -> list[dict]:
     for label, cls, flags in [("unpatched", pristine_cls, {})] + [(v, patched_cls, VARIANTS[v]) for v in variants]:
         config = make_config(**flags)
         config._attn_implementation = attn
-        models[label] = cls(config).train()
+        models[label] = cls(config).train().to(args.torch_device)
     for variant in variants:
         models[variant].load_state_dict(models["unpatched"].state_dict(), strict=False)
     optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, m in models.items()}
-    inputs = make_inputs()
+    inputs = to_device(make_inputs(), args.torch_device)
+    clock = Clock(args.torch_device, args.clock)
     for label in models:  # warm-up: allocator, AdamW state
-        train_step(models[label], optimizers[label], inputs)
+        train_step(models[label], optimizers[label], inputs, clock, args.dtype)
     ratios = {v: [] for v in variants}
     unpatched = []
     gc.disable()  # the autograd graph is freed by reference counting; a collection would land in one step at random
@@ -126,7 +132,7 @@ def measure(case, attn: str, variants, args, deadline: float) -> list[dict]:
             for variant in open_:
                 first_unpatched = (len(ratios[variant]) + variants.index(variant)) % 2 == 0
                 order = ("unpatched", variant) if first_unpatched else (variant, "unpatched")
-                times = {label: train_step(models[label], optimizers[label], inputs, CLOCKS[args.clock]) for label in order}
+                times = {label: train_step(models[label], optimizers[label], inputs, clock, args.dtype) for label in order}
                 ratios[variant].append(times[variant] / times["unpatched"])
                 unpatched.append(times["unpatched"])
             gc.collect()
@@ -152,6 +158,7 @@ def parse_args(argv):
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                         help="cpu: the process's CPU time (default; time taken by other processes on a shared machine "
                              "is not counted), wall: elapsed time")
+    add_device_arguments(parser)
     parser.add_argument("--target", type=float, default=0.01,
                         help="stop adding pairs once the 95%% interval is within ±target (default 0.01)")
     parser.add_argument("--min-pairs", type=int, default=None, help="pairs per variant at least (default 5, quick 4)")
@@ -160,6 +167,7 @@ def parse_args(argv):
                         help="minutes for the whole run (default 14); past it a block stops at --min-pairs")
     parser.add_argument("--out", help="also write the markdown table to this file")
     args = parser.parse_args(argv)
+    args.torch_device = resolve_device(args, "slimming_overhead.py")
     if args.min_pairs is None:
         args.min_pairs = 4 if args.quick else 5
     if args.max_pairs is None:
@@ -189,14 +197,15 @@ def main(argv=None) -> int:
         deadline = time.monotonic() + left * weights[i] / sum(weights[i:])
         rows += measure(case, attn, variants, args, deadline)
     elapsed = time.monotonic() - start
+    clock_name = Clock(args.torch_device, args.clock).name
     lines = [
         f"Slimming overhead: train step (fwd+bwd+AdamW), patched / unpatched step in adjacent pairs (order alternating), "
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}, {args.clock} clock, "
+        f"{device_label(args.torch_device)}, {args.dtype}, {clock_name}, "
         f"{elapsed / 60:.1f} min, load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end",
         "",
         "| config | attention | slimming | pairs | ratio (geometric mean) | 95% interval | median ratio | "
-        f"unpatched step ({args.clock} s, median) |",
+        f"unpatched step ({clock_name}, s, median) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
