@@ -4,8 +4,11 @@
     EARLYBIRD_FAULT="checkpoint-save:enospc@1,step:kill@9"
 
 Each entry is `point:action@n`: at the n-th time this process reaches `point` (counted from 1), do
-`action` -- `kill` (os.kill(getpid(), SIGKILL): nothing after it runs, no cleanup, no flush) or `enospc`
-(raise OSError(ENOSPC) naming the file being written, as a full disk would). The points:
+`action` -- `kill` (os.kill(getpid(), SIGKILL): nothing after it runs, no cleanup, no flush), `enospc`
+(raise OSError(ENOSPC) naming the file being written, as a full disk would), `sigterm` / `sigint` (a real SIGTERM /
+SIGINT to this process, as a scheduler or Ctrl-C sends it) or `sigterm-group` (a real SIGTERM to this process's whole
+process group: a launcher and all its workers). With EARLYBIRD_FAULT_RANK=R set, only the process whose RANK is R
+(torchrun's variable; 0 when unset) arms the plan: a signal that reaches one process of several. The points:
 
 | point | where |
 |---|---|
@@ -27,7 +30,8 @@ import os
 import signal
 
 ENV = "EARLYBIRD_FAULT"
-ACTIONS = ("kill", "enospc")
+RANK_ENV = "EARLYBIRD_FAULT_RANK"
+ACTIONS = ("kill", "enospc", "sigterm", "sigint", "sigterm-group")
 
 FAULTS: dict[str, tuple[str, int]] = {}
 _counts: dict[str, int] = {}
@@ -54,8 +58,11 @@ def parse(spec: str | None) -> dict[str, tuple[str, int]]:
 def configure(spec: str | None = None) -> None:
     """(Re)read the fault plan: from `spec`, else from the environment."""
     FAULTS.clear()
-    FAULTS.update(parse(os.environ.get(ENV) if spec is None else spec))
     _counts.clear()
+    rank = os.environ.get(RANK_ENV)
+    if rank is not None and rank != os.environ.get("RANK", "0"):
+        return
+    FAULTS.update(parse(os.environ.get(ENV) if spec is None else spec))
 
 
 def armed(point: str) -> bool:
@@ -72,6 +79,12 @@ def hit(point: str, path=None) -> None:
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action in ("sigterm", "sigint"):
+        os.kill(os.getpid(), signal.SIGTERM if action == "sigterm" else signal.SIGINT)
+        return
+    if action == "sigterm-group":
+        os.killpg(os.getpgid(0), signal.SIGTERM)
+        return
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), None if path is None else str(path))
 
 

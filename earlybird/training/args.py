@@ -205,6 +205,9 @@ def common_parser() -> argparse.ArgumentParser:
                         "--overwrite-output-dir come from the command line only)")
     g.add_argument("--cache-dir", default=None, help="datasets / hub cache directory")
     g.add_argument("--disable-tqdm", action="store_true", help="no progress bar")
+    g.add_argument("--exit-code-on-preempt", type=int, default=None, metavar="N",
+                   help="exit status after a SIGTERM / SIGINT stopped the run with a checkpoint (default 128 + the "
+                        "signal's number: 143 for SIGTERM, 130 for SIGINT); see docs/training.md#preemption")
 
     g = p.add_argument_group("budget and optimisation")
     g.add_argument("--max-steps", type=int, default=None,

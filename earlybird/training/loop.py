@@ -43,6 +43,7 @@ from ..layout import CheckpointLayout
 from ..slimming import (apply_plan, encoder_flops_per_token, fold_slimming, kept_sizes, l1_penalty, model_shape,
                         read_coefficients)
 from .config import RunConfig, TrainConfig
+from .preempt import StopAgreement
 from .rundir import RunDir, write_failure
 from .trackers import CoefficientSummaries, Tracking
 
@@ -458,6 +459,7 @@ class Trainer:
         self._last_checkpoint = wall_clock()
         phase = "after_draw" if self.draw_state else "before_draw"
         step_fault = faults.armed("step")  # test-only (earlybird.faults); read once, not per step
+        self._stop = StopAgreement(acc)
         tic = time.perf_counter()
         self.model.train()
         while self.step < self.total_steps:
@@ -525,10 +527,30 @@ class Trainer:
             if cfg.debug_crash_at_step is not None and self.step == cfg.debug_crash_at_step:
                 progress.close()
                 raise SimulatedCrash(f"stopped at step {self.step} (--debug-crash-at-step)")
+            if self._stop_agreed():  # SIGTERM / SIGINT on any process: a checkpoint at this step, then stop
+                if not (cfg.checkpoint_due(self.step) or minutes_due):
+                    now = time.perf_counter()
+                    self.wall[phase] += now - tic
+                    tic = now
+                    self.save_checkpoint()
+                break
         self.wall[phase] += time.perf_counter() - tic
         progress.close()
         if self.recorder is not None:
             self.recorder.close()
+
+    # Set by the runner: the SIGTERM / SIGINT handler of this run (earlybird.training.preempt); None: no handler.
+    preemption = None
+    stopped_by: int | None = None  # the signal that stopped the run (the same on every process), None if it ran out
+
+    def _stop_agreed(self) -> bool:
+        """Whether every process stops after this step: one integer all-reduced per step, read a step later (see
+        earlybird.training.preempt.StopAgreement); no host sync with one process."""
+        local = (self.preemption.signum or 0) if self.preemption is not None else 0
+        signum = self._stop.step(local)
+        if signum:
+            self.stopped_by = signum
+        return bool(signum)
 
     def _elapsed(self, tic: float) -> float:
         done = self.wall["before_draw"] + self.wall["after_draw"]

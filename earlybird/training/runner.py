@@ -17,6 +17,7 @@ from ..slimming import encoder_layers, kept_sizes, model_shape
 from .args import fail
 from .config import TrainConfig
 from .ebtrain import EBTrain
+from .preempt import Preemption
 from .loop import SimulatedCrash, Trainer, check_resumable, read_checkpoint_state, step_budget
 from .resume import check_same_flags, finished_results
 from .rundir import RunDir
@@ -111,9 +112,12 @@ def run(prog: str, args, build_task) -> int:
     trainer = None
     tracking = None
     opened = False
+    preemption = None
     try:
         config = TrainConfig.from_args(args)
         cfg = config.run
+        # From here a SIGTERM / SIGINT stops the run at a step boundary with a checkpoint (see earlybird.training.preempt)
+        preemption = Preemption(prog, cfg.exit_code_on_preempt).install()
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -200,7 +204,10 @@ def run(prog: str, args, build_task) -> int:
             f" ({cfg.per_device_train_batch_size} per device x {accelerator.num_processes} processes x "
             f"{cfg.gradient_accumulation_steps} accumulation), model {kept_sizes(trainer.unwrapped)}")
         start = time.perf_counter()
+        trainer.preemption = preemption
         trainer.fit()
+        if trainer.stopped_by:
+            return _preempted(prog, preemption, trainer, rundir, log)
 
         metrics = trainer.evaluate(task.final_split)
         trainer.save_weights(rundir.final)
@@ -241,11 +248,24 @@ def run(prog: str, args, build_task) -> int:
         print(f"{prog}: {err}", file=sys.stderr, flush=True)
         return 3
     finally:
+        if preemption is not None:
+            preemption.restore()
         if tracking is not None:
             tracking.finish()
         if rundir is not None:
             rundir.close()
         _reset_accelerate(accelerator)
+
+
+def _preempted(prog: str, preemption: Preemption, trainer: Trainer, rundir: RunDir, log) -> int:
+    """A SIGTERM / SIGINT stopped the run with a checkpoint (records flushed with it): one line, the exit status."""
+    import signal
+
+    code = preemption.exit_code(trainer.stopped_by)
+    log(f"{prog}: stopped by {signal.Signals(trainer.stopped_by).name} at step {trainer.step} of {trainer.total_steps}: "
+        f"checkpoint {rundir.checkpoint(trainer.step)} saved; the same command with --resume (or --resume auto) "
+        f"continues it (exit status {code})")
+    return code
 
 
 def _ebtrain_summary(ebtrain: EBTrain, trainer: Trainer) -> dict:

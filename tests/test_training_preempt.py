@@ -1,0 +1,126 @@
+"""Preemption and `--resume auto`, with real signals to real child processes.
+
+A SIGTERM (a scheduler) or SIGINT (Ctrl-C) finishes the current optimizer step, writes a checkpoint, flushes the
+records, empties `.lock`, prints one line and exits 128 + the signal's number (or --exit-code-on-preempt); `--resume`
+then ends with the uninterrupted run's records, metrics, results and final weights, bitwise. The signals come from
+earlybird.faults (`step:sigterm@S`: a real os.kill at optimizer step S, so the step is known), in one process forked
+by the fault server, and in two processes under `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
+--num_processes 2` (gloo) -- the signal sent to one rank only, and to the launcher's whole process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+
+from test_reliability_faults import RUN, STEPS, assert_same_as_reference, records_of, train_losses
+from test_reliability_support import ROOT, ForkServer, child_env, digests
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = ForkServer(tmp_path_factory.mktemp("fork-logs"))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def reference(server, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "run"
+    result = server.run("pretrain", ["--output-dir", out, *RUN])
+    assert result.code == 0, result
+    return out
+
+
+def final_weights(run):
+    return digests(run / "final")
+
+
+def assert_stopped_at(run, result, step, code):
+    assert result.code == code, result
+    lines = [line for line in result.output.splitlines() if "stopped by" in line]
+    assert len(lines) == 1 and f"at step {step} of {STEPS}" in lines[0], result
+    assert "Traceback" not in result.output, result
+    assert (run / "checkpoints" / f"step-{step}" / "state.json").is_file()
+    assert records_of(run)[0] == list(range(1, step + 1))  # flushed to the stop, no more
+    assert (run / ".lock").read_text() == ""  # released: the next run takes it silently
+    assert not (run / "results.json").exists()
+
+
+@pytest.mark.parametrize("how, code", [("sigterm", 143), ("sigint", 130)])
+def test_a_signal_stops_at_a_checkpoint_and_resume_is_bitwise(how, code, server, reference, tmp_path):
+    run = tmp_path / "run"
+    stopped = server.run("pretrain", ["--output-dir", run, *RUN], fault=f"step:{how}@6")
+    assert_stopped_at(run, stopped, 6, code)
+    resumed = server.run("pretrain", ["--output-dir", run, *RUN, "--resume"])
+    assert resumed.code == 0, resumed
+    assert "stale lock" not in resumed.output
+    assert_same_as_reference(run, reference)
+    assert final_weights(run) == final_weights(reference)
+
+
+def test_the_exit_status_is_configurable_and_a_checkpoint_step_is_not_saved_twice(server, reference, tmp_path):
+    run = tmp_path / "run"
+    stopped = server.run("pretrain", ["--output-dir", run, *RUN, "--exit-code-on-preempt", "75"],
+                         fault="step:sigterm@8")  # step 8 is also a --checkpoint-every 4 step
+    assert_stopped_at(run, stopped, 8, 75)
+    resumed = server.run("pretrain", ["--output-dir", run, *RUN, "--resume"])
+    assert resumed.code == 0, resumed
+    assert_same_as_reference(run, reference)
+
+
+# --------------------------------------------------------------------------- two processes
+
+
+def launch(run, extra_env: dict, *flags):
+    """Two CPU processes through accelerate launch (torchrun), in their own process group."""
+    env = {**child_env(), "ACCELERATE_USE_CPU": "1", **extra_env}
+    command = [str(ROOT / ".venv" / "bin" / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+               "--main_process_port", "0", str(ROOT / "ViT_pretraining" / "main.py"),
+               "--output-dir", str(run), *TWO, *flags]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          start_new_session=True)
+
+
+# 16 per device x 2 processes = RUN's global batch of 32
+TWO = [*RUN[:RUN.index("--per-device-train-batch-size")], "--per-device-train-batch-size", "16",
+       *RUN[RUN.index("--per-device-train-batch-size") + 2:]]
+
+
+@pytest.fixture(scope="module")
+def two_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("two-reference") / "run"
+    done = launch(out, {})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("target", ["rank 1 only", "the whole process group"])
+def test_two_processes_stop_together_and_resume_bitwise(target, two_reference, tmp_path):
+    run = tmp_path / "run"
+    if target == "rank 1 only":  # rank 0 never sees it: the flag reaches it through the per-step all-reduce
+        env = {"EARLYBIRD_FAULT": "step:sigterm@5", "EARLYBIRD_FAULT_RANK": "1"}
+    else:  # the launcher and both workers get it (the launcher forwards it again: a second SIGTERM, ignored)
+        env = {"EARLYBIRD_FAULT": "step:sigterm-group@5", "EARLYBIRD_FAULT_RANK": "0"}
+    stopped = launch(run, env)
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode != 0, output[-3000:]
+    # one step after the signal (read a step later, so that no process waits on the step it has just queued)
+    step = 6
+    assert output.count(f"stopped by SIGTERM at step {step} of {STEPS}") == 1, output[-3000:]
+    assert sorted(p.name for p in (run / "checkpoints" / f"step-{step}").iterdir()) == [
+        "model", "optimizer.pt", "rng-0.pt", "rng-1.pt", "scheduler.pt", "state.json"]
+    assert records_of(run)[0] == list(range(1, step + 1))
+    assert (run / ".lock").read_text() == ""
+    resumed = launch(run, {}, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = records_of(run), records_of(two_reference)
+    assert a[0] == b[0] and (a[1] == b[1]).all() and (a[2] == b[2]).all()
+    assert train_losses(run) == train_losses(two_reference)
+    assert json.loads((run / "results.json").read_text())["accuracy"] == \
+        json.loads((two_reference / "results.json").read_text())["accuracy"]
+    assert final_weights(run) == final_weights(two_reference)
