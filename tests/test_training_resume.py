@@ -12,7 +12,7 @@ from earlybird.records import load_records
 from earlybird.training import loop
 from earlybird.training.resume import changed_flags
 from test_reliability_support import digests
-from test_training_support import load_script, one_thread, read_jsonl
+from test_training_support import load_script, one_thread, read_json, read_jsonl
 
 pretrain = load_script("ViT_pretraining/main.py", "vit_pretraining_main")
 # Dropout on, so resuming must restore the RNG exactly; a cosine schedule, as the digits preset has.
@@ -150,3 +150,22 @@ def test_a_default_run_checkpoints_by_minutes_and_resumes_exactly(tmp_path, monk
         assert pretrain.main(["--output-dir", str(out), *argv, *flags]) == 0
         found = sorted(p.name for p in (out / "checkpoints").iterdir()) if (out / "checkpoints").exists() else []
         assert found == expected, flags
+
+
+# --------------------------------------------------------------------------- EB-Train's result survives a resume
+
+
+def test_ebtrain_json_of_a_run_resumed_after_the_draw_is_the_uninterrupted_runs(tmp_path):
+    """The detector's trace is part of the run's result: a checkpoint after the draw carries it (a resumed run's
+    detector has not seen the steps before the checkpoint)."""
+    argv = [*BASE, "--self-slimming", "--l1-self", "1e-2", "--checkpoint-every", "2",
+            "--eb-method", "hamming", "--eb-threshold", "0.3", "--eb-cached", "3", "--self-pruning-ratio", "0.5"]
+    assert pretrain.main(["--output-dir", str(tmp_path / "whole"), *argv]) == 0
+    whole = read_json(tmp_path / "whole" / "ebtrain.json")
+    assert whole["drawn"] and whole["draw_step"] < 10 and whole["detectors"]["msa"]["trace"]
+    cut = tmp_path / "cut"
+    assert pretrain.main(["--output-dir", str(cut), *argv, "--debug-crash-at-step", "11"]) == 3
+    assert read_json(cut / "checkpoints" / "step-10" / "state.json")["draw"]["step"] == whole["draw_step"]
+    assert pretrain.main(["--output-dir", str(cut), *argv, "--resume"]) == 0
+    again = read_json(cut / "ebtrain.json")
+    assert {k: v for k, v in again.items() if k != "wall_s"} == {k: v for k, v in whole.items() if k != "wall_s"}

@@ -50,6 +50,7 @@ class EBTrain:
         self._observed = 0  # records observed: the index of the next one (the original profile's clock)
         self.draw_step: int | None = None
         self.draw_coefficients: dict | None = None
+        self._restored: dict | None = None  # the detectors' results a checkpoint after the draw carried (restore)
 
     def never_tests(self) -> str | None:
         """Why the detector could never test in this run (e.g. a window longer than it), or None: one line, naming
@@ -156,8 +157,20 @@ class EBTrain:
                                          "params": self.params}
         return plan
 
+    def results(self) -> dict:
+        """{block: the detector's result (draw step, checks, trace) as JSON}: what a checkpoint after the draw carries,
+        since a resumed run's detector has not seen the records before it (`restore`)."""
+        if self._restored is not None:
+            return self._restored
+        return {b: self.detector.result(b).to_dict() for b in self.blocks}
+
+    def restore(self, draw: dict) -> None:
+        """On resume from a checkpoint taken after the draw: the draw step and the detectors' results it saved."""
+        self.draw_step = int(draw["step"])
+        self._restored = draw.get("detectors")  # None in checkpoints of older versions: the summary lacks the trace
+
     def summary(self) -> dict:
-        results = {b: self.detector.result(b).to_dict() for b in self.blocks}
+        results = self.results()
         return {"method": self.config.eb_method, "block": self.config.eb_block, "ratio": self.ratio,
                 "scope": self.scope, "profile": self.config.eb_profile,
                 "params": next(iter(results.values()))["params"], "draw_step": self.draw_step, "detectors": results}

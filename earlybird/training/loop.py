@@ -239,7 +239,7 @@ class Trainer:
                       "model_name_or_path": source})
         if ebtrain is not None and resume_from is not None:
             if self.draw_state is not None:
-                ebtrain.draw_step = self.draw_state["step"]
+                ebtrain.restore(self.draw_state)
             else:
                 ebtrain.replay(load_records(run.records), self.step)
         self._flops_cache: dict[int, int] = {}
@@ -432,7 +432,8 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self._flops_cache.clear()
         self.run.write_json(self.run.plan, plan)
-        self.draw_state = {"step": self.step, "shape_before": before, "shape_after": kept_sizes(model)}
+        self.draw_state = {"step": self.step, "shape_before": before, "shape_after": kept_sizes(model),
+                           "detectors": self.ebtrain.results()}  # the trace is part of the result: checkpointed
         return plan
 
     # -- the loop --------------------------------------------------------------------------
