@@ -136,10 +136,13 @@ def run(prog: str, args, build_task) -> int:
                   " for N CPU processes run `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N`"
                   " (see docs/training.md)", file=sys.stderr, flush=True)
         rundir = RunDir(cfg.output_dir, is_main_process=is_main)
-        rundir.check(resume=cfg.resume, overwrite=cfg.overwrite_output_dir)
-        resume_from = rundir.latest_checkpoint() if cfg.resume else None
+        mode = rundir.check(resume=cfg.resume, overwrite=cfg.overwrite_output_dir)  # resume, start or overwrite
+        if rundir.note:
+            log(f"{prog}: {rundir.note}")
+        resuming = mode == "resume"
+        resume_from = rundir.latest_checkpoint() if resuming else None
         resume_state = None
-        if cfg.resume:  # the run's own flags, its global batch, and steps left to do
+        if resuming:  # the run's own flags, its global batch, and steps left to do
             check_same_flags(rundir, vars(args))
             if resume_from is not None:
                 resume_state = read_checkpoint_state(resume_from)
@@ -184,7 +187,7 @@ def run(prog: str, args, build_task) -> int:
                 load_records(rundir.records)
 
         opened = True
-        rundir.open(overwrite=cfg.overwrite_output_dir)
+        rundir.open(overwrite=mode == "overwrite")
         if rundir.stale_lock:
             log(f"note: {rundir.stale_lock}")
         accelerator.wait_for_everyone()
