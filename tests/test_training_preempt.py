@@ -73,6 +73,26 @@ def test_the_exit_status_is_configurable_and_a_checkpoint_step_is_not_saved_twic
     assert_same_as_reference(run, reference)
 
 
+def test_one_command_line_for_every_submission(server, reference, tmp_path):
+    """What a scheduler does: the same command each time (`--resume auto`), whatever happened to the previous job."""
+    run = tmp_path / "run"
+    command = ["--output-dir", run, *RUN, "--resume", "auto"]
+    killed = server.run("pretrain", command, fault="step:kill@2")  # SIGKILL before the first checkpoint (step 4)
+    assert killed.code == -signal.SIGKILL and not (run / "checkpoints").exists()
+    preempted = server.run("pretrain", command, fault="step:sigterm@6")  # starts it over, then a SIGTERM at step 6
+    assert "holds a run stopped before its first checkpoint" in preempted.output and "starting it over" in \
+        preempted.output
+    assert_stopped_at(run, preempted, 6, 143)
+    finished = server.run("pretrain", command)  # continues from step 6
+    assert finished.code == 0, finished
+    assert_same_as_reference(run, reference)
+    assert final_weights(run) == final_weights(reference)
+    before = digests(run)
+    again = server.run("pretrain", command)  # resubmitted once more: a finished run stays as it is
+    assert again.code == 0 and "nothing to resume" in again.output, again
+    assert digests(run) == before
+
+
 # --------------------------------------------------------------------------- two processes
 
 
