@@ -40,7 +40,7 @@ from transformers import TrainerCallback
 from .blocks import BLOCKS
 from .detectors import OnlineEarlyBird, all_params
 from .errors import EarlyBirdError
-from .layout import RunLayout
+from .layout import TICKET, RunLayout
 from .masks import check_scope
 from .plans import load_plan, save_plan
 from .profiles import DEFAULT_PROFILE, get_profile
@@ -50,7 +50,6 @@ from .slimming import (apply_plan, fold_slimming, head_coefficients, model_shape
 from .training.config import EBConfig, PruningConfig, RunConfig, SlimmingConfig, TrainConfig
 from .training.ebtrain import EBTrain
 
-TICKET = "ticket"  # <output_dir>/ticket/: the drawn ticket, pruned and folded (save_ticket=True)
 BLOCK_CHOICES = (*BLOCKS, "both")
 
 
