@@ -128,7 +128,7 @@ def test_two_processes_stop_together_and_resume_bitwise(target, two_reference, t
         env = {"EARLYBIRD_FAULT": "step:sigterm-group@5", "EARLYBIRD_FAULT_RANK": "0"}
     stopped = launch(run, env)
     output = stopped.stdout + stopped.stderr
-    assert stopped.returncode != 0, output[-3000:]
+    assert stopped.returncode == 1, output[-3000:]  # torchrun reports a worker's non-zero status as 1
     # one step after the signal (read a step later, so that no process waits on the step it has just queued)
     step = 6
     assert output.count(f"stopped by SIGTERM at step {step} of {STEPS}") == 1, output[-3000:]
