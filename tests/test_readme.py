@@ -173,3 +173,23 @@ def test_every_runnable_readme_block_runs(scratch, monkeypatch, capsys):
     assert (root / "runs" / "t72" / "results.json").is_file() and (root / "runs" / "eb" / "ebtrain.json").is_file()
     assert (root / "deploy" / "t72" / "config.json").is_file()
     assert (root / "runs" / "sst2_ticket" / "results.json").is_file()
+
+
+def test_without_its_model_the_retrain_command_fails_at_once_in_one_line(scratch, monkeypatch, capsys):
+    """No --init-checkpoint and no --model-name-or-path: the study's hub model, which offline (HF_HUB_OFFLINE=1) is
+    one line naming the model and the variable, before any data is read -- not ~25 s of retries."""
+    import time
+
+    root, substitutions = scratch
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    start = time.perf_counter()
+    code = run_command(f".venv/bin/python Finetuning/run_bert.py --task glue --train-file {root}/sst2/train.tsv "
+                       "--output-dir runs/no-model", {})
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and time.perf_counter() - start < 5
+    assert line == ("run_bert.py: error: --model-name-or-path bert-base-uncased: cannot load a model config: not a "
+                    "local directory, and the hub is off (HF_HUB_OFFLINE=1) with no cached copy; expected a local "
+                    "model directory")
+    assert not (root / "runs" / "no-model").exists()

@@ -35,12 +35,16 @@ def _load_config(path: str, expected: str, flag: str = "--model-name-or-path"):
     from huggingface_hub import constants
     from transformers import AutoConfig
 
-    if constants.HF_HUB_OFFLINE and not Path(path).is_dir():
+    if constants.HF_HUB_OFFLINE and not Path(path).is_dir():  # one clear line, before transformers' long one
         from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(path, "config.json"), str):
-            raise EarlyBirdError(f"{flag} {path}: not a local directory, and the hub is off (HF_HUB_OFFLINE=1) with no "
-                                 "cached copy; expected a local model directory (or the hub online)")
+        try:
+            cached = isinstance(try_to_load_from_cache(path, "config.json"), str)
+        except Exception:  # not a valid hub id either (e.g. a path that does not exist)
+            cached = False
+        if not cached:
+            raise EarlyBirdError(f"{flag} {path}: cannot load a model config: not a local directory, and the hub is off "
+                                 "(HF_HUB_OFFLINE=1) with no cached copy; expected a local model directory")
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as err:  # OSError offline / missing, ValueError for unknown model types
