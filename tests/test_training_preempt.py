@@ -11,29 +11,14 @@ by the fault server, and in two processes under `ACCELERATE_USE_CPU=1 accelerate
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 
 import pytest
 
-from test_reliability_faults import RUN, STEPS, assert_same_as_reference, records_of, train_losses
-from test_reliability_support import ROOT, ForkServer, child_env, digests
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = ForkServer(tmp_path_factory.mktemp("fork-logs"))
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def reference(server, tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference") / "run"
-    result = server.run("pretrain", ["--output-dir", out, *RUN])
-    assert result.code == 0, result
-    return out
+from test_reliability_faults import (  # noqa: F401 (server and reference: the fork server and uninterrupted run)
+    RUN, STEPS, assert_same_as_reference, records_of, reference, server, train_losses)
+from test_reliability_support import ROOT, child_env, digests
 
 
 def final_weights(run):
@@ -68,6 +53,19 @@ def test_the_exit_status_is_configurable_and_a_checkpoint_step_is_not_saved_twic
     stopped = server.run("pretrain", ["--output-dir", run, *RUN, "--exit-code-on-preempt", "75"],
                          fault="step:sigterm@8")  # step 8 is also a --checkpoint-every 4 step
     assert_stopped_at(run, stopped, 8, 75)
+    resumed = server.run("pretrain", ["--output-dir", run, *RUN, "--resume"])
+    assert resumed.code == 0, resumed
+    assert_same_as_reference(run, reference)
+
+
+def test_a_second_ctrl_c_exits_at_once_and_the_previous_checkpoint_is_resumed(server, reference, tmp_path):
+    run = tmp_path / "run"
+    # Ctrl-C after step 6, and again while its checkpoint is being written (the 2nd checkpoint save: 4, then 6)
+    stopped = server.run("pretrain", ["--output-dir", run, *RUN], fault="step:sigint@6,checkpoint-save:sigint@2")
+    assert stopped.code == 130, stopped
+    [line] = [line for line in stopped.output.splitlines() if "SIGINT" in line]
+    assert line.startswith("main.py: second SIGINT: exiting at once, without a checkpoint"), line
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [".tmp-step-6", "step-4"]  # never resumed from
     resumed = server.run("pretrain", ["--output-dir", run, *RUN, "--resume"])
     assert resumed.code == 0, resumed
     assert_same_as_reference(run, reference)

@@ -198,7 +198,8 @@ RESUME_IGNORED = (*CONFIG_IGNORED, "output_dir", "debug_crash_at_step")
 
 
 def resume_defaults(parser: argparse.ArgumentParser, output_dir) -> dict:
-    """{dest: value} of the run in `output_dir` (its args.json; {} when there is none): what `--resume` continues.
+    """{dest: value} of the run in `output_dir` (its args.json; {} when there is none, or nothing to resume): what
+    `--resume` continues.
 
     Every flag the run was started with becomes the default, so the bare `--output-dir RUN --resume` continues the
     run as it was, and the flags a command gives are then compared with the run's (earlybird.training.resume). A key
@@ -207,7 +208,10 @@ def resume_defaults(parser: argparse.ArgumentParser, output_dir) -> dict:
 
     from ..layout import RunLayout, read_json
 
-    path = RunLayout(Path(output_dir)).args
+    run = RunLayout(Path(output_dir))
+    if run.latest_checkpoint() is None and not run.results.is_file():
+        return {}  # nothing to continue (--resume auto starts it over): the command line is the run
+    path = run.args
     saved = read_json(path)
     if saved is None:
         return {}

@@ -17,8 +17,8 @@ from ..slimming import encoder_layers, kept_sizes, model_shape
 from .args import fail
 from .config import TrainConfig
 from .ebtrain import EBTrain
-from .preempt import Preemption
 from .loop import SimulatedCrash, Trainer, check_resumable, read_checkpoint_state, step_budget
+from .preempt import Preemption
 from .resume import check_same_flags, finished_results
 from .rundir import RunDir
 from .tickets import build_ticket, resolve_plan, weights_dir
