@@ -16,6 +16,10 @@ reproduce, the CLI) both take their paths from here.
       final/                the trained model (save_pretrained), with its tokenizer / image processor
       tracking/<name>/      experiment-tracker files (--report-to: TensorBoard event files, W&B's offline run)
 
+A Trainer run with `earlybird.hf.EarlyBirdCallback(save_ticket=True)` keeps its ticket in `<output_dir>/ticket/`.
+`resolve_input` is the one way a command or flag reads records, a plan or a model from "a run directory or the thing
+inside it".
+
 A study directory (`earlybird.reproduce`) holds runs/<name>/ (run directories), logs/<name>.log, draws.json,
 jobs.json (each finished run's command, so a second pass reuses it) and the report (report.md and its figures).
 """

@@ -142,3 +142,22 @@ def test_two_processes_stop_together_and_resume_bitwise(target, two_reference, t
     assert json.loads((run / "results.json").read_text())["accuracy"] == \
         json.loads((two_reference / "results.json").read_text())["accuracy"]
     assert final_weights(run) == final_weights(two_reference)
+
+
+EB = ["--eb-method", "hamming", "--eb-threshold", "1.0", "--eb-cached", "3", "--self-pruning-ratio", "0.5"]
+
+
+def test_two_processes_ebtrain_stopped_after_the_draw_keeps_its_result(tmp_path):
+    """EB-Train under two processes, stopped after the draw (SIGTERM to rank 1) and resumed: ebtrain.json -- the
+    detector's trace included -- is the uninterrupted run's."""
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    done = launch(whole, {}, *EB)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = json.loads((whole / "ebtrain.json").read_text())
+    assert expected["draw_step"] == 3 and expected["detectors"]["msa"]["trace"]
+    stopped = launch(run, {"EARLYBIRD_FAULT": "step:sigterm@8", "EARLYBIRD_FAULT_RANK": "1"}, *EB)
+    assert "stopped by SIGTERM at step 9 of 16" in stopped.stdout + stopped.stderr, stopped.stderr[-3000:]
+    resumed = launch(run, {}, "--resume")  # without the EB-Train flags: they come from the run's args.json
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = json.loads((run / "ebtrain.json").read_text())
+    assert {k: v for k, v in got.items() if k != "wall_s"} == {k: v for k, v in expected.items() if k != "wall_s"}

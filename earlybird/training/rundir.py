@@ -85,14 +85,15 @@ class RunDir(RunLayout):
         if holder is not None:
             raise EarlyBirdError(f"--output-dir {self.path} is in use by another run (pid {holder} holds "
                                  f"{self.lock}); wait for it to finish or stop it first")
-        resumable = self.latest_checkpoint() is not None or finished_results(self) is not None
+        holds_run = self.holds_run()  # (False for a path that cannot be a directory: _check_writable says why)
+        resumable = holds_run and (self.latest_checkpoint() is not None or finished_results(self) is not None)
         never_checkpointed = (f"{self.path} holds a run stopped before its first checkpoint (a run saves one every "
                               "--checkpoint-minutes or --checkpoint-every N steps): nothing of it can be resumed")
         self.note = None
         if resume == "auto":
             if resumable:
                 mode = "resume"
-            elif self.holds_run():
+            elif holds_run:
                 mode = "overwrite"
                 self.note = f"--resume auto: {never_checkpointed}; starting it over in place"
             else:
@@ -100,12 +101,12 @@ class RunDir(RunLayout):
                 self.note = f"--resume auto: no run in {self.path} yet; starting it"
         elif resume:
             if not resumable:
-                why = (f"{never_checkpointed}; start it over with --overwrite-output-dir" if self.holds_run() else
+                why = (f"{never_checkpointed}; start it over with --overwrite-output-dir" if holds_run else
                        "no run there yet")
                 raise EarlyBirdError(f"--resume: no checkpoint in {self.checkpoints} ({why}); --resume auto continues "
                                      "a run when it can and starts it otherwise")
             mode = "resume"
-        elif self.holds_run() and not overwrite:
+        elif holds_run and not overwrite:
             if finished_results(self) is not None:
                 what = f"a finished run ({self.results.name}); --overwrite-output-dir starts it over"
             elif self.latest_checkpoint() is not None:
