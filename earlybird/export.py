@@ -37,7 +37,7 @@ from pathlib import Path
 from .blocks import BLOCKS, MLP, MSA
 from .errors import EarlyBirdError
 from .fileio import fsync_dir, fsync_tree
-from .layout import FINAL
+from .layout import FINAL, TICKET, resolve_input
 
 FORMATS = ("hf", "onnx")
 MODEL_TYPES = ("vit", "bert")
@@ -57,14 +57,12 @@ class ExportError(RuntimeError):
 
 
 def find_model_dir(path: Path) -> Path:
-    """MODEL_DIR itself (a `save_pretrained` folder) or, for a run directory, its `final/`."""
-    expected = f"expected a save_pretrained folder (config.json + weights) or a run directory with {FINAL}/"
+    """MODEL_DIR itself (a `save_pretrained` folder) or, for a run directory, its model: `final/` (ours) or `ticket/`
+    (a Trainer run's), by earlybird.layout.resolve_input."""
     if not path.is_dir():
-        raise EarlyBirdError(f"{path}: no such directory; {expected}")
-    for candidate in (path, path / FINAL):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise EarlyBirdError(f"{path}: not a model (no config.json, nor {FINAL}/config.json); {expected}")
+        raise EarlyBirdError(f"{path}: no such directory; expected a save_pretrained folder (config.json + weights) "
+                             f"or a run directory with {FINAL}/ (or a Trainer output directory with {TICKET}/)")
+    return resolve_input(path, "model")
 
 
 def _read_model_type(model_dir: Path) -> str:

@@ -5,8 +5,11 @@
 
 Each entry is `point:action@n`: at the n-th time this process reaches `point` (counted from 1), do
 `action` -- `kill` (os.kill(getpid(), SIGKILL): nothing after it runs, no cleanup, no flush), `enospc`
-(raise OSError(ENOSPC) naming the file being written, as a full disk would) or `stall=S` (sleep S seconds, as
-a slow disk or a large data set would). The points:
+(raise OSError(ENOSPC) naming the file being written, as a full disk would), `stall=S` (sleep S seconds, as
+a slow disk or a large data set would), `sigterm` / `sigint` (a real SIGTERM /
+SIGINT to this process, as a scheduler or Ctrl-C sends it) or `sigterm-group` (a real SIGTERM to this process's whole
+process group: a launcher and all its workers). With EARLYBIRD_FAULT_RANK=R set, only the process whose RANK is R
+(torchrun's variable; 0 when unset) arms the plan: a signal that reaches one process of several. The points:
 
 | point | where |
 |---|---|
@@ -30,7 +33,8 @@ import signal
 import time
 
 ENV = "EARLYBIRD_FAULT"
-ACTIONS = ("kill", "enospc", "stall")
+RANK_ENV = "EARLYBIRD_FAULT_RANK"
+ACTIONS = ("kill", "enospc", "stall", "sigterm", "sigint", "sigterm-group")
 
 FAULTS: dict[str, tuple[str, int]] = {}
 _counts: dict[str, int] = {}
@@ -50,7 +54,7 @@ def parse(spec: str | None) -> dict[str, tuple[str, int]]:
             raise ValueError(f"{ENV}: bad entry {entry!r}; expected point:action@n") from None
         name, _, seconds = action.partition("=")
         if name not in ACTIONS or nth < 1 or bool(seconds) != (name == "stall") or not _seconds(seconds):
-            raise ValueError(f"{ENV}: bad entry {entry!r}; action is one of kill, enospc, stall=SECONDS, n >= 1")
+            raise ValueError(f"{ENV}: bad entry {entry!r}; action is one of kill, enospc, stall=SECONDS, sigterm, sigint, sigterm-group; n >= 1")
         plan[point.strip()] = (action, nth)
     return plan
 
@@ -65,8 +69,11 @@ def _seconds(text: str) -> bool:
 def configure(spec: str | None = None) -> None:
     """(Re)read the fault plan: from `spec`, else from the environment."""
     FAULTS.clear()
-    FAULTS.update(parse(os.environ.get(ENV) if spec is None else spec))
     _counts.clear()
+    rank = os.environ.get(RANK_ENV)
+    if rank is not None and rank != os.environ.get("RANK", "0"):
+        return
+    FAULTS.update(parse(os.environ.get(ENV) if spec is None else spec))
 
 
 def armed(point: str) -> bool:
@@ -85,6 +92,12 @@ def hit(point: str, path=None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if action.startswith("stall="):
         time.sleep(float(action.partition("=")[2]))
+        return
+    if action in ("sigterm", "sigint"):
+        os.kill(os.getpid(), signal.SIGTERM if action == "sigterm" else signal.SIGINT)
+        return
+    if action == "sigterm-group":
+        os.killpg(os.getpgid(0), signal.SIGTERM)
         return
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), None if path is None else str(path))
 

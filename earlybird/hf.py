@@ -41,7 +41,7 @@ from .blocks import BLOCKS
 from .detectors import OnlineEarlyBird, all_params
 from .errors import EarlyBirdError
 from .fileio import write_json_atomic
-from .layout import RunLayout
+from .layout import TICKET, RunLayout
 from .masks import check_scope
 from .plans import load_plan, save_plan
 from .profiles import DEFAULT_PROFILE, get_profile
@@ -51,7 +51,6 @@ from .slimming import (apply_plan, fold_slimming, head_coefficients, model_shape
 from .training.config import EBConfig, PruningConfig, RunConfig, SlimmingConfig, TrainConfig
 from .training.ebtrain import EBTrain
 
-TICKET = "ticket"  # <output_dir>/ticket/: the drawn ticket, pruned and folded (save_ticket=True)
 BLOCK_CHOICES = (*BLOCKS, "both")
 
 

@@ -16,6 +16,10 @@ reproduce, the CLI) both take their paths from here.
       final/                the trained model (save_pretrained), with its tokenizer / image processor
       tracking/<name>/      experiment-tracker files (--report-to: TensorBoard event files, W&B's offline run)
 
+A Trainer run with `earlybird.hf.EarlyBirdCallback(save_ticket=True)` keeps its ticket in `<output_dir>/ticket/`.
+`resolve_input` is the one way a command or flag reads records, a plan or a model from "a run directory or the thing
+inside it".
+
 A study directory (`earlybird.reproduce`) holds runs/<name>/ (run directories), logs/<name>.log, draws.json,
 jobs.json (each finished run's command, so a second pass reuses it) and the report (report.md and its figures).
 """
@@ -43,6 +47,7 @@ SNAPSHOTS = "snapshots"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 TRACKING = "tracking"
+TICKET = "ticket"  # a Trainer run's drawn ticket (earlybird.hf.EarlyBirdCallback(save_ticket=True))
 # What a run writes: what --overwrite-output-dir removes (nothing else in the directory is touched).
 RUN_ENTRIES = (ARGS, METRICS, RESULTS, PLAN, EBTRAIN, INIT, RECORDS, SNAPSHOTS, CHECKPOINTS, FINAL, TRACKING)
 
@@ -204,11 +209,61 @@ class RunLayout:
         return cls(records_dir.parent)
 
 
-def records_path(path) -> Path:
-    """A records argument as users give it: a run directory (its records/), a records directory or a .npy file."""
+# --------------------------------------------------------------------------- one way to name a run's inputs
+
+# What each kind of input is, how to tell it, and where a run directory keeps it (a Trainer run with the callback's
+# save_ticket=True keeps its model in ticket/, one of ours in final/).
+INPUT_KINDS = {
+    "records": ("records (msa.npy / mlp.npy with steps.npy, or the original code's .npy files)", (RECORDS,)),
+    "plan": ("a plan (a JSON file)", (PLAN,)),
+    "model": ("a model (a save_pretrained folder: config.json + weights)", (FINAL, TICKET)),
+    "weights": ("a model (a save_pretrained folder: config.json + weights)", ()),
+}
+
+
+def _is_input(path: Path, kind: str) -> bool:
+    if kind == "records":
+        return path.is_file() or (path.is_dir() and any(p.suffix == ".npy" for p in path.iterdir()))
+    if kind == "plan":
+        return path.is_file()
+    return (path / "config.json").is_file()
+
+
+def _listing(path: Path, limit: int = 12) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    shown = ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
+    return shown or "nothing (an empty directory)"
+
+
+def resolve_input(path, kind: str, flag: str | None = None) -> Path:
+    """The one way every command and flag reads a run's records, plan or model: `path` names the thing itself, or a
+    run directory that holds it (records/, plan.json; final/, or ticket/ for a Trainer run). `kind` is records, plan,
+    model, or weights (a model folder itself only: which of a run's weights -- init/, final/, a snapshot -- is the
+    user's choice). A path that does not exist is returned as is (its reader says so). EarlyBirdError, one line
+    listing what the directory holds, when it is none of these, or holds several (final/ and ticket/)."""
     path = Path(path)
-    run = RunLayout(path)
-    return run.records if run.records.is_dir() else path
+    if not path.exists() or _is_input(path, kind) or not path.is_dir():
+        return path
+    what, inside = INPUT_KINDS[kind]
+    found = [path / name for name in inside
+             if ((path / name).is_dir() if kind == "records" else _is_input(path / name, kind))]
+    if len(found) == 1:
+        return found[0]
+    where = f"{flag} {path}" if flag else str(path)
+    if found:
+        raise EarlyBirdError(f"{where}: holds {' and '.join(p.name + '/' for p in found)}; cannot tell which is "
+                             f"{what.split(' (')[0]}: name one of them")
+    if kind == "weights":
+        raise EarlyBirdError(f"{where}: not a model (no config.json); found: {_listing(path)}; expected {what}")
+    if kind == "model":
+        raise EarlyBirdError(f"{where}: not a model (no config.json, nor {FINAL}/config.json) nor a Trainer output "
+                             f"directory (no {TICKET}/config.json); found: {_listing(path)}")
+    raise EarlyBirdError(f"{where}: neither {what} nor a run directory (no {inside[0]}); found: {_listing(path)}")
+
+
+def records_path(path, flag: str | None = None) -> Path:
+    """A records argument as users give it: a run directory (its records/), a records directory or a .npy file."""
+    return resolve_input(path, "records", flag)
 
 
 # --------------------------------------------------------------------------- checkpoint files

@@ -259,3 +259,51 @@ def test_a_detector_that_can_never_test_names_its_first_test_and_offers_scale_on
     # 20 steps: the scaled window (its floor, 30) is still too long: --scale is not offered
     code, _, err = run_main(capsys, ["detect", str(tmp_path / "20"), "--ratio", "0.3", "--method", "slope"])
     assert code == 2 and "first test would be at step 399" in err and "--scale" not in err
+
+
+def test_one_resolver_for_a_run_directory_or_the_thing_inside(capsys, tmp_path):
+    """A run directory is taken wherever records, a plan or a model is: the training entry points' --records and
+    --prune-plan, `earlybird export` of a Trainer output directory (its ticket/); what cannot be decided is refused in
+    one line listing what the directory holds (earlybird.layout.resolve_input)."""
+    import shutil
+
+    from test_training_support import load_script, one_thread
+
+    pretrain = load_script("ViT_pretraining/main.py", "vit_pretraining_main")
+    base = ["--disable-tqdm", "--max-steps", "4", "--per-device-train-batch-size", "32", "--checkpoint-every", "0"]
+    prune = ["--prune-step", "3", "--self-pruning-ratio", "0.5", "--inter-pruning-ratio", "0.5"]
+    slim, by_records, by_run, by_plan = (tmp_path / name for name in ("slim", "by-records", "by-run", "by-plan"))
+    with one_thread():
+        assert pretrain.main(["--output-dir", str(slim), *base, "--self-slimming", "--inter-slimming",
+                              "--l1-self", "1e-2", "--l1-inter", "1e-2"]) == 0
+        assert pretrain.main(["--output-dir", str(by_records), *base, "--records", str(slim / "records"), *prune]) == 0
+        assert pretrain.main(["--output-dir", str(by_run), *base, "--records", str(slim), *prune]) == 0
+        assert pretrain.main(["--output-dir", str(by_plan), *base, "--prune-plan", str(by_run)]) == 0
+    plans = [json.loads((run / "plan.json").read_text()) for run in (by_records, by_run, by_plan)]
+    assert plans[0] == plans[1] == plans[2]
+    results = [json.loads((run / "results.json").read_text()) for run in (by_records, by_run, by_plan)]
+    assert results[0]["accuracy"] == results[1]["accuracy"] == results[2]["accuracy"]
+    capsys.readouterr()
+
+    # a directory that is neither: one line listing what it found
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    with one_thread():
+        assert pretrain.main(["--output-dir", str(tmp_path / "x"), *base, "--records", str(stray), *prune]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == (f"main.py: error: --records {stray}: neither records (msa.npy / mlp.npy with steps.npy, or the "
+                    "original code's .npy files) nor a run directory (no records); found: notes.txt")
+
+    # earlybird export: a Trainer output directory (its ticket/), as a run directory (its final/)
+    trainer = tmp_path / "trainer"
+    shutil.copytree(by_run / "final", trainer / "ticket")
+    (trainer / "checkpoint-4").mkdir()
+    code, out, err = run_main(capsys, ["export", str(trainer), "-o", str(tmp_path / "exported")])
+    assert code == 0, err
+    assert (tmp_path / "exported" / "config.json").is_file()
+    shutil.copytree(by_run / "final", trainer / "final")
+    code, out, err = run_main(capsys, ["export", str(trainer), "-o", str(tmp_path / "exported-2")])
+    assert code == 2 and err.strip().endswith(f"{trainer}: holds final/ and ticket/; cannot tell which is a model: "
+                                              "name one of them"), err
+    assert not (tmp_path / "exported-2").exists()

@@ -12,7 +12,7 @@ from earlybird.records import load_records
 from earlybird.training import loop
 from earlybird.training.resume import changed_flags
 from test_reliability_support import digests
-from test_training_support import load_script, one_thread, read_jsonl
+from test_training_support import load_script, one_thread, read_json, read_jsonl
 
 pretrain = load_script("ViT_pretraining/main.py", "vit_pretraining_main")
 # Dropout on, so resuming must restore the RNG exactly; a cosine schedule, as the digits preset has.
@@ -150,3 +150,85 @@ def test_a_default_run_checkpoints_by_minutes_and_resumes_exactly(tmp_path, monk
         assert pretrain.main(["--output-dir", str(out), *argv, *flags]) == 0
         found = sorted(p.name for p in (out / "checkpoints").iterdir()) if (out / "checkpoints").exists() else []
         assert found == expected, flags
+
+
+# --------------------------------------------------------------------------- EB-Train's result survives a resume
+
+
+def test_ebtrain_json_of_a_run_resumed_after_the_draw_is_the_uninterrupted_runs(tmp_path):
+    """The detector's trace is part of the run's result: a checkpoint after the draw carries it (a resumed run's
+    detector has not seen the steps before the checkpoint)."""
+    argv = [*BASE, "--self-slimming", "--l1-self", "1e-2", "--checkpoint-every", "2",
+            "--eb-method", "hamming", "--eb-threshold", "0.3", "--eb-cached", "3", "--self-pruning-ratio", "0.5"]
+    assert pretrain.main(["--output-dir", str(tmp_path / "whole"), *argv]) == 0
+    whole = read_json(tmp_path / "whole" / "ebtrain.json")
+    assert whole["drawn"] and whole["draw_step"] < 10 and whole["detectors"]["msa"]["trace"]
+    cut = tmp_path / "cut"
+    assert pretrain.main(["--output-dir", str(cut), *argv, "--debug-crash-at-step", "11"]) == 3
+    assert read_json(cut / "checkpoints" / "step-10" / "state.json")["draw"]["step"] == whole["draw_step"]
+    assert pretrain.main(["--output-dir", str(cut), *argv, "--resume"]) == 0
+    again = read_json(cut / "ebtrain.json")
+    assert {k: v for k, v in again.items() if k != "wall_s"} == {k: v for k, v in whole.items() if k != "wall_s"}
+
+
+# --------------------------------------------------------------------------- one command for every submission
+
+
+def test_a_bare_resume_continues_the_run_as_it_was(runs, tmp_path, capsys):
+    """`--output-dir RUN --resume` alone: the run's args.json gives every flag (it was refused with 11 "changed"
+    flags), and the run ends as the uninterrupted one; a flag given is still compared with the run's."""
+    import shutil
+
+    cut = tmp_path / "cut"
+    shutil.copytree(runs / "cut", cut)
+    before = digests(cut)
+    capsys.readouterr()
+    assert pretrain.main(["--output-dir", str(cut), "--resume", "--max-steps", "24"]) == 2
+    assert "--resume: --max-steps 12 -> 24 (the run's args.json -> this command)" in capsys.readouterr().err
+    assert digests(cut) == before
+    assert pretrain.main(["--output-dir", str(cut), "--resume"]) == 0  # (its args.json says --debug-crash-at-step 8)
+    assert_same_records(runs / "whole", cut)
+    assert [(l["type"], l["step"], l.get("loss")) for l in read_jsonl(cut / "metrics.jsonl")] == [
+        (l["type"], l["step"], l.get("loss")) for l in read_jsonl(runs / "whole" / "metrics.jsonl")]
+    assert read_json(cut / "results.json")["accuracy"] == read_json(runs / "whole" / "results.json")["accuracy"]
+
+
+def test_resume_auto_starts_continues_restarts_and_leaves_a_finished_run(runs, tmp_path, capsys):
+    import shutil
+
+    argv = [*RUN, "--resume", "auto"]
+    # nothing there: starts (plain --resume refuses, pointing at --resume auto)
+    fresh = tmp_path / "fresh"
+    assert pretrain.main(["--output-dir", str(fresh), *RUN, "--resume"]) == 2
+    assert "no run there yet); --resume auto continues a run when it can" in capsys.readouterr().err
+    assert pretrain.main(["--output-dir", str(fresh), *argv]) == 0
+    assert f"main.py: --resume auto: no run in {fresh} yet; starting it" in capsys.readouterr().out
+    assert_same_records(runs / "whole", fresh)
+    # a checkpoint: continues
+    cut = tmp_path / "cut"
+    shutil.copytree(runs / "cut", cut)
+    assert pretrain.main(["--output-dir", str(cut), *argv]) == 0
+    assert f"resuming from {cut / 'checkpoints' / 'step-6'}" in capsys.readouterr().out
+    assert_same_records(runs / "whole", cut)
+    # finished: left as it is, exit 0
+    before = digests(cut)
+    assert pretrain.main(["--output-dir", str(cut), *argv]) == 0
+    assert "nothing to resume; its files are left as they are" in capsys.readouterr().out
+    assert digests(cut) == before
+    # stopped before its first checkpoint: the two messages no longer point at each other, and auto starts it over
+    early = tmp_path / "early"
+    assert pretrain.main(["--output-dir", str(early), *RUN, "--debug-crash-at-step", "2"]) == 3
+    capsys.readouterr()
+    assert pretrain.main(["--output-dir", str(early), *RUN]) == 2
+    without = capsys.readouterr().err
+    assert "a run stopped before its first checkpoint; pass --overwrite-output-dir to start it over" in without
+    assert pretrain.main(["--output-dir", str(early), *RUN, "--resume"]) == 2
+    with_resume = capsys.readouterr().err
+    assert "nothing of it can be resumed; start it over with --overwrite-output-dir" in with_resume
+    assert "pass --resume" not in without + with_resume
+    assert pretrain.main(["--output-dir", str(early), *argv]) == 0
+    [note] = [line for line in capsys.readouterr().out.splitlines() if "--resume auto" in line]
+    assert note == (f"main.py: --resume auto: {early} holds a run stopped before its first checkpoint (a run saves one "
+                    "every --checkpoint-minutes or --checkpoint-every N steps): nothing of it can be resumed; "
+                    "starting it over in place")
+    assert_same_records(runs / "whole", early)

@@ -41,16 +41,23 @@ class EntryParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)
-        if any(action.dest == "config" for action in self._actions):
+        dests = {action.dest for action in self._actions}
+        if "config" in dests:
             pre = argparse.ArgumentParser(prog=self.prog, add_help=False)
             pre.error = self.error
             pre.add_argument("--config", default=None)
-            path = pre.parse_known_args(args)[0].config
-            if path is not None:
-                try:
-                    self.set_defaults(**config_defaults(self, path))
-                except EarlyBirdError as err:
-                    self.error(str(err))
+            if {"resume", "output_dir"} <= dests:
+                pre.add_argument("--resume", nargs="?", const=True, default=False)
+                pre.add_argument("--output-dir", default=None)
+            given = pre.parse_known_args(args)[0]
+            try:
+                # --resume: the run as it was (its args.json), then a --config file, then the command line
+                if getattr(given, "resume", False) and given.output_dir:
+                    self.set_defaults(**resume_defaults(self, given.output_dir))
+                if given.config is not None:
+                    self.set_defaults(**config_defaults(self, given.config))
+            except EarlyBirdError as err:
+                self.error(str(err))
         return super().parse_known_args(args, namespace)
 
 
@@ -179,6 +186,48 @@ def config_defaults(parser: argparse.ArgumentParser, path) -> dict:
     return values
 
 
+def _resume_mode(text: str):
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"expected nothing or auto, got {text!r}")
+    return text
+
+
+# Keys of a run's args.json that `--resume` does not take as defaults: what this invocation does (its directory, which
+# the command line names), and the test-only crash (the resumed run must not crash again at the same step).
+RESUME_IGNORED = (*CONFIG_IGNORED, "output_dir", "debug_crash_at_step")
+
+
+def resume_defaults(parser: argparse.ArgumentParser, output_dir) -> dict:
+    """{dest: value} of the run in `output_dir` (its args.json; {} when there is none, or nothing to resume): what
+    `--resume` continues.
+
+    Every flag the run was started with becomes the default, so the bare `--output-dir RUN --resume` continues the
+    run as it was, and the flags a command gives are then compared with the run's (earlybird.training.resume). A key
+    this version of the program does not know is left out (it is not compared either)."""
+    from pathlib import Path
+
+    from ..layout import RunLayout, read_json
+
+    run = RunLayout(Path(output_dir))
+    if run.latest_checkpoint() is None and not run.results.is_file():
+        return {}  # nothing to continue (--resume auto starts it over): the command line is the run
+    path = run.args
+    saved = read_json(path)
+    if saved is None:
+        return {}
+    if not isinstance(saved, dict):
+        raise EarlyBirdError(f"--resume: {path} is not a JSON object; cannot tell which flags the run was started with")
+    keys = _file_keys(parser)
+    values = {}
+    for key, value in saved.items():
+        action = keys.get(key)
+        if key in RESUME_IGNORED or action is None:
+            continue
+        values[action.dest] = _file_value(action, key, value, f"{path} (the run --resume continues)")
+        action.required = False
+    return values
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.replace(",", " ").split()]
@@ -197,7 +246,11 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--output-dir", required=True, help="run directory (see docs/training.md for its layout)")
     g.add_argument("--overwrite-output-dir", action="store_true",
                    help="remove a previous run's files from --output-dir first")
-    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    g.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_mode, metavar="auto",
+                   help="continue the run in --output-dir from its last checkpoint, as it was (its args.json gives "
+                        "every flag not given here; a flag given must keep the run's value); --resume auto: continue "
+                        "if there is a checkpoint, start if there is no run, start over in place a run stopped before "
+                        "its first checkpoint, leave a finished run as it is -- one command for every resubmission")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--config", default=None, metavar="FILE",
                    help="a run's args.json, or a JSON / YAML file of the same keys (flag names with underscores): "
@@ -209,6 +262,9 @@ def common_parser() -> argparse.ArgumentParser:
                    help="several processes: how long one waits for the others in a collective before the job stops "
                         f"(default {DEFAULT_DDP_TIMEOUT_MINUTES:g}: the main process may prepare the data, e.g. index "
                         "ImageNet or tokenise SQuAD, while the others wait; torch's own default is 10 under NCCL)")
+    g.add_argument("--exit-code-on-preempt", type=int, default=None, metavar="N",
+                   help="exit status after a SIGTERM / SIGINT stopped the run with a checkpoint (default 128 + the "
+                        "signal's number: 143 for SIGTERM, 130 for SIGINT); see docs/training.md#preemption")
 
     g = p.add_argument_group("budget and optimisation")
     g.add_argument("--max-steps", type=int, default=None,

@@ -64,6 +64,7 @@ class RunConfig:
     seed: int = 42
     cache_dir: str | None = None
     disable_tqdm: bool = False
+    exit_code_on_preempt: int | None = None  # None: 128 + the signal's number (earlybird.training.preempt)
     # budget and optimisation
     max_steps: int | None = None
     num_train_epochs: float = 3.0
@@ -108,6 +109,8 @@ class RunConfig:
             raise EarlyBirdError(f"--ddp-timeout-minutes must be > 0, got {self.ddp_timeout_minutes}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise EarlyBirdError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.exit_code_on_preempt is not None and not 0 <= self.exit_code_on_preempt <= 255:
+            raise EarlyBirdError(f"--exit-code-on-preempt must be in 0..255, got {self.exit_code_on_preempt}")
         if self.resume and self.overwrite_output_dir:
             raise EarlyBirdError("--resume and --overwrite-output-dir contradict each other; pick one")
         tracker_names(self.report_to)  # refuses a tracker that is not installed

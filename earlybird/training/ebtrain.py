@@ -65,6 +65,7 @@ class EBTrain:
         self._observed = 0  # records observed: the index of the next one (the original profile's clock)
         self.draw_step: int | None = None
         self.draw_coefficients: dict | None = None
+        self._restored: dict | None = None  # the detectors' results a checkpoint after the draw carried (restore)
 
     def _observed_steps(self) -> range:
         return range(self.record_every, self.total_steps + 1, self.record_every)
@@ -239,8 +240,20 @@ class EBTrain:
                                          "params": self.params}
         return plan
 
+    def results(self) -> dict:
+        """{block: the detector's result (draw step, checks, trace) as JSON}: what a checkpoint after the draw carries,
+        since a resumed run's detector has not seen the records before it (`restore`)."""
+        if self._restored is not None:
+            return self._restored
+        return {b: self.detector.result(b).to_dict() for b in self.blocks}
+
+    def restore(self, draw: dict) -> None:
+        """On resume from a checkpoint taken after the draw: the draw step and the detectors' results it saved."""
+        self.draw_step = int(draw["step"])
+        self._restored = draw.get("detectors")  # None in checkpoints of older versions: the summary lacks the trace
+
     def summary(self) -> dict:
-        results = {b: self.detector.result(b).to_dict() for b in self.blocks}
+        results = self.results()
         return {"method": self.config.eb_method, "block": self.config.eb_block, "ratio": self.ratio,
                 "scope": self.scope, "profile": self.config.eb_profile,
                 "params": next(iter(results.values()))["params"], "draw_step": self.draw_step, "detectors": results}

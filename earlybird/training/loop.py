@@ -45,6 +45,7 @@ from ..layout import CheckpointLayout
 from ..slimming import (apply_plan, encoder_flops_per_token, fold_slimming, kept_sizes, l1_penalty, model_shape,
                         read_coefficients)
 from .config import RunConfig, TrainConfig
+from .preempt import StopAgreement
 from .rundir import RunDir, write_failure
 from .trackers import CoefficientSummaries, Tracking
 
@@ -265,7 +266,7 @@ class Trainer:
                       "model_name_or_path": source})
         if ebtrain is not None and resume_from is not None:
             if self.draw_state is not None:
-                ebtrain.draw_step = self.draw_state["step"]
+                ebtrain.restore(self.draw_state)
             else:
                 ebtrain.replay(load_records(run.records), self.step)
         self._flops_cache: dict[int, int] = {}
@@ -465,7 +466,8 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self._flops_cache.clear()
         self.run.write_json(self.run.plan, plan)
-        self.draw_state = {"step": self.step, "shape_before": before, "shape_after": kept_sizes(model)}
+        self.draw_state = {"step": self.step, "shape_before": before, "shape_after": kept_sizes(model),
+                           "detectors": self.ebtrain.results()}  # the trace is part of the result: checkpointed
         return plan
 
     # -- the loop --------------------------------------------------------------------------
@@ -493,6 +495,7 @@ class Trainer:
         self._last_checkpoint = wall_clock()
         phase = "after_draw" if self.draw_state else "before_draw"
         step_fault = faults.armed("step")  # test-only (earlybird.faults); read once, not per step
+        self._stop = StopAgreement(acc)
         tic = time.perf_counter()
         self.model.train()
         while self.step < self.total_steps:
@@ -553,6 +556,15 @@ class Trainer:
             if cfg.debug_crash_at_step is not None and self.step == cfg.debug_crash_at_step:
                 progress.close()
                 raise SimulatedCrash(f"stopped at step {self.step} (--debug-crash-at-step)")
+            if self._stop_agreed():  # SIGTERM / SIGINT on any process: a checkpoint at this step, then stop
+                if self.ebtrain is not None and self.ebtrain.pending and self.ebtrain.decide():
+                    phase, tic = self._draw(phase, tic)  # a check in flight is decided before the checkpoint
+                if not (cfg.checkpoint_due(self.step) or minutes_due):
+                    now = time.perf_counter()
+                    self.wall[phase] += now - tic
+                    tic = now
+                    self.save_checkpoint()
+                break
         self.wall[phase] += time.perf_counter() - tic
         progress.close()
         if self.recorder is not None:
@@ -605,6 +617,19 @@ class Trainer:
                        "pruned_neurons": sum(len(v) for v in plan["pruned_intermediate"].values())})
         self.log(f"EB-Train: early bird drawn at step {self.step}; pruned in place to {self.draw_state['shape_after']}")
         return "after_draw", now
+
+    # Set by the runner: the SIGTERM / SIGINT handler of this run (earlybird.training.preempt); None: no handler.
+    preemption = None
+    stopped_by: int | None = None  # the signal that stopped the run (the same on every process), None if it ran out
+
+    def _stop_agreed(self) -> bool:
+        """Whether every process stops after this step: one integer all-reduced per step, read a step later (see
+        earlybird.training.preempt.StopAgreement); no host sync with one process."""
+        local = (self.preemption.signum or 0) if self.preemption is not None else 0
+        signum = self._stop.step(local)
+        if signum:
+            self.stopped_by = signum
+        return bool(signum)
 
     def _elapsed(self, tic: float) -> float:
         done = self.wall["before_draw"] + self.wall["after_draw"]

@@ -21,6 +21,7 @@ from ..layout import RunLayout, read_json
 RESUME_MAY_CHANGE = frozenset({
     # this invocation and its directory
     "output_dir", "overwrite_output_dir", "resume", "config", "cache_dir", "debug_crash_at_step", "ddp_timeout_minutes",
+    "exit_code_on_preempt",
     # how the run is watched and saved
     "disable_tqdm", "logging_steps", "report_to", "eval_every", "checkpoint_every", "checkpoint_minutes",
     "keep_checkpoints", "save_steps", "save_every", "record_chunk",

@@ -65,15 +65,19 @@ class RunDir(RunLayout):
         self.is_main = is_main_process
         self._lock_file = None
         self.stale_lock: str | None = None  # a message when the lock of a dead run was taken over
+        self.note: str | None = None  # what `check(resume="auto")` decided, in one line
 
     # -- life cycle -------------------------------------------------------------------------
 
-    def check(self, *, resume: bool, overwrite: bool) -> None:
-        """Refuse to mix runs, and an output directory that cannot be written (all processes call it).
+    def check(self, *, resume, overwrite: bool) -> str:
+        """Refuse to mix runs, and an output directory that cannot be written (all processes call it); return what
+        this command does with the directory: "resume", "start" (nothing there) or "overwrite" (start over in place).
 
-        An existing run needs --resume or --overwrite-output-dir; a run directory whose lock a live process
-        holds is refused whatever the flags; the directory (or its nearest existing parent) must accept a
-        new file -- tried for real, since permission bits say nothing to root.
+        An existing run needs --resume or --overwrite-output-dir; a run directory whose lock a live process holds is
+        refused whatever the flags; the directory (or its nearest existing parent) must accept a new file -- tried for
+        real, since permission bits say nothing to root. `resume="auto"` (a scheduler's resubmission) continues a run
+        with a checkpoint (or a finished one, which is then left as it is), starts one where there is none, and starts
+        over in place a run stopped before its first checkpoint (nothing of it can be resumed); `note` says which.
         """
         if self.path.exists() and not self.path.is_dir():
             raise EarlyBirdError(f"--output-dir {self.path} exists and is not a directory")
@@ -81,15 +85,40 @@ class RunDir(RunLayout):
         if holder is not None:
             raise EarlyBirdError(f"--output-dir {self.path} is in use by another run (pid {holder} holds "
                                  f"{self.lock}); wait for it to finish or stop it first")
-        if resume:
-            if self.latest_checkpoint() is None and finished_results(self) is None:
-                why = ("it holds a run stopped before its first checkpoint: start it over with --overwrite-output-dir"
-                       if self.holds_run() else "a run saves them every --checkpoint-minutes or --checkpoint-every N")
-                raise EarlyBirdError(f"--resume: no checkpoint in {self.checkpoints} ({why})")
-        elif self.holds_run() and not overwrite:
-            raise EarlyBirdError(f"--output-dir {self.path} already holds a run; pass --resume to continue it "
-                                 "or --overwrite-output-dir to start over")
+        holds_run = self.holds_run()  # (False for a path that cannot be a directory: _check_writable says why)
+        resumable = holds_run and (self.latest_checkpoint() is not None or finished_results(self) is not None)
+        never_checkpointed = (f"{self.path} holds a run stopped before its first checkpoint (a run saves one every "
+                              "--checkpoint-minutes or --checkpoint-every N steps): nothing of it can be resumed")
+        self.note = None
+        if resume == "auto":
+            if resumable:
+                mode = "resume"
+            elif holds_run:
+                mode = "overwrite"
+                self.note = f"--resume auto: {never_checkpointed}; starting it over in place"
+            else:
+                mode = "start"
+                self.note = f"--resume auto: no run in {self.path} yet; starting it"
+        elif resume:
+            if not resumable:
+                why = (f"{never_checkpointed}; start it over with --overwrite-output-dir" if holds_run else
+                       "no run there yet")
+                raise EarlyBirdError(f"--resume: no checkpoint in {self.checkpoints} ({why}); --resume auto continues "
+                                     "a run when it can and starts it otherwise")
+            mode = "resume"
+        elif holds_run and not overwrite:
+            if finished_results(self) is not None:
+                what = f"a finished run ({self.results.name}); --overwrite-output-dir starts it over"
+            elif self.latest_checkpoint() is not None:
+                what = (f"a run with checkpoints (newest {self.latest_checkpoint().name}); pass --resume to continue it "
+                        "or --overwrite-output-dir to start over")
+            else:
+                what = f"a run stopped before its first checkpoint; pass --overwrite-output-dir to start it over"
+            raise EarlyBirdError(f"--output-dir {self.path} already holds {what} (--resume auto decides by itself)")
+        else:
+            mode = "overwrite" if overwrite else "start"
         self._check_writable()
+        return mode
 
     def _check_writable(self) -> None:
         probe = self.path

@@ -18,6 +18,7 @@ from .args import fail
 from .config import TrainConfig
 from .ebtrain import EBTrain
 from .loop import SimulatedCrash, Trainer, check_resumable, read_checkpoint_state, step_budget
+from .preempt import Preemption
 from .resume import check_same_flags, finished_results
 from .rundir import RunDir
 from .tickets import build_ticket, resolve_plan, weights_dir
@@ -149,9 +150,12 @@ def run(prog: str, args, build_task) -> int:
     trainer = None
     tracking = None
     opened = False
+    preemption = None
     try:
         config = TrainConfig.from_args(args)
         cfg = config.run
+        # From here a SIGTERM / SIGINT stops the run at a step boundary with a checkpoint (see earlybird.training.preempt)
+        preemption = Preemption(prog, cfg.exit_code_on_preempt).install()
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -171,10 +175,13 @@ def run(prog: str, args, build_task) -> int:
                   " for N CPU processes run `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N`"
                   " (see docs/training.md)", file=sys.stderr, flush=True)
         rundir = RunDir(cfg.output_dir, is_main_process=is_main)
-        rundir.check(resume=cfg.resume, overwrite=cfg.overwrite_output_dir)
-        resume_from = rundir.latest_checkpoint() if cfg.resume else None
+        mode = rundir.check(resume=cfg.resume, overwrite=cfg.overwrite_output_dir)  # resume, start or overwrite
+        if rundir.note:
+            log(f"{prog}: {rundir.note}")
+        resuming = mode == "resume"
+        resume_from = rundir.latest_checkpoint() if resuming else None
         resume_state = None
-        if cfg.resume:  # the run's own flags, its global batch, and steps left to do
+        if resuming:  # the run's own flags, its global batch, and steps left to do
             check_same_flags(rundir, vars(args))
             if resume_from is not None:
                 resume_state = read_checkpoint_state(resume_from)
@@ -224,7 +231,7 @@ def run(prog: str, args, build_task) -> int:
                 load_records(rundir.records)
 
         opened = True
-        rundir.open(overwrite=cfg.overwrite_output_dir)
+        rundir.open(overwrite=mode == "overwrite")
         if rundir.stale_lock:
             log(f"note: {rundir.stale_lock}")
         accelerator.wait_for_everyone()
@@ -245,7 +252,10 @@ def run(prog: str, args, build_task) -> int:
             f" ({cfg.per_device_train_batch_size} per device x {accelerator.num_processes} processes x "
             f"{cfg.gradient_accumulation_steps} accumulation), model {kept_sizes(trainer.unwrapped)}")
         start = time.perf_counter()
+        trainer.preemption = preemption
         trainer.fit()
+        if trainer.stopped_by:
+            return _preempted(prog, preemption, trainer, rundir, log)
 
         metrics = trainer.evaluate(task.final_split)
         trainer.save_weights(rundir.final)
@@ -287,11 +297,24 @@ def run(prog: str, args, build_task) -> int:
         print(f"{prog}: {err}", file=sys.stderr, flush=True)
         return 3
     finally:
+        if preemption is not None:
+            preemption.restore()
         if tracking is not None:
             tracking.finish()
         if rundir is not None:
             rundir.close()
         _reset_accelerate(accelerator)
+
+
+def _preempted(prog: str, preemption: Preemption, trainer: Trainer, rundir: RunDir, log) -> int:
+    """A SIGTERM / SIGINT stopped the run with a checkpoint (records flushed with it): one line, the exit status."""
+    import signal
+
+    code = preemption.exit_code(trainer.stopped_by)
+    log(f"{prog}: stopped by {signal.Signals(trainer.stopped_by).name} at step {trainer.step} of {trainer.total_steps}: "
+        f"checkpoint {rundir.checkpoint(trainer.step)} saved; the same command with --resume (or --resume auto) "
+        f"continues it (exit status {code})")
+    return code
 
 
 def _ebtrain_summary(ebtrain: EBTrain, trainer: Trainer) -> dict:

@@ -20,9 +20,33 @@ from .task import EvalSet, Task, classification_eval_set
 # --------------------------------------------------------------------------- shared
 
 
+VIT_DEFAULT_MODEL = "google/vit-base-patch16-224-in21k"
+BERT_DEFAULT_MODEL = "bert-base-uncased"
+
+
+def _default_model(args, hub_default: str) -> None:
+    """--model-name-or-path not given: a ticket's --init-checkpoint (its config and tokenizer / image processor are
+    the ticket's model's), else the study's hub model. The value is written into args.json with the other flags."""
+    if args.model_name_or_path is None:
+        args.model_name_or_path = getattr(args, "init_checkpoint", None) or hub_default
+
+
 def _load_config(path: str, expected: str, flag: str = "--model-name-or-path"):
+    from pathlib import Path
+
+    from huggingface_hub import constants
     from transformers import AutoConfig
 
+    if constants.HF_HUB_OFFLINE and not Path(path).is_dir():  # one clear line, before transformers' long one
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = isinstance(try_to_load_from_cache(path, "config.json"), str)
+        except Exception:  # not a valid hub id either (e.g. a path that does not exist)
+            cached = False
+        if not cached:
+            raise EarlyBirdError(f"{flag} {path}: cannot load a model config: not a local directory, and the hub is off "
+                                 "(HF_HUB_OFFLINE=1) with no cached copy; expected a local model directory")
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as err:  # OSError offline / missing, ValueError for unknown model types
@@ -108,8 +132,9 @@ def _image_task(name, args, splits, final, image_column, label_column, size, mea
 
 def add_vit_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("ViT fine-tuning")
-    g.add_argument("--model-name-or-path", default="google/vit-base-patch16-224-in21k",
-                   help="a hub id or a local directory of a pretrained ViT")
+    g.add_argument("--model-name-or-path", default=None,
+                   help="a hub id or a local directory of a pretrained ViT (default: a ticket's --init-checkpoint, "
+                        f"else {VIT_DEFAULT_MODEL})")
     g.add_argument("--dataset", default="imagenet-1k",
                    help="a hub data set (imagenet-1k, cifar10), an imagefolder directory, or a save_to_disk directory")
 
@@ -117,6 +142,7 @@ def add_vit_arguments(parser: argparse.ArgumentParser) -> None:
 def build_vit_task(args, accelerator) -> Task:
     from transformers import ViTForImageClassification
 
+    _default_model(args, VIT_DEFAULT_MODEL)
     config = _load_config(args.model_name_or_path, "vit")
     splits, final, image_column, label_column, names = _image_datasets(args, accelerator, f"--dataset {args.dataset}")
     size, mean, std = images.image_settings(args.model_name_or_path, config)
@@ -210,8 +236,9 @@ def build_pretrain_task(args, accelerator) -> Task:
 
 def add_bert_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("BERT")
-    g.add_argument("--model-name-or-path", default="bert-base-uncased",
-                   help="a hub id or a local directory (with its tokenizer)")
+    g.add_argument("--model-name-or-path", default=None,
+                   help="a hub id or a local directory (with its tokenizer; default: a ticket's --init-checkpoint, "
+                        f"else {BERT_DEFAULT_MODEL})")
     g.add_argument("--task", choices=("squad", "glue"), default="squad")
     g.add_argument("--glue-task", default=None, help="--task glue from the hub's `glue` (e.g. sst2)")
     g.add_argument("--train-file", default=None, help="local training file (SQuAD JSON, or TSV/CSV/JSONL for glue)")
@@ -236,6 +263,7 @@ def build_bert_task(args, accelerator) -> Task:
     from transformers import AutoTokenizer
 
     _check_bert_args(args)
+    _default_model(args, BERT_DEFAULT_MODEL)
     config = _load_config(args.model_name_or_path, "bert")
     if args.max_seq_length is None:  # the usual default, within what the model can take
         args.max_seq_length = min(384 if args.task == "squad" else 128, config.max_position_embeddings)

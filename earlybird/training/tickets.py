@@ -12,7 +12,7 @@ import copy
 from pathlib import Path
 
 from ..errors import EarlyBirdError
-from ..layout import RunLayout
+from ..layout import RunLayout, records_path, resolve_input
 from ..plans import load_plan, make_plan
 from ..records import load_records
 from ..slimming import apply_plan, fold_slimming
@@ -22,8 +22,8 @@ from .config import PruningConfig, TicketConfig
 def resolve_plan(ticket: TicketConfig, pruning: PruningConfig) -> dict:
     """The plan named by --prune-plan, or made from --records at --prune-step (EarlyBirdError if not)."""
     if ticket.prune_plan:
-        return load_plan(ticket.prune_plan)
-    records = load_records(ticket.records)
+        return load_plan(resolve_input(ticket.prune_plan, "plan", "--prune-plan"))
+    records = load_records(records_path(ticket.records, "--records"))
     try:
         return make_plan(records, ticket.prune_step, pruning.self_pruning_ratio, pruning.inter_pruning_ratio,
                          pruning.self_pruning_scope, pruning.inter_pruning_scope, random_seed=ticket.random_prune)
@@ -39,7 +39,7 @@ def plan_step(ticket: TicketConfig, plan) -> int | None:
 
 def _slimming_run(ticket: TicketConfig, plan) -> RunLayout | None:
     records = ticket.records or (plan.get("provenance") or {}).get("records")
-    return None if not records else RunLayout.of_records(records)
+    return None if not records else RunLayout.of_records(records_path(records))
 
 
 def weights_dir(ticket: TicketConfig, plan) -> Path:
@@ -48,7 +48,7 @@ def weights_dir(ticket: TicketConfig, plan) -> Path:
         path = Path(ticket.init_checkpoint)
         if not path.is_dir():
             raise EarlyBirdError(f"--init-checkpoint {path}: no such directory")
-        return path
+        return resolve_input(path, "weights", "--init-checkpoint")
     run = _slimming_run(ticket, plan)
     if run is None:
         raise EarlyBirdError("--prune-plan does not say which records it came from (no provenance.records): "
