@@ -90,13 +90,18 @@ def l1_penalty(model: nn.Module, l1_self: float = 0.0, l1_inter: float = 0.0) ->
 
 
 def model_shape(model: nn.Module) -> dict:
+    """The unpruned sizes of the config; a model with grouped-query attention (Llama, Qwen3) adds its key/value heads
+    (`kv_heads`), which the masks and plans need to keep the GQA rule (earlybird.masks)."""
     config = model.config
-    return {
+    shape = {
         "model_type": config.model_type,
         "layers": config.num_hidden_layers,
         MSA.shape_key: config.num_attention_heads,
         MLP.shape_key: config.intermediate_size,
     }
+    if getattr(config, "num_key_value_heads", None):
+        shape["kv_heads"] = config.num_key_value_heads
+    return shape
 
 
 def _int_keyed(mapping: Mapping | None) -> dict[int, list[int]]:
@@ -117,8 +122,8 @@ def check_plan_fits(plan: Mapping, model: nn.Module, where: str = "plan"):
         raise EarlyBirdError(f"{where} came from a {recorded!r} model but this is a {shape['model_type']!r} model: "
                              "records or plan from a different model?")
     declared = plan.get("shape") or {}
-    for key in ("layers", *(block.shape_key for block in BLOCKS.values())):
-        if declared.get(key) is not None and int(declared[key]) != shape[key]:  # None: block not recorded
+    for key in ("layers", *(block.shape_key for block in BLOCKS.values()), "kv_heads"):
+        if declared.get(key) is not None and int(declared[key]) != shape.get(key):  # None: block not recorded
             raise EarlyBirdError(
                 f"{where} was made for {declared[key]} {key} but the model has {shape[key]} "
                 f"({shape['model_type']}, {shape['layers']} layers x {shape['heads']} heads x "
