@@ -41,9 +41,9 @@ import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import benchlib  # noqa: E402
-from earlybird.masks import head_group_size  # noqa: E402
-from earlybird.plans import plan_from_coefficients  # noqa: E402
-from earlybird.slimming import apply_plan, kept_sizes, model_shape  # noqa: E402
+
+# earlybird is imported inside the functions that use it: the plain-transformers subprocess imports this module for
+# time_models and must not load any of it.
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = dict(hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=4,
@@ -60,6 +60,9 @@ def make_config(quick: bool, **flags) -> LlamaConfig:
 
 def make_models(quick: bool):
     """(dense, pruned, plan): the same random weights, the pruned one the library's uniform ticket at RATIO."""
+    from earlybird.plans import plan_from_coefficients
+    from earlybird.slimming import apply_plan, model_shape
+
     torch.manual_seed(0)
     dense = LlamaForCausalLM(make_config(quick)).eval()
     shape = model_shape(dense)
@@ -122,13 +125,14 @@ def time_models(models: dict, prompt, decode_prompt, new: int, repeats: int) -> 
 
 _PLAIN = r"""
 import json, sys
-sys.path.insert(0, sys.argv[1])  # the bench folder, for time_models (it imports earlybird's masks/plans: numpy only)
+sys.path.insert(0, sys.argv[1])  # the bench folder, for time_models
 spec = json.loads(sys.argv[2])
 import torch
 torch.set_num_threads(spec["threads"])
 import transformers
 from transformers import AutoModelForCausalLM
 import llm_pruned_speed as bench
+assert not any(m.startswith("earlybird") for m in sys.modules), "earlybird imported in plain transformers"
 models = {name: AutoModelForCausalLM.from_pretrained(path).eval() for name, path in spec["models"].items()}
 prompt, decode_prompt = torch.tensor(spec["prompt"]), torch.tensor(spec["decode_prompt"])
 out = bench.time_models(models, prompt, decode_prompt, spec["new"], spec["repeats"])
@@ -172,8 +176,7 @@ def time_plain(models: dict, prompt, decode_prompt, new: int, repeats: int, thre
             "decode_prompt": decode_prompt.tolist(), "new": new, "repeats": repeats, "threads": threads}
     site = unpatched_site(workdir)
     proc = subprocess.run([sys.executable, "-c", _PLAIN, str(Path(__file__).parent), json.dumps(spec)],
-                          capture_output=True, text=True, cwd=workdir,
-                          env={**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}"})
+                          capture_output=True, text=True, cwd=workdir, env={**os.environ, "PYTHONPATH": str(site)})
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     if proc.returncode or line is None:
         raise SystemExit(f"plain transformers subprocess failed:\n{proc.stderr[-3000:]}")
@@ -235,6 +238,9 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    from earlybird.masks import head_group_size
+    from earlybird.slimming import kept_sizes, model_shape
+
     args = parse_args(argv)
     benchlib.set_threads(args)
     threads = torch.get_num_threads()
