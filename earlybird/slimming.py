@@ -27,8 +27,16 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def _attention(layer: nn.Module) -> nn.Module:
-    """The module holding a layer's heads and their coefficient: ViT's attention, BERT's attention.self."""
+    """The module holding a layer's heads and their coefficient: ViT's attention, BERT's attention.self, a decoder's
+    (Llama, Qwen3) self_attn."""
+    if hasattr(layer, "self_attn"):
+        return layer.self_attn
     return layer.attention if hasattr(layer.attention, MSA.coefficient) else layer.attention.self
+
+
+def _query_heads(attention: nn.Module) -> int:
+    """Query heads an attention module still has (the decoders call them num_heads)."""
+    return int(getattr(attention, "num_attention_heads", None) or attention.num_heads)
 
 
 def _ffn(layer: nn.Module) -> nn.Module:
@@ -51,7 +59,7 @@ def neuron_coefficients(model: nn.Module) -> list[torch.Tensor]:
 def kept_sizes(model: nn.Module) -> dict:
     """Heads and FFN neurons each layer still has (model_shape gives the unpruned sizes of the config)."""
     layers = encoder_layers(model)
-    return {MSA.shape_key: [int(_attention(layer).num_attention_heads) for layer in layers],
+    return {MSA.shape_key: [_query_heads(_attention(layer)) for layer in layers],
             MLP.shape_key: [int(_ffn(layer).intermediate_size) for layer in layers]}
 
 
@@ -169,16 +177,20 @@ def fold_slimming(model: nn.Module) -> nn.Module:
 def encoder_flops_per_token(model: nn.Module, seq_len: int) -> int:
     """Multiply-accumulates ×2 of the encoder layers for one token, from the (possibly pruned) shapes.
 
-    Counts the q/k/v/o projections, the attention score and context products, and the two FFN linears: what
-    pruning heads and neurons removes. Embeddings and task heads are left out (pruning does not touch them).
+    Counts the q/k/v/o projections (k and v over the key/value heads under grouped-query attention), the attention
+    score and context products, and the FFN linears (two; three for a gated decoder FFN: gate, up, down): what
+    pruning heads and neurons removes. Embeddings and task heads are left out (pruning does not touch them). For a
+    causal decoder the score and context products are counted over the whole `seq_len`, as for an encoder.
     """
     hidden = model.config.hidden_size
     flops = 0
     for layer in encoder_layers(model):
         attention = _attention(layer)
-        heads = attention.num_attention_heads
+        heads = _query_heads(attention)
         head_dim = getattr(attention, "head_dim", getattr(attention, "attention_head_size", None))
         inner = heads * head_dim
-        inter = _ffn(layer).intermediate_size
-        flops += 2 * (4 * hidden * inner + 2 * seq_len * inner + 2 * hidden * inter)
+        kv_inner = int(getattr(attention, "num_key_value_heads", heads)) * head_dim
+        ffn = _ffn(layer)
+        linears = 3 if hasattr(ffn, "gate_proj") else 2
+        flops += 2 * (2 * hidden * (inner + kv_inner) + 2 * seq_len * inner + linears * hidden * ffn.intermediate_size)
     return flops
