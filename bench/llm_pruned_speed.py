@@ -221,15 +221,15 @@ def parse_args(argv):
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per model (default 5, quick 2)")
     parser.add_argument("--prompt", type=int, default=None, help="prefill prompt length (default 256, quick 16)")
     parser.add_argument("--new", type=int, default=None, help="decoded tokens (default 64, quick 4)")
-    parser.add_argument("--train-batch", type=int, default=None, help="training step batch (default 4, quick 2)")
-    parser.add_argument("--train-seq", type=int, default=None, help="training step length (default 256, quick 16)")
+    parser.add_argument("--train-batch", type=int, default=None, help="training step batch (default 1, quick 2)")
+    parser.add_argument("--train-seq", type=int, default=None, help="training step length (default 128, quick 16)")
     parser.add_argument("--target", type=float, default=0.01, help="overhead: stop at a ±target interval (0.01)")
     parser.add_argument("--min-pairs", type=int, default=None, help="overhead pairs at least (default 5, quick 3)")
     parser.add_argument("--max-pairs", type=int, default=None, help="overhead pairs at most (default 40, quick 3)")
-    parser.add_argument("--overhead-min", type=float, default=6.0, help="minutes for the overhead pairs (default 6)")
+    parser.add_argument("--overhead-min", type=float, default=5.0, help="minutes for the overhead pairs (default 5)")
     args = parser.parse_args(argv)
-    for name, full, quick in (("repeats", 5, 2), ("prompt", 256, 16), ("new", 64, 4), ("train_batch", 4, 2),
-                              ("train_seq", 256, 16), ("min_pairs", 5, 3), ("max_pairs", 40, 3)):
+    for name, full, quick in (("repeats", 5, 2), ("prompt", 256, 16), ("new", 64, 4), ("train_batch", 1, 2),
+                              ("train_seq", 128, 16), ("min_pairs", 5, 3), ("max_pairs", 40, 3)):
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
     if args.new < 2 or args.repeats < 1 or args.prompt < 1 or args.min_pairs < 3 or args.max_pairs < args.min_pairs:

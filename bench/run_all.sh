@@ -25,7 +25,8 @@ fi
 mkdir -p "$OUT"
 SCRATCH_ARGS=()
 if [[ -n "${SCRATCH:-}" ]]; then SCRATCH_ARGS=(--dir "$SCRATCH"); fi
-NAMES=(pruned_speed recorder_cost detector_cost ebtrain_savings slimming_overhead export_speed loop_overhead callback_overhead)
+NAMES=(pruned_speed recorder_cost detector_cost ebtrain_savings slimming_overhead export_speed loop_overhead callback_overhead
+       llm_pruned_speed)
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
 
 declare -A SECONDS_TAKEN
@@ -54,6 +55,7 @@ run slimming_overhead "$PYTHON" bench/slimming_overhead.py "${QUICK[@]}" --threa
 run export_speed "$PYTHON" bench/export_speed.py "${QUICK[@]}" --threads "$THREADS"
 run loop_overhead "$PYTHON" bench/loop_overhead.py "${QUICK[@]}" --threads "$THREADS"
 run callback_overhead "$PYTHON" bench/callback_overhead.py "${QUICK[@]}" --threads "$THREADS"
+run llm_pruned_speed "$PYTHON" bench/llm_pruned_speed.py "${QUICK[@]}" --threads "$THREADS"
 
 {
   echo "# Benchmark results"

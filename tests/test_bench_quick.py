@@ -86,6 +86,16 @@ EXPECTED = {
         "| `ViT_pretraining/main.py` (digits, slimming) from launch to the end of its first step |",
         "| 0 |",
     ],
+    "llm_pruned_speed.py": [
+        "Ticket: 50% of heads and FFN neurons, uniform scope, GQA rule per-group: 4 query heads (2 per KV group of 4) "
+        "and 48 neurons in every layer; exported config: num_attention_heads 4, num_key_value_heads 2, "
+        "intermediate_size 48, auto_map absent.",
+        "| PyTorch (patched) | dense |",
+        "| PyTorch (patched) | pruned |",
+        "| plain transformers, standard export | pruned |",
+        "generates the same 4 greedy tokens as the patched pruned model: yes.",
+        "| Llama (tiny, seq 16, batch 2), both slimmings, sdpa | 3 |",
+    ],
     "callback_overhead.py": [
         "| variant | step (ms) | ratio to the Trainer alone |",
         "| Trainer alone |",
