@@ -8,6 +8,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCau
 from transformers.models.llama import modeling_llama
 from transformers.models.qwen3 import modeling_qwen3
 
+from earlybird import gqa, slimming
+from earlybird.errors import EarlyBirdError
+
 ATOL = 1e-5
 LAYERS, HEADS, HIDDEN, INTER, VOCAB, HEAD_DIM = 4, 8, 64, 96, 61, 8
 MODELS = ["llama", "qwen3"]
@@ -285,3 +288,43 @@ def test_features_off_by_default(model):
     plain = make_model(model)
     assert coefficients(plain) == [] and plain.config.pruned_heads == {} and head_counts(plain)[0] == (HEADS, 2, 4)
     assert "self_slimming" in plain.config.to_dict()
+
+
+def test_the_library_rule_is_the_patch_rule_on_every_pruning_of_small_layers():
+    """`earlybird.gqa` (no torch, for masks and plans) and the patched modeling files decide alike, exhaustively."""
+    from itertools import chain, combinations
+
+    for num_heads, num_kv_heads in [(8, 2), (8, 4), (4, 4), (6, 3), (4, 1)]:
+        for pruned in chain.from_iterable(combinations(range(num_heads), r) for r in range(num_heads + 1)):
+            expected = gqa.is_valid_gqa_pruning(num_heads, num_kv_heads, pruned)
+            assert modeling_llama.is_valid_gqa_pruning(num_heads, num_kv_heads, pruned) == expected
+            assert modeling_qwen3.is_valid_gqa_pruning(num_heads, num_kv_heads, pruned) == expected
+            assert gqa.gqa_kept_per_group(num_heads, num_kv_heads, pruned) == modeling_llama.gqa_kept_per_group(
+                num_heads, num_kv_heads, pruned)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_library_reads_prunes_and_folds_a_decoder(model):
+    torch.manual_seed(0)
+    m = make_model(model, self_slimming=True, inter_slimming=True)
+    heads, neurons = slimming.read_coefficients(m)
+    assert heads.shape == (LAYERS, HEADS) and neurons.shape == (LAYERS, INTER)
+    assert slimming.model_shape(m) == {"model_type": model, "layers": LAYERS, "heads": HEADS, "intermediate": INTER,
+                                       "kv_heads": 2}
+    dense_flops = slimming.encoder_flops_per_token(m, seq_len=9)
+    bad = {"pruned_heads": {"1": [0]}, "pruned_intermediate": {}}
+    with pytest.raises(EarlyBirdError, match=r"layer 1 would keep \[3, 4\] query heads per key/value group"):
+        slimming.apply_plan(m, bad)
+    slimming.apply_plan(m, {"pruned_heads": {str(k): v for k, v in SAME_PER_GROUP.items()},
+                            "pruned_intermediate": {"0": [1, 2]}})
+    assert slimming.kept_sizes(m) == {"heads": [6, 4, 8, 2], "intermediate": [INTER - 2, INTER, INTER, INTER]}
+    # per layer: q/o over the query heads, k/v over the key/value heads, 3 gated-MLP linears
+    hidden = HIDDEN
+    expected = sum(2 * (2 * hidden * (q + kv) * HEAD_DIM + 2 * 9 * q * HEAD_DIM + 3 * hidden * inter)
+                   for (q, kv, _), inter in zip(head_counts(m), slimming.kept_sizes(m)["intermediate"]))
+    assert slimming.encoder_flops_per_token(m, seq_len=9) == expected < dense_flops
+    inputs = make_inputs()
+    before = logits(m, inputs)
+    slimming.fold_slimming(m)
+    assert slimming.coefficient_parameters(m) == []
+    torch.testing.assert_close(logits(m, inputs), before, atol=ATOL, rtol=0)
