@@ -2,6 +2,8 @@
 model, zeroed coefficients are the pruned model (logits and greedy generation), and pruning keeps every layer a
 grouped-query attention layer (`is_valid_gqa_pruning`)."""
 
+import copy
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
@@ -10,6 +12,7 @@ from transformers.models.qwen3 import modeling_qwen3
 
 from earlybird import gqa, slimming
 from earlybird.errors import EarlyBirdError
+from test_patch_boundaries import cpu_varlen, flex_without_compile  # noqa: F401 -- fixtures
 
 ATOL = 1e-5
 LAYERS, HEADS, HIDDEN, INTER, VOCAB, HEAD_DIM = 4, 8, 64, 96, 61, 8
@@ -170,7 +173,7 @@ def test_a_pruned_model_generates_with_a_static_cache(model):
 @pytest.mark.parametrize("model", MODELS)
 def test_eager_equals_sdpa_on_a_pruned_model(model):
     _, eager = zero_and_prune(model, SAME_PER_GROUP, NEURONS, "eager")
-    sdpa = make_model(model, "sdpa", config=eager.config)
+    sdpa = make_model(model, "sdpa", config=copy.deepcopy(eager.config))
     sdpa.load_state_dict(eager.state_dict())
     inputs = make_inputs()
     torch.testing.assert_close(logits(sdpa, inputs), logits(eager, inputs), atol=ATOL, rtol=0)
@@ -328,3 +331,15 @@ def test_the_library_reads_prunes_and_folds_a_decoder(model):
     slimming.fold_slimming(m)
     assert slimming.coefficient_parameters(m) == []
     torch.testing.assert_close(logits(m, inputs), before, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("kernel", ["cpu_varlen", "flex_without_compile"])
+def test_a_pruned_slimmed_decoder_under_flash_unpadding_and_flex_equals_eager(model, kernel, request):
+    """Per-layer query and key/value head counts and the coefficients reach flash attention's un-padding (run on CPU
+    with a reference varlen kernel) and flex attention (uncompiled) as they reach eager."""
+    _, eager = zero_and_prune(model, SAME_PER_GROUP, NEURONS, "eager")
+    other = make_model(model, request.getfixturevalue(kernel), config=copy.deepcopy(eager.config))
+    other.load_state_dict(eager.state_dict())
+    inputs = make_inputs()
+    torch.testing.assert_close(logits(other, inputs), logits(eager, inputs), atol=ATOL, rtol=0)
