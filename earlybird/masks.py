@@ -59,6 +59,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import EarlyBirdError
+from .gqa import gqa_kept_per_group, is_valid_gqa_pruning
 
 SCOPES = ("layerwise", "global", "uniform")
 MASK_RULES = ("magnitude", "quantile")
@@ -128,16 +129,12 @@ def head_group_size(shape: dict | None) -> int:
 
 
 def gqa_violation(pruned, heads: int, group_size: int) -> str | None:
-    """Why pruning the query heads `pruned` (indices of one layer) breaks THE GQA RULE, or None if it does not."""
-    if group_size <= 1:
+    """Why pruning the query heads `pruned` (indices of one layer) breaks the GQA rule (earlybird.gqa, the patch's
+    rule), or None if it does not."""
+    if group_size <= 1 or is_valid_gqa_pruning(heads, heads // group_size, pruned):
         return None
-    kept = np.bincount(np.asarray([h // group_size for h in range(heads) if h not in set(pruned)], dtype=int),
-                       minlength=heads // group_size)
-    sizes = sorted(set(int(k) for k in kept if k))
-    if len(sizes) > 1:
-        return (f"its KV groups of {group_size} query heads keep {', '.join(map(str, kept))} heads; each group must "
-                "keep 0 or the same number as the others")
-    return None
+    return (f"would keep {gqa_kept_per_group(heads, heads // group_size, pruned)} query heads per key/value group; "
+            "with grouped-query attention every group must keep 0 or the same number of query heads")
 
 
 def n_pruned(ratio: float, n: int) -> int:

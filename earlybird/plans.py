@@ -237,5 +237,5 @@ def validate_plan(plan, where: str = "plan") -> None:
             if block.name == "msa":
                 problem = gqa_violation(indices, size, group_size)
                 if problem:
-                    raise EarlyBirdError(f"{where}: '{key}'['{layer_key}'] breaks the GQA rule: {problem} "
-                                         f"(shape: {size} heads, {shape['kv_heads']} KV heads)")
+                    raise EarlyBirdError(f"{where}: layer {layer} {problem} ('{key}'['{layer_key}'] of {size} heads "
+                                         f"over {shape['kv_heads']} key/value heads: a GQA-aware plan)")

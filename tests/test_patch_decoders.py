@@ -2,11 +2,17 @@
 model, zeroed coefficients are the pruned model (logits and greedy generation), and pruning keeps every layer a
 grouped-query attention layer (`is_valid_gqa_pruning`)."""
 
+import copy
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 from transformers.models.llama import modeling_llama
 from transformers.models.qwen3 import modeling_qwen3
+
+from earlybird import gqa, slimming
+from earlybird.errors import EarlyBirdError
+from test_patch_boundaries import cpu_varlen, flex_without_compile  # noqa: F401 -- fixtures
 
 ATOL = 1e-5
 LAYERS, HEADS, HIDDEN, INTER, VOCAB, HEAD_DIM = 4, 8, 64, 96, 61, 8
@@ -167,7 +173,7 @@ def test_a_pruned_model_generates_with_a_static_cache(model):
 @pytest.mark.parametrize("model", MODELS)
 def test_eager_equals_sdpa_on_a_pruned_model(model):
     _, eager = zero_and_prune(model, SAME_PER_GROUP, NEURONS, "eager")
-    sdpa = make_model(model, "sdpa", config=eager.config)
+    sdpa = make_model(model, "sdpa", config=copy.deepcopy(eager.config))
     sdpa.load_state_dict(eager.state_dict())
     inputs = make_inputs()
     torch.testing.assert_close(logits(sdpa, inputs), logits(eager, inputs), atol=ATOL, rtol=0)
@@ -285,3 +291,55 @@ def test_features_off_by_default(model):
     plain = make_model(model)
     assert coefficients(plain) == [] and plain.config.pruned_heads == {} and head_counts(plain)[0] == (HEADS, 2, 4)
     assert "self_slimming" in plain.config.to_dict()
+
+
+def test_the_library_rule_is_the_patch_rule_on_every_pruning_of_small_layers():
+    """`earlybird.gqa` (no torch, for masks and plans) and the patched modeling files decide alike, exhaustively."""
+    from itertools import chain, combinations
+
+    for num_heads, num_kv_heads in [(8, 2), (8, 4), (4, 4), (6, 3), (4, 1)]:
+        for pruned in chain.from_iterable(combinations(range(num_heads), r) for r in range(num_heads + 1)):
+            expected = gqa.is_valid_gqa_pruning(num_heads, num_kv_heads, pruned)
+            assert modeling_llama.is_valid_gqa_pruning(num_heads, num_kv_heads, pruned) == expected
+            assert modeling_qwen3.is_valid_gqa_pruning(num_heads, num_kv_heads, pruned) == expected
+            assert gqa.gqa_kept_per_group(num_heads, num_kv_heads, pruned) == modeling_llama.gqa_kept_per_group(
+                num_heads, num_kv_heads, pruned)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_library_reads_prunes_and_folds_a_decoder(model):
+    torch.manual_seed(0)
+    m = make_model(model, self_slimming=True, inter_slimming=True)
+    heads, neurons = slimming.read_coefficients(m)
+    assert heads.shape == (LAYERS, HEADS) and neurons.shape == (LAYERS, INTER)
+    assert slimming.model_shape(m) == {"model_type": model, "layers": LAYERS, "heads": HEADS, "intermediate": INTER,
+                                       "kv_heads": 2}
+    dense_flops = slimming.encoder_flops_per_token(m, seq_len=9)
+    bad = {"pruned_heads": {"1": [0]}, "pruned_intermediate": {}}
+    with pytest.raises(EarlyBirdError, match=r"layer 1 would keep \[3, 4\] query heads per key/value group"):
+        slimming.apply_plan(m, bad)
+    slimming.apply_plan(m, {"pruned_heads": {str(k): v for k, v in SAME_PER_GROUP.items()},
+                            "pruned_intermediate": {"0": [1, 2]}})
+    assert slimming.kept_sizes(m) == {"heads": [6, 4, 8, 2], "intermediate": [INTER - 2, INTER, INTER, INTER]}
+    # per layer: q/o over the query heads, k/v over the key/value heads, 3 gated-MLP linears
+    hidden = HIDDEN
+    expected = sum(2 * (2 * hidden * (q + kv) * HEAD_DIM + 2 * 9 * q * HEAD_DIM + 3 * hidden * inter)
+                   for (q, kv, _), inter in zip(head_counts(m), slimming.kept_sizes(m)["intermediate"]))
+    assert slimming.encoder_flops_per_token(m, seq_len=9) == expected < dense_flops
+    inputs = make_inputs()
+    before = logits(m, inputs)
+    slimming.fold_slimming(m)
+    assert slimming.coefficient_parameters(m) == []
+    torch.testing.assert_close(logits(m, inputs), before, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("kernel", ["cpu_varlen", "flex_without_compile"])
+def test_a_pruned_slimmed_decoder_under_flash_unpadding_and_flex_equals_eager(model, kernel, request):
+    """Per-layer query and key/value head counts and the coefficients reach flash attention's un-padding (run on CPU
+    with a reference varlen kernel) and flex attention (uncompiled) as they reach eager."""
+    _, eager = zero_and_prune(model, SAME_PER_GROUP, NEURONS, "eager")
+    other = make_model(model, request.getfixturevalue(kernel), config=copy.deepcopy(eager.config))
+    other.load_state_dict(eager.state_dict())
+    inputs = make_inputs()
+    torch.testing.assert_close(logits(other, inputs), logits(eager, inputs), atol=ATOL, rtol=0)
