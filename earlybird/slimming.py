@@ -58,10 +58,14 @@ def neuron_coefficients(model: nn.Module) -> list[torch.Tensor]:
 
 
 def kept_sizes(model: nn.Module) -> dict:
-    """Heads and FFN neurons each layer still has (model_shape gives the unpruned sizes of the config)."""
+    """Heads and FFN neurons each layer still has (model_shape gives the unpruned sizes of the config); a decoder
+    with grouped-query attention adds its key/value heads (`kv_heads`)."""
     layers = encoder_layers(model)
-    return {MSA.shape_key: [_num_heads(_attention(layer)) for layer in layers],
-            MLP.shape_key: [int(_ffn(layer).intermediate_size) for layer in layers]}
+    sizes = {MSA.shape_key: [_num_heads(_attention(layer)) for layer in layers],
+             MLP.shape_key: [int(_ffn(layer).intermediate_size) for layer in layers]}
+    if "kv_heads" in model_shape(model):
+        sizes["kv_heads"] = [int(_attention(layer).num_key_value_heads) for layer in layers]
+    return sizes
 
 
 def coefficient_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -320,7 +320,8 @@ def test_the_library_reads_prunes_and_folds_a_decoder(model):
         slimming.apply_plan(m, bad)
     slimming.apply_plan(m, {"pruned_heads": {str(k): v for k, v in SAME_PER_GROUP.items()},
                             "pruned_intermediate": {"0": [1, 2]}})
-    assert slimming.kept_sizes(m) == {"heads": [6, 4, 8, 2], "intermediate": [INTER - 2, INTER, INTER, INTER]}
+    assert slimming.kept_sizes(m) == {"heads": [6, 4, 8, 2], "intermediate": [INTER - 2, INTER, INTER, INTER],
+                                      "kv_heads": [2, 2, 2, 2]}
     # per layer: q/o over the query heads, k/v over the key/value heads, 3 gated-MLP linears
     hidden = HIDDEN
     expected = sum(2 * (2 * hidden * (q + kv) * HEAD_DIM + 2 * 9 * q * HEAD_DIM + 3 * hidden * inter)
