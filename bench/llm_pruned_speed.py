@@ -280,11 +280,12 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|---|---|",
     ]
     runs = [("PyTorch (patched)", torch_rows, {"dense": parameters(dense), "pruned": parameters(pruned)}),
-            ("plain transformers, standard export", plain, {k: v["parameters"] for k, v in plain.items()})]
+            ("plain transformers 5.23.0", plain, {k: v["parameters"] for k, v in plain.items()})]
     for runtime, rows, params in runs:
         for name in ("dense", "pruned"):
             r, d = rows[name], rows["dense"]
-            lines.append(f"| {runtime} | {name} | {params[name] / 1e6:.1f} | {r['prefill_tps']:.0f} | "
+            label = "pruned, standard export" if rows is plain and name == "pruned" else name
+            lines.append(f"| {runtime} | {label} | {params[name] / 1e6:.1f} | {r['prefill_tps']:.0f} | "
                          f"{r['prefill_tps'] / d['prefill_tps']:.2f} | {r['decode_tps']:.1f} | "
                          f"{r['decode_tps'] / d['decode_tps']:.2f} |")
     lines += [

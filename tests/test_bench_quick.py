@@ -92,7 +92,7 @@ EXPECTED = {
         "intermediate_size 48, auto_map absent.",
         "| PyTorch (patched) | dense |",
         "| PyTorch (patched) | pruned |",
-        "| plain transformers, standard export | pruned |",
+        "| plain transformers 5.23.0 | pruned, standard export |",
         "generates the same 4 greedy tokens as the patched pruned model: yes.",
         "| Llama (tiny, seq 16, batch 2), both slimmings, sdpa | 3 |",
     ],
