@@ -14,6 +14,7 @@ from earlybird.cli import main as cli_main
 from earlybird.masks import gqa_violation
 from earlybird.plans import load_plan
 from earlybird.records import load_records
+from test_export import unpatched_site  # noqa: F401 -- a fixture: the pristine transformers for a subprocess
 from test_training_support import load_script, read_json, read_jsonl
 
 run_clm = load_script("Finetuning/run_clm.py", "run_clm")
@@ -150,3 +151,55 @@ def test_callback_on_a_causal_lm_draws_as_detect_does(workspace, tmp_path):
     with torch.no_grad():
         assert torch.isfinite(ticket(input_ids=batch).logits).all()
     json.dumps(callback.summary())
+
+
+# --------------------------------------------------------------------------- uniform ticket -> standard checkpoint
+
+PLAIN_GENERATE = """
+import json, sys
+import torch, transformers
+job = json.load(open(sys.argv[1]))
+model = transformers.AutoModelForCausalLM.from_pretrained(job["export"]).eval()  # no trust_remote_code
+with torch.no_grad():
+    tokens = model.generate(input_ids=torch.tensor(job["prompt"]), max_new_tokens=8, do_sample=False, pad_token_id=0)
+print(json.dumps({"tokens": tokens.tolist(), "patched": hasattr(model.model.layers[0].mlp, "prune_intermediate"),
+                  "transformers_file": transformers.__file__}))
+"""
+
+
+def test_uniform_ticket_exports_to_a_standard_checkpoint_plain_transformers_runs(workspace, tmp_path,
+                                                                                  unpatched_site):  # noqa: F811
+    import os
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    slim = tmp_path / "slim"
+    assert run_clm.main(clm_args(workspace, "llama", slim, steps=8) + SLIM) == 0
+    plan = tmp_path / "plan.json"
+    assert cli_main(["plan", str(slim), "--step", "6", "--self-pruning-ratio", "0.5", "--inter-pruning-ratio", "0.5",
+                     "--self-pruning-scope", "uniform", "--inter-pruning-scope", "uniform", "--gqa-rule", "groups",
+                     "-o", str(plan)]) == 0
+    ticket = tmp_path / "ticket"
+    assert run_clm.main(clm_args(workspace, "llama", ticket, steps=6) + ["--prune-plan", str(plan)]) == 0
+    exported = tmp_path / "export"
+    assert cli_main(["export", str(ticket / "final"), "--format", "hf", "-o", str(exported)]) == 0
+    config = json.loads((exported / "config.json").read_text())
+    assert "auto_map" not in config and not config.get("pruned_heads")
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["intermediate_size"]) == (4, 1, 48)
+
+    prompt = [[3, 5, 7, 9, 11]]
+    patched = AutoModelForCausalLM.from_pretrained(ticket / "final").eval()
+    with torch.no_grad():
+        expected = patched.generate(input_ids=torch.tensor(prompt), max_new_tokens=8, do_sample=False,
+                                    pad_token_id=0).tolist()
+    (tmp_path / "job.json").write_text(json.dumps({"export": str(exported), "prompt": prompt}))
+    (tmp_path / "plain.py").write_text(PLAIN_GENERATE)
+    env = {**os.environ, "PYTHONPATH": str(unpatched_site), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    proc = subprocess.run([sys.executable, str(tmp_path / "plain.py"), str(tmp_path / "job.json")], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plain = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert plain["transformers_file"].startswith(str(unpatched_site)) and plain["patched"] is False
+    assert plain["tokens"] == expected
