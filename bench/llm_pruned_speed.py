@@ -8,7 +8,8 @@ CPU cores run; `--quick`: a tiny one). The ticket is made the library's way: see
 heads, every layer 1408 neurons), `earlybird.slimming.apply_plan`; every variant starts from the same dense weights.
 
 * PyTorch (the patched transformers, in this process): dense and pruned are timed alternately, the order rotating
-  each round, after a warm-up call each; the figure is the ratio of medians. Prefill: one forward pass over a
+  each round, after a warm-up call each, in CPU time of the process (one thread: waiting for a core on a shared
+  machine is not counted); the figure is the ratio of medians. Prefill: one forward pass over a
   `--prompt`-token prompt (batch 1, no cache kept). Decode: greedy `generate` with the KV cache; its tokens/s are
   `(new - 1) / (time(new tokens) - time(1 token))`, so the prompt's prefill is not counted.
 * Plain transformers (a subprocess importing the pristine 5.23.0 files `setup.sh` kept, no earlybird code): the dense
@@ -85,19 +86,24 @@ def prompt_ids(config, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, config.vocab_size, (1, length), generator=torch.Generator().manual_seed(seed))
 
 
+# CPU time of the process: on a shared machine the time spent waiting for a core is not the model's (with one thread
+# it is the duration on a quiet machine), as bench/slimming_overhead.py times its steps.
+CLOCK = time.process_time
+
+
 @torch.inference_mode()
 def prefill_seconds(model, ids) -> float:
-    start = time.perf_counter()
+    start = CLOCK()
     model(input_ids=ids, use_cache=False)
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 @torch.inference_mode()
 def generate(model, ids, new: int):
-    start = time.perf_counter()
+    start = CLOCK()
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
                          do_sample=False, pad_token_id=0)
-    return time.perf_counter() - start, out[0, ids.shape[1]:].tolist()
+    return CLOCK() - start, out[0, ids.shape[1]:].tolist()
 
 
 def time_models(models: dict, prompt, decode_prompt, new: int, repeats: int) -> dict:
