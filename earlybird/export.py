@@ -13,7 +13,7 @@ the `ignore_mismatched_sizes=True` its error suggests, silently re-initialises e
   the weights and named in `config.json`'s `auto_map`; plain transformers loads it with `trust_remote_code=True`
   (`AutoModelFor...`, `pipeline`). The code is generated from the installed patched modeling and configuration
   modules (see :func:`remote_code`), so it follows the patch wherever the patch changes. The model type is renamed
-  (`earlybird_vit`, `earlybird_bert`): without `trust_remote_code` the auto classes cannot fall back to the built-in
+  (`earlybird_vit`, `earlybird_bert`, `earlybird_llama`, `earlybird_qwen3`): without `trust_remote_code` the auto classes cannot fall back to the built-in
   ViT/BERT and fail with transformers' own "contains custom code" error.
 * `onnx`: the graph of torch's exporter (dynamo) with dynamic batch (and sequence, BERT) axes, for onnxruntime. ViT and
   BERT only: a decoder LLM is refused (a causal LM is served with its key/value cache, which this graph would not
