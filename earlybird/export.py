@@ -13,7 +13,7 @@ the `ignore_mismatched_sizes=True` its error suggests, silently re-initialises e
   the weights and named in `config.json`'s `auto_map`; plain transformers loads it with `trust_remote_code=True`
   (`AutoModelFor...`, `pipeline`). The code is generated from the installed patched modeling and configuration
   modules (see :func:`remote_code`), so it follows the patch wherever the patch changes. The model type is renamed
-  (`earlybird_vit`, `earlybird_bert`): without `trust_remote_code` the auto classes cannot fall back to the built-in
+  (`earlybird_vit`, `earlybird_bert`, `earlybird_llama`, `earlybird_qwen3`): without `trust_remote_code` the auto classes cannot fall back to the built-in
   ViT/BERT and fail with transformers' own "contains custom code" error.
 * `onnx`: the graph of torch's exporter (dynamo) with dynamic batch (and sequence, BERT) axes, for onnxruntime. ViT and
   BERT only: a decoder LLM is refused (a causal LM is served with its key/value cache, which this graph would not
@@ -279,8 +279,8 @@ def remote_code(model) -> dict[str, str]:
     return files
 
 
-def auto_classes(model) -> dict[str, str]:
-    """{auto class name: built-in class name}: AutoModel (the bare model) and the auto classes of the model's task."""
+def auto_classes(model_type: str, class_name: str) -> dict[str, str]:
+    """{auto class name: built-in class name}: AutoModel (the bare model) and the auto classes of `class_name`."""
     from transformers.models.auto import modeling_auto
     from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
@@ -290,8 +290,8 @@ def auto_classes(model) -> dict[str, str]:
         if not (isinstance(auto, type) and issubclass(auto, _BaseAutoModelClass) and auto._model_mapping is not None):
             continue
         # the auto class's own table of built-in models: model type -> class name
-        built_in = auto._model_mapping._model_mapping.get(model.config.model_type)
-        if name == "AutoModel" or built_in == type(model).__name__:
+        built_in = auto._model_mapping._model_mapping.get(model_type)
+        if name == "AutoModel" or built_in == class_name:
             entries[name] = built_in
     return entries
 
@@ -301,7 +301,8 @@ def auto_map(model) -> dict[str, str]:
     model_type = model.config.model_type
     modeling = f"modeling_{remote_model_type(model_type)}"
     entries = {"AutoConfig": f"configuration_{remote_model_type(model_type)}.{type(model.config).__name__}"}
-    entries.update({name: f"{modeling}.{built_in}" for name, built_in in auto_classes(model).items()})
+    classes = auto_classes(model_type, type(model).__name__)
+    entries.update({name: f"{modeling}.{built_in}" for name, built_in in classes.items()})
     return entries
 
 
@@ -335,8 +336,15 @@ def standard_config(model, log=print):
 
 
 def task_auto_class(config_dict: dict) -> str:
-    """The auto class that loads the export's own architecture (from its auto_map)."""
+    """The auto class that loads the export's own architecture (from its auto_map, or, for a standard checkpoint, from
+    transformers' own tables)."""
     architecture = config_dict["architectures"][0]
+    if "auto_map" not in config_dict:
+        found = [name for name, cls in auto_classes(config_dict["model_type"], architecture).items()
+                 if cls == architecture]
+        if found:
+            return found[0]
+        raise ExportError(f"no auto class of transformers loads {architecture}")
     for name, target in config_dict["auto_map"].items():
         if name != "AutoConfig" and target.endswith(f".{architecture}"):
             return name
@@ -389,8 +397,7 @@ def export_hf(model, processor, out: Path, log=print) -> float:
             processor.save_pretrained(out)
         log(f"note: a standard {type(standard).__name__} checkpoint: any transformers loads it without "
             "trust_remote_code")
-        auto = getattr(transformers, next(name for name, cls in auto_classes(model).items()
-                                          if cls == type(model).__name__))
+        auto = getattr(transformers, task_auto_class(json.loads((out / "config.json").read_text())))
         exported = auto.from_pretrained(out).eval()
         inputs = sample_inputs(model.config)
         return check_close(outputs(model, inputs), outputs(exported, inputs), ATOL["hf"], f"{out} (reloaded)")

@@ -168,6 +168,7 @@ def test_a_pruned_model_generates_with_a_static_cache(model):
     dynamic = generated(pruned, inputs)
     assert torch.equal(generated(pruned, inputs, cache_implementation="static"), dynamic)
     assert pruned._get_static_cache_init_shape() == ([1, 2, 1, 2], HEAD_DIM)
+    assert make_model(model)._get_static_cache_init_shape() == (2, HEAD_DIM)  # unpruned: transformers' own answer
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -542,12 +542,14 @@ class LlamaPreTrainedModel(PreTrainedModel):
 
     def _get_static_cache_init_shape(self):
         # a pruned model's layers have their own number of key/value heads: a static cache initialised ahead of the
-        # first forward gets one per layer (lazily initialised, each layer takes it from its key states anyway)
+        # first forward gets one per layer (lazily initialised, each layer takes it from its key states anyway); under
+        # tensor parallelism the per-layer counts need not shard evenly: left to the lazy initialisation
         shape = super()._get_static_cache_init_shape()
-        if shape is None:
+        if shape is None or not getattr(self.config, "pruned_heads", None):
+            return shape
+        if (getattr(self, "_tp_size", None) or 1) > 1:
             return None
-        kv_heads = [layer.self_attn.num_key_value_heads for layer in self.base_model.layers]
-        return (kv_heads[0] if len(set(kv_heads)) == 1 else kv_heads), shape[1]
+        return [layer.self_attn.num_key_value_heads for layer in self.base_model.layers], shape[1]
 
     # Copied from transformers.models.bert.modeling_bert.BertPreTrainedModel._own_config with Bert->Llama
     def _own_config(self, change: str) -> LlamaConfig:
