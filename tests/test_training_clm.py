@@ -70,7 +70,7 @@ def test_slim_detect_plan_ticket(model, workspace, tmp_path, capsys):
     assert run_clm.main(clm_args(workspace, model, ticket, steps=8) + ["--prune-plan", str(plan_path)]) == 0
     results = read_json(ticket / "results.json")
     # 2 of 4 heads per KV group; 96 - round(52.8) = 43 neurons kept, rounded up to 44
-    assert results["kept"] == {"heads": [4] * 4, "intermediate": [44] * 4}
+    assert results["kept"] == {"heads": [4] * 4, "intermediate": [44] * 4, "kv_heads": [2] * 4}
     from transformers import AutoModelForCausalLM
 
     reloaded, info = AutoModelForCausalLM.from_pretrained(ticket / "final", output_loading_info=True)
@@ -85,7 +85,7 @@ def test_ebtrain_prunes_whole_kv_groups_in_place(workspace, tmp_path, capsys):
         "--inter-pruning-scope", "uniform", "--gqa-rule", "groups"]) == 0
     summary = read_json(out / "ebtrain.json")
     assert summary["draw_step"] is not None
-    assert summary["shape_after"] == {"heads": [4] * 4, "intermediate": [48] * 4}  # 1 of 2 KV groups
+    assert summary["shape_after"] == {"heads": [4] * 4, "intermediate": [48] * 4, "kv_heads": [1] * 4}  # 1 group of 2
     plan = read_json(out / "plan.json")
     assert plan["provenance"]["gqa_rule"] == "groups" and _valid_gqa(plan)
     for heads in plan["pruned_heads"].values():  # a whole group: heads 0-3 or 4-7
