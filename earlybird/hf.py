@@ -103,7 +103,7 @@ class EarlyBirdCallback(TrainerCallback):
         record_every, record_chunk: record every k-th step; rows buffered on the device per write (1, 256).
         method: the detector (`hamming`, `slope`, `mk`, `adf`; None: slimming and records only).
         block, ratio, scope: the masks it watches (`msa` | `mlp` | `both`; mask ratio, default the block's pruning
-            ratio else 0.3; `layerwise` | `global`, default the profile's for each block).
+            ratio else 0.3; `layerwise` | `global` | `uniform`, default the profile's for each block).
         profile: the detection profile (`paper`, the default, or `original`: `--eb-profile`, earlybird.profiles).
         scale: scale the study's step-counted detector parameters to the run's `max_steps` (`--eb-scale`).
         **params: the detector's own parameters (`cached`, `threshold`, `smooth`, `window`, `alpha`, `every`,
