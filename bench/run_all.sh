@@ -27,7 +27,7 @@ mkdir -p "$OUT"
 SCRATCH_ARGS=()
 if [[ -n "${SCRATCH:-}" ]]; then SCRATCH_ARGS=(--dir "$SCRATCH"); fi
 NAMES=(pruned_speed recorder_cost detector_cost ebtrain_savings slimming_overhead export_speed loop_overhead callback_overhead
-  image_pipeline)
+  image_pipeline llm_pruned_speed)
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
 
 declare -A SECONDS_TAKEN
@@ -58,6 +58,7 @@ run export_speed "$PYTHON" bench/export_speed.py "${QUICK[@]}" --threads "$THREA
 run loop_overhead "$PYTHON" bench/loop_overhead.py "${QUICK[@]}" --threads "$THREADS" "${DEVICE_ARGS[@]}"
 run callback_overhead "$PYTHON" bench/callback_overhead.py "${QUICK[@]}" --threads "$THREADS" "${DEVICE_ARGS[@]}"
 run image_pipeline "$PYTHON" bench/image_pipeline.py "${QUICK[@]}" "${SCRATCH_ARGS[@]}"  # one thread: a worker's
+run llm_pruned_speed "$PYTHON" bench/llm_pruned_speed.py "${QUICK[@]}" --threads "$THREADS"
 
 {
   echo "# Benchmark results"

@@ -22,7 +22,7 @@ from .detectors import (DETECTORS, STUDY_STEPS, add_param_arguments, check_appli
                         never_tests_message, scaled_params)
 from .layout import records_path
 from .errors import EarlyBirdError
-from .masks import SCOPES, check_ratio
+from .masks import DEFAULT_GQA_RULE, GQA_RULES, SCOPES, check_ratio, check_round_to
 from .plans import make_plan, save_plan
 from .profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from .records import load_records
@@ -81,8 +81,14 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
 
 def _add_scope(p: argparse.ArgumentParser, *flags, dest: str = "scope", what: str = "masks") -> None:
     p.add_argument(*(flags or ("--scope",)), dest=dest, choices=SCOPES, default=None,
-                   help=f"{what} per layer (layerwise) or over all layers (global); default the profile's "
-                        f"({_SCOPE_DEFAULTS})")
+                   help=f"{what} per layer (layerwise), over all layers (global), or the same number in every "
+                        f"layer (uniform); default the profile's ({_SCOPE_DEFAULTS})")
+
+
+def _add_gqa_rule(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gqa-rule", choices=GQA_RULES, default=DEFAULT_GQA_RULE,
+                   help="heads of a grouped-query attention (Llama, Qwen3; from the records' meta): per-group prunes "
+                        "the same number of query heads in each KV group, groups whole KV groups (default per-group)")
 
 
 # --------------------------------------------------------------------------- detect
@@ -95,6 +101,7 @@ def _add_detect(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ratio", type=float, required=True, help="pruning ratio in [0, 1)")
     _add_profile(p)
     _add_scope(p)
+    _add_gqa_rule(p)
     p.add_argument("--method", required=True, metavar="{" + ",".join(DETECTORS) + "}[,...]|all",
                    help="detector, or several separated by commas (or all): masks and norms are computed once")
     p.add_argument("--scale", action="store_true",
@@ -175,7 +182,7 @@ def _run_detect(args) -> int:
                 raise EarlyBirdError(message + hint)
     for block in blocks:
         results = detect_many(records, block, args.ratio, args.scope, params[block],
-                              stop_at_draw=not args.full_trace, profile=args.profile)
+                              stop_at_draw=not args.full_trace, profile=args.profile, gqa_rule=args.gqa_rule)
         for method, result in results.items():
             if args.json:
                 print(result.to_json())  # (its params name the block)
@@ -259,14 +266,26 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
     _add_scope(p, "--self-pruning-scope", "--self-scope", dest="self_scope", what="heads")
     _add_scope(p, "--inter-pruning-scope", "--inter-scope", dest="inter_scope", what="neurons")
     _add_profile(p)
+    _add_gqa_rule(p)
+    p.add_argument("--round-to", type=int, default=1, metavar="N",
+                   help="keep a multiple of N units per layer, rounded up (prunes fewer): neurons, heads, or under "
+                        "grouped-query attention the heads per KV group (per-group) or the KV groups (groups)")
     p.add_argument("--random", type=int, metavar="SEED", help="random baseline with the same per-layer counts")
     p.add_argument("-o", "--output", required=True, help="plan JSON to write")
+
+
+def _round_to(value) -> int:
+    try:
+        return check_round_to(value)
+    except EarlyBirdError as err:
+        raise EarlyBirdError(f"--round-to: {err}") from None
 
 
 def _run_plan(args) -> int:
     _check_ratios(args, ("--self-pruning-ratio", "self_ratio"), ("--inter-pruning-ratio", "inter_ratio"))
     plan = make_plan(records_path(args.records), args.step, args.self_ratio, args.inter_ratio, args.self_scope,
-                     args.inter_scope, random_seed=args.random, profile=args.profile)
+                     args.inter_scope, random_seed=args.random, profile=args.profile, gqa_rule=args.gqa_rule,
+                     round_to=_round_to(args.round_to))
     save_plan(plan, args.output)
     heads = sum(len(v) for v in plan[MSA.plan_key].values())
     neurons = sum(len(v) for v in plan[MLP.plan_key].values())

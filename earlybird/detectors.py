@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .errors import EarlyBirdError
-from .masks import as_numpy, check_ratio, check_scope, compute_mask, nuclear_norm
+from .masks import DEFAULT_GQA_RULE, as_numpy, check_gqa_rule, check_ratio, check_scope, compute_mask, nuclear_norm
 from .profiles import DEFAULT_PROFILE, get_profile
 from .records import Records, load_records
 
@@ -965,7 +965,7 @@ def _mask_workers() -> int:
     return 2 if cores >= 2 else 1
 
 
-def _mask_blocks(coefs: np.ndarray, ratio: float, scope: str, rule: str, norms_wanted):
+def _mask_blocks(coefs: np.ndarray, ratio: float, scope: str, rule: str, norms_wanted, **structure):
     """(start, stop, masks, norms or None) for each block of steps, in order; the following blocks' masks (and norms,
     when `norms_wanted()` says so as a block is queued) are computed in background threads -- one per core, up to
     two -- while the caller feeds this one to its detectors. numpy's partitions and LAPACK's eigen-solvers release
@@ -975,7 +975,7 @@ def _mask_blocks(coefs: np.ndarray, ratio: float, scope: str, rule: str, norms_w
     from concurrent.futures import ThreadPoolExecutor
 
     def compute(start: int, stop: int, norms: bool):
-        masks = compute_mask(coefs[start:stop], ratio, scope, rule)
+        masks = compute_mask(coefs[start:stop], ratio, scope, rule, **structure)
         return start, stop, masks, nuclear_norm(masks) if norms else None
 
     blocks = iter(_step_blocks(coefs))
@@ -1004,20 +1004,23 @@ def feed(detector: Detector, steps, masks, *, stop_at_draw: bool = False) -> boo
 
 
 def detect(records, block: str = "msa", ratio: float = 0.3, scope: str | None = None, method: str = "slope",
-           *, stop_at_draw: bool = True, profile: str | None = None, **params) -> DetectionResult:
+           *, stop_at_draw: bool = True, profile: str | None = None, gqa_rule: str = DEFAULT_GQA_RULE,
+           **params) -> DetectionResult:
     """Run a detector over recorded coefficients; offline == online by construction.
 
     Masks are computed with :func:`compute_mask` (the profile's mask rule; ``scope=None``: the profile's default
     scope for the block) in vectorised blocks of steps (and, for the stationarity methods, their nuclear norms in one
     stacked SVD per block); the detector is then fed step by step with the records' own step numbers.
-    ``stop_at_draw=False`` keeps feeding after the draw to produce the full trace.
+    ``stop_at_draw=False`` keeps feeding after the draw to produce the full trace. The heads of a model with
+    grouped-query attention (the records' meta) get masks that keep the GQA rule, chosen by ``gqa_rule``.
     """
     return detect_many(records, block, ratio, scope, {method: params}, stop_at_draw=stop_at_draw,
-                       profile=profile)[method]
+                       profile=profile, gqa_rule=gqa_rule)[method]
 
 
 def detect_many(records, block: str, ratio: float, scope: str | None, methods: dict, *,
-                stop_at_draw: bool = True, profile: str | None = None) -> dict[str, DetectionResult]:
+                stop_at_draw: bool = True, profile: str | None = None,
+                gqa_rule: str = DEFAULT_GQA_RULE) -> dict[str, DetectionResult]:
     """Several detectors over the same records in one pass: {method: its parameters} -> {method: result}.
 
     Each block of steps' masks (and their nuclear norms, when a detector needs them) is computed once and fed to
@@ -1034,7 +1037,8 @@ def detect_many(records, block: str, ratio: float, scope: str | None, methods: d
     def running() -> list:
         return [d for d in detectors.values() if not (stop_at_draw and d.draw_step is not None)]
 
-    blocks = _mask_blocks(coefs, ratio, scope, profile.mask_rule, lambda: any(d.uses_norm for d in running()))
+    blocks = _mask_blocks(coefs, ratio, scope, profile.mask_rule, lambda: any(d.uses_norm for d in running()),
+                          group_size=records.group_size(block), gqa_rule=check_gqa_rule(gqa_rule))
     for start, stop, masks, norms in blocks:
         live = running()
         if not live:
@@ -1049,7 +1053,7 @@ def detect_many(records, block: str, ratio: float, scope: str | None, methods: d
 
 def hamming_table(records, block: str = "msa", ratios=(0.3, 0.8), cached=(5, 50, 100, 500, 2000),
                   thresholds=(0.1, 0.01), scope: str | None = None, every: int = 1, profile: str | None = None,
-                  indices: bool = False) -> dict:
+                  indices: bool = False, gqa_rule: str = DEFAULT_GQA_RULE) -> dict:
     """Draw steps of the Hamming rule for every (ratio, cached, threshold): {(r, n, eps): step}.
 
     Masks are computed once per ratio and fed to one detector per FIFO size. The FIFO does not
@@ -1074,7 +1078,8 @@ def hamming_table(records, block: str = "msa", ratios=(0.3, 0.8), cached=(5, 50,
             live = [d for d in detectors.values() if d.draw_step is None]
             if not live:
                 break
-            masks = compute_mask(coefs[start:stop], ratio, scope, profile.mask_rule)
+            masks = compute_mask(coefs[start:stop], ratio, scope, profile.mask_rule,
+                                 group_size=records.group_size(block), gqa_rule=gqa_rule)
             for d in live:
                 feed(d, records.steps[start:stop], masks, stop_at_draw=True)
         for n, d in detectors.items():
@@ -1100,11 +1105,13 @@ class OnlineEarlyBird:
 
     ``profile`` selects the detection profile (mask rule, detector variant, default scopes: ``scope=None`` uses
     the profile's default for each block); ``block_params`` ({block: {name: value}}) sets parameters for one block
-    only, under the common ``params``.
+    only, under the common ``params``. ``group_size`` (query heads per KV head, > 1 under grouped-query attention)
+    and ``gqa_rule`` make the head masks keep the GQA rule, as `detect` does from the records' meta.
     """
 
     def __init__(self, block="msa", ratio: float = 0.3, scope: str | None = None, method: str = "slope", *,
-                 profile: str | None = None, block_params: dict | None = None, **params):
+                 profile: str | None = None, block_params: dict | None = None, group_size: int = 1,
+                 gqa_rule: str = DEFAULT_GQA_RULE, **params):
         self.blocks = (block,) if isinstance(block, str) else tuple(block)
         for name in self.blocks:
             if name not in ("msa", "mlp"):
@@ -1115,6 +1122,7 @@ class OnlineEarlyBird:
         self.ratio = check_ratio(ratio)
         self.scopes = {name: check_scope(self.profile.scope(name, scope)) for name in self.blocks}
         self.method = method
+        self.structure = {"msa": {"group_size": group_size, "gqa_rule": check_gqa_rule(gqa_rule)}, "mlp": {}}
         self.detectors = {name: make_detector(method, self.profile.name, name,
                                               **{**(block_params or {}).get(name, {}), **params})
                           for name in self.blocks}
@@ -1146,7 +1154,7 @@ class OnlineEarlyBird:
         return False
 
     def _masks(self, name: str, coefs) -> np.ndarray:
-        return compute_mask(coefs, self.ratio, self.scopes[name], self.profile.mask_rule)
+        return compute_mask(coefs, self.ratio, self.scopes[name], self.profile.mask_rule, **self.structure[name])
 
     def observe(self, step: int, msa=None, mlp=None) -> bool:
         """Feed one step; True at the step the early bird is drawn."""

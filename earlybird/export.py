@@ -4,13 +4,20 @@ A pruned ticket's `config.json` names its pruned structure (`pruned_heads`, `pru
 patched modeling files read: plain transformers builds the full-size model and refuses the smaller weights -- or, with
 the `ignore_mismatched_sizes=True` its error suggests, silently re-initialises every pruned one. Two ways out:
 
-* `hf`: transformers' own convention for architectures it does not ship. The model and config code is saved beside
+* `hf`, when the pruned structure is one that transformers' own config can state (`standard_config`: the same sizes in
+  every layer -- the same query heads, key/value heads and FFN neurons for Llama/Qwen3, with the head size explicit;
+  the same FFN width and no pruned head for ViT/BERT, whose head size derives from the hidden size -- and no softmax
+  off by one): a standard checkpoint of the built-in model type, smaller sizes in its config, coefficients folded,
+  loaded by any transformers (and any serving stack that reads its configs) without `trust_remote_code`.
+* `hf` otherwise: transformers' own convention for architectures it does not ship. The model and config code is saved beside
   the weights and named in `config.json`'s `auto_map`; plain transformers loads it with `trust_remote_code=True`
   (`AutoModelFor...`, `pipeline`). The code is generated from the installed patched modeling and configuration
   modules (see :func:`remote_code`), so it follows the patch wherever the patch changes. The model type is renamed
-  (`earlybird_vit`, `earlybird_bert`): without `trust_remote_code` the auto classes cannot fall back to the built-in
+  (`earlybird_vit`, `earlybird_bert`, `earlybird_llama`, `earlybird_qwen3`): without `trust_remote_code` the auto classes cannot fall back to the built-in
   ViT/BERT and fail with transformers' own "contains custom code" error.
-* `onnx`: the graph of torch's exporter (dynamo) with dynamic batch (and sequence, BERT) axes, for onnxruntime.
+* `onnx`: the graph of torch's exporter (dynamo) with dynamic batch (and sequence, BERT) axes, for onnxruntime. ViT and
+  BERT only: a decoder LLM is refused (a causal LM is served with its key/value cache, which this graph would not
+  have; export the `hf` checkpoint with the serving stack's own tools).
 
 Either way the slimming coefficients are folded first (the export is a plain pruned model), the exported model is
 checked against the patched one on a sample input before anything is committed, and everything is written to a
@@ -40,7 +47,10 @@ from .fileio import fsync_dir, fsync_tree
 from .layout import FINAL, TICKET, resolve_input
 
 FORMATS = ("hf", "onnx")
-MODEL_TYPES = ("vit", "bert")
+MODEL_TYPES = ("vit", "bert", "llama", "qwen3")
+DECODER_TYPES = ("llama", "qwen3")  # causal LMs with grouped-query attention
+# the patch's config fields: none of them in a standard export
+PATCH_FIELDS = ("self_slimming", "inter_slimming", "slim_before", "soft_by_one", "pruned_heads", "pruned_intermediate")
 REMOTE_PREFIX = "earlybird_"
 ONNX_FILE = "model.onnx"
 # The exported model must reproduce the patched one within these (float32): the hf export is the same code on the
@@ -75,7 +85,8 @@ def _read_model_type(model_dir: Path) -> str:
         raise EarlyBirdError(f"{model_dir}: already an `earlybird export` (model type {model_type!r}); "
                              "expected the ticket it was exported from")
     if model_type not in MODEL_TYPES:
-        raise EarlyBirdError(f"{where}: a {model_type!r} model; expected a ViT or BERT ({', '.join(MODEL_TYPES)})")
+        raise EarlyBirdError(f"{where}: a {model_type!r} model; expected a ViT, BERT, Llama or Qwen3 "
+                             f"({', '.join(MODEL_TYPES)})")
     return model_type
 
 
@@ -123,31 +134,34 @@ def load_ticket(model_dir: Path, log=print):
 
 
 def describe(model) -> str:
-    """`BertForSequenceClassification, 4 layers, heads 3/1/4/2 of 4, neurons 20/37/5/9 of 37`."""
+    """`BertForSequenceClassification, 4 layers, heads 3/1/4/2 of 4, neurons 20/37/5/9 of 37` (a decoder adds its
+    key/value heads)."""
     from .slimming import kept_sizes
 
     config, kept = model.config, kept_sizes(model)
     heads, neurons = ("/".join(map(str, kept[block.shape_key])) for block in (MSA, MLP))
+    kv = f", key/value heads {'/'.join(map(str, kept['kv_heads']))} of {config.num_key_value_heads}" \
+        if "kv_heads" in kept else ""
     return (f"{type(model).__name__}, {config.num_hidden_layers} layers, heads {heads} of "
-            f"{config.num_attention_heads}, neurons {neurons} of {config.intermediate_size}")
+            f"{config.num_attention_heads}{kv}, neurons {neurons} of {config.intermediate_size}")
 
 
 def sample_inputs(config, batch: int = 2, seq_len: int = 16, seed: int = 0) -> dict:
-    """Random inputs of the model's kind: pixel values (ViT), or token ids with a padded row and token types (BERT)."""
+    """Random inputs of the model's kind: pixel values (ViT), or token ids with a padded row (and token types, BERT)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    if config.model_type.removeprefix(REMOTE_PREFIX) == "vit":
+    model_type = config.model_type.removeprefix(REMOTE_PREFIX)
+    if model_type == "vit":
         size = config.image_size
         return {"pixel_values": torch.randn(batch, config.num_channels, size, size, generator=gen)}
     seq_len = min(seq_len, config.max_position_embeddings)
     mask = torch.ones(batch, seq_len, dtype=torch.long)
     mask[-1, seq_len // 2:] = 0  # the last row is padded: the mask must reach the attention
-    return {
-        "input_ids": torch.randint(0, config.vocab_size, (batch, seq_len), generator=gen),
-        "attention_mask": mask,
-        "token_type_ids": (torch.arange(seq_len) >= seq_len // 3).long().expand(batch, -1).contiguous(),
-    }
+    inputs = {"input_ids": torch.randint(0, config.vocab_size, (batch, seq_len), generator=gen), "attention_mask": mask}
+    if model_type not in DECODER_TYPES:
+        inputs["token_type_ids"] = (torch.arange(seq_len) >= seq_len // 3).long().expand(batch, -1).contiguous()
+    return inputs
 
 
 def outputs(model, inputs: dict) -> dict:
@@ -263,28 +277,72 @@ def remote_code(model) -> dict[str, str]:
     return files
 
 
-def auto_map(model) -> dict[str, str]:
-    """config.json's `auto_map`: AutoConfig, AutoModel (the bare encoder) and the auto classes of the model's task."""
+def auto_classes(model_type: str, class_name: str) -> dict[str, str]:
+    """{auto class name: built-in class name}: AutoModel (the bare model) and the auto classes of `class_name`."""
     from transformers.models.auto import modeling_auto
     from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
-    model_type = model.config.model_type
-    modeling = f"modeling_{remote_model_type(model_type)}"
-    entries = {"AutoConfig": f"configuration_{remote_model_type(model_type)}.{type(model.config).__name__}"}
+    entries = {}
     for name in sorted(dir(modeling_auto)):
         auto = getattr(modeling_auto, name)
         if not (isinstance(auto, type) and issubclass(auto, _BaseAutoModelClass) and auto._model_mapping is not None):
             continue
         # the auto class's own table of built-in models: model type -> class name
         built_in = auto._model_mapping._model_mapping.get(model_type)
-        if name == "AutoModel" or built_in == type(model).__name__:
-            entries[name] = f"{modeling}.{built_in}"
+        if name == "AutoModel" or built_in == class_name:
+            entries[name] = built_in
     return entries
 
 
+def auto_map(model) -> dict[str, str]:
+    """config.json's `auto_map`: AutoConfig, AutoModel (the bare encoder) and the auto classes of the model's task."""
+    model_type = model.config.model_type
+    modeling = f"modeling_{remote_model_type(model_type)}"
+    entries = {"AutoConfig": f"configuration_{remote_model_type(model_type)}.{type(model.config).__name__}"}
+    classes = auto_classes(model_type, type(model).__name__)
+    entries.update({name: f"{modeling}.{built_in}" for name, built_in in classes.items()})
+    return entries
+
+
+def standard_config(model, log=print):
+    """The (folded) model's config as transformers' own, with the smaller sizes, when its pruned structure is one a
+    built-in config states (see the module's docstring); None, said in `log`, when it needs the patch's code."""
+    from .slimming import kept_sizes
+
+    config, kept = model.config, kept_sizes(model)
+    why = None
+    if getattr(config, "soft_by_one", False):
+        why = "softmax off by one"
+    elif len(set(kept[MLP.shape_key])) != 1:
+        why = "FFN widths differ across layers"
+    elif config.model_type in DECODER_TYPES and len({*zip(kept[MSA.shape_key], kept["kv_heads"])}) != 1:
+        why = "query / key-value head counts differ across layers"
+    elif config.model_type not in DECODER_TYPES and set(kept[MSA.shape_key]) != {config.num_attention_heads}:
+        why = "pruned heads (the head size derives from the hidden size)"
+    if why is None:
+        sizes = {"intermediate_size": kept[MLP.shape_key][0]}
+        if config.model_type in DECODER_TYPES:
+            sizes.update(num_attention_heads=kept[MSA.shape_key][0], num_key_value_heads=kept["kv_heads"][0],
+                         head_dim=config.head_dim)
+        fields = {k: v for k, v in config.to_dict().items() if k not in PATCH_FIELDS}
+        try:
+            return type(config).from_dict({**fields, **sizes})
+        except Exception as err:  # noqa: BLE001 -- the config's own validation, e.g. hidden size % heads
+            why = f"{type(config).__name__} refuses these sizes: {' '.join(str(err).split())[:160]}"
+    log(f"note: custom-code export (loads with trust_remote_code=True): {why}")
+    return None
+
+
 def task_auto_class(config_dict: dict) -> str:
-    """The auto class that loads the export's own architecture (from its auto_map)."""
+    """The auto class that loads the export's own architecture (from its auto_map, or, for a standard checkpoint, from
+    transformers' own tables)."""
     architecture = config_dict["architectures"][0]
+    if "auto_map" not in config_dict:
+        found = [name for name, cls in auto_classes(config_dict["model_type"], architecture).items()
+                 if cls == architecture]
+        if found:
+            return found[0]
+        raise ExportError(f"no auto class of transformers loads {architecture}")
     for name, target in config_dict["auto_map"].items():
         if name != "AutoConfig" and target.endswith(f".{architecture}"):
             return name
@@ -294,7 +352,9 @@ def task_auto_class(config_dict: dict) -> str:
 # What a ticket folder holds for `pipeline(...)`: any of these files means it has one (transformers would otherwise
 # make an empty tokenizer out of nothing).
 PREPROCESSING = {"vit": ("image processor", ("preprocessor_config.json",)),
-                 "bert": ("tokenizer", ("tokenizer_config.json", "tokenizer.json", "vocab.txt"))}
+                 "bert": ("tokenizer", ("tokenizer_config.json", "tokenizer.json", "vocab.txt")),
+                 **{decoder: ("tokenizer", ("tokenizer_config.json", "tokenizer.json", "tokenizer.model"))
+                    for decoder in DECODER_TYPES}}
 
 
 def load_preprocessing(model_dir: Path, log=print):
@@ -315,13 +375,30 @@ def load_preprocessing(model_dir: Path, log=print):
                              f"expected a working one or none") from None
 
 
-def export_hf(model, processor, out: Path) -> float:
-    """Weights, config.json with `auto_map`, the generated code and the tokenizer / image processor into `out`.
+def export_hf(model, processor, out: Path, log=print) -> float:
+    """A standard checkpoint (`standard_config`), or weights, config.json with `auto_map` and the generated code; and
+    the tokenizer / image processor, into `out`.
 
-    Loads `out` back through its auto class with `trust_remote_code=True` and returns the largest difference of its
-    outputs from the patched model's.
+    Loads `out` back through its auto class (with `trust_remote_code=True` for custom code) and returns the largest
+    difference of its outputs from the patched model's.
     """
     import transformers
+
+    standard = standard_config(model, log)
+    if standard is not None:
+        model.save_pretrained(out)
+        # over the patched config.json: the built-in type, the smaller sizes, and none of the patch's fields (the
+        # patched config class writes them at their defaults)
+        fields = {k: v for k, v in json.loads(standard.to_json_string()).items() if k not in PATCH_FIELDS}
+        (out / "config.json").write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
+        if processor is not None:
+            processor.save_pretrained(out)
+        log(f"note: a standard {type(standard).__name__} checkpoint: any transformers loads it without "
+            "trust_remote_code")
+        auto = getattr(transformers, task_auto_class(json.loads((out / "config.json").read_text())))
+        exported = auto.from_pretrained(out).eval()
+        inputs = sample_inputs(model.config)
+        return check_close(outputs(model, inputs), outputs(exported, inputs), ATOL["hf"], f"{out} (reloaded)")
 
     # The weights under the modules' own names: transformers saves its built-in ViT under the legacy checkpoint names
     # by default and renames them back on load, which it never does for remote code. The patched config keeps the
@@ -352,7 +429,7 @@ def onnx_io_names(model) -> tuple[list[str], list[str]]:
     return list(inputs), list(outputs(model, inputs))
 
 
-def export_onnx(model, processor, out: Path) -> float:
+def export_onnx(model, processor, out: Path, log=print) -> float:
     """`model.onnx` (dynamic batch, and sequence for BERT), config.json and the tokenizer / image processor into `out`.
 
     Runs the graph under onnxruntime on a sample (another batch size and length than the export's) and returns the
@@ -412,6 +489,9 @@ def export(model_dir, out, fmt: str, log=print) -> tuple[Path, str]:
     if not out.parent.is_dir():
         raise EarlyBirdError(f"{out}: its parent {out.parent} is not a directory; expected a path in an existing one")
     source = find_model_dir(Path(model_dir))
+    if fmt == "onnx" and _read_model_type(source) in DECODER_TYPES:
+        raise EarlyBirdError(f"{source}: --format onnx exports ViT and BERT only; a {_read_model_type(source)} "
+                             "decoder is served with its key/value cache: expected --format hf")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -421,7 +501,7 @@ def export(model_dir, out, fmt: str, log=print) -> tuple[Path, str]:
     try:
         processor = load_preprocessing(source, log)
         model = load_ticket(source, log)
-        difference = EXPORTERS[fmt](model, processor, tmp)
+        difference = EXPORTERS[fmt](model, processor, tmp, log)
         fsync_tree(tmp)  # on disk before the rename makes it visible
         if out.exists():
             raise EarlyBirdError(f"{out}: appeared while exporting; expected a new path. Nothing was written")

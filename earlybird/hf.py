@@ -42,7 +42,7 @@ from .detectors import OnlineEarlyBird, all_params
 from .errors import EarlyBirdError
 from .fileio import write_json_atomic
 from .layout import TICKET, RunLayout
-from .masks import check_scope
+from .masks import DEFAULT_GQA_RULE, check_scope, head_group_size
 from .plans import load_plan, save_plan
 from .profiles import DEFAULT_PROFILE, get_profile
 from .records import CoefficientRecorder, load_records
@@ -103,13 +103,17 @@ class EarlyBirdCallback(TrainerCallback):
         record_every, record_chunk: record every k-th step; rows buffered on the device per write (1, 256).
         method: the detector (`hamming`, `slope`, `mk`, `adf`; None: slimming and records only).
         block, ratio, scope: the masks it watches (`msa` | `mlp` | `both`; mask ratio, default the block's pruning
-            ratio else 0.3; `layerwise` | `global`, default the profile's for each block).
+            ratio else 0.3; `layerwise` | `global` | `uniform`, default the profile's for each block).
         profile: the detection profile (`paper`, the default, or `original`: `--eb-profile`, earlybird.profiles).
         scale: scale the study's step-counted detector parameters to the run's `max_steps` (`--eb-scale`).
         **params: the detector's own parameters (`cached`, `threshold`, `smooth`, `window`, `alpha`, `every`,
             `patience`, ...: see `earlybird detect --help`); a parameter the method does not take is refused.
         self_pruning_ratio, inter_pruning_ratio: what the plan at the draw prunes (default: the detector's ratio for
-            each slimmed block); self_pruning_scope, inter_pruning_scope: `layerwise` | `global` (default: the profile's).
+            each slimmed block); self_pruning_scope, inter_pruning_scope: `layerwise` | `global` | `uniform` (default:
+            the profile's).
+        gqa_rule: how the heads of a grouped-query attention (Llama, Qwen3) are chosen, for the detector's masks and
+            the plan: `per-group` (default) or `groups` (`--gqa-rule`, earlybird.masks).
+        round_to: the plan keeps a multiple of this many units per layer, rounded up (`--round-to`; default 1).
         stop_at_draw: stop training at the draw.
         save_ticket: save the drawn ticket, pruned and folded, to `<output_dir>/ticket/` (with the Trainer's
             tokenizer or processor).
@@ -119,8 +123,8 @@ class EarlyBirdCallback(TrainerCallback):
                  method: str | None = None, block: str = "msa", ratio: float | None = None, scope: str | None = None,
                  scale: bool = False, profile: str = DEFAULT_PROFILE, self_pruning_ratio: float | None = None,
                  inter_pruning_ratio: float | None = None, self_pruning_scope: str | None = None,
-                 inter_pruning_scope: str | None = None, stop_at_draw: bool = False, save_ticket: bool = False,
-                 **params):
+                 inter_pruning_scope: str | None = None, gqa_rule: str = DEFAULT_GQA_RULE, round_to: int = 1,
+                 stop_at_draw: bool = False, save_ticket: bool = False, **params):
         self.eb = detection_config(method, block, ratio, scope, scale, profile, **params)
         default_scope = get_profile(self.eb.eb_profile).scope  # the profile's scopes fill those not given
         self_pruning_scope = default_scope("msa", self_pruning_scope)
@@ -132,7 +136,8 @@ class EarlyBirdCallback(TrainerCallback):
                                            record_every=record_every, record_chunk=record_chunk)
             self.pruning = PruningConfig(self_pruning_ratio=self_pruning_ratio or 0.0,
                                          inter_pruning_ratio=inter_pruning_ratio or 0.0,
-                                         self_pruning_scope=self_pruning_scope, inter_pruning_scope=inter_pruning_scope)
+                                         self_pruning_scope=self_pruning_scope, inter_pruning_scope=inter_pruning_scope,
+                                         gqa_rule=gqa_rule, round_to=round_to)
             for name, block in BLOCKS.items():
                 _named(f"{block.prefix}_pruning_scope", check_scope, self.pruning.scope(name))
         except EarlyBirdError as err:
@@ -184,7 +189,7 @@ class EarlyBirdCallback(TrainerCallback):
         self.recorder = self._open_records(model, resumed)
         if config.eb.enabled:
             self.ebtrain = EBTrain(config.eb, config.pruning, state.max_steps, config.slimming.record_every,
-                                   args.world_size)
+                                   args.world_size, group_size=head_group_size(model_shape(model)))
             problem = self.ebtrain.never_tests()
             if problem:
                 hint = self.ebtrain.budget_hint("max_steps={} or more", "scale=True")
@@ -211,7 +216,8 @@ class EarlyBirdCallback(TrainerCallback):
                                         record_chunk=self.slimming.record_chunk),
                 pruning=PruningConfig(self_pruning_ratio=ratios["msa"], inter_pruning_ratio=ratios["mlp"],
                                       self_pruning_scope=given.self_pruning_scope,
-                                      inter_pruning_scope=given.inter_pruning_scope),
+                                      inter_pruning_scope=given.inter_pruning_scope, gqa_rule=given.gqa_rule,
+                                      round_to=given.round_to),
                 eb=self.eb)
         except EarlyBirdError as err:
             state = ", ".join(f"{flag}={on}" for flag, on in flags.items())

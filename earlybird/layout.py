@@ -327,8 +327,8 @@ class Run:
 
     @property
     def metric(self) -> tuple[str, float | None]:
-        """The run's headline metric: accuracy, or F1 for SQuAD."""
-        for name in ("accuracy", "f1", "exact_match"):
+        """The run's headline metric: accuracy, F1 for SQuAD, perplexity for a causal LM (lower is better)."""
+        for name in ("accuracy", "f1", "exact_match", "perplexity"):
             if isinstance(self.results.get(name), (int, float)):
                 return name, float(self.results[name])
         return "accuracy", None

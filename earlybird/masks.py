@@ -29,6 +29,29 @@ Two rules (``rule=``, documented in docs/library.md; a detection profile names o
   which detection accepts and a pruning plan refuses;
 * ``ratio == 0`` keeps everything, as under ``magnitude`` (the bare quantile rule would prune each
   layer's minimum: in this project a ratio of 0 always means "do not prune").
+
+A third scope, ``uniform``, prunes the *same number* in every layer: the count is the one the rule takes over
+the whole block (``magnitude``: ``round(ratio * L * n)``; ``quantile``: the entries at or below the block's
+quantile), divided by the layers and rounded (``round(count / L)``, at most ``n - 1``); each layer then prunes
+that many of its own least important entries (same importance and tie order as above). Every layer of a
+uniform ticket has the same width, whatever the rule and the ties.
+
+Grouped-query attention (``group_size`` = query heads per key/value head, > 1 for a decoder such as Llama or
+Qwen3 with fewer KV heads than query heads). A pruned model must keep, in each KV group of a layer, either no
+query head or the same number k >= 1 as every other surviving group of that layer (THE GQA RULE, which the
+patched models' ``prune_heads`` enforce). Masks of such heads are computed on *units* that respect it, with the
+scope and rule above applied to the units' scores, then expanded back to heads (``gqa_rule``):
+
+* ``per-group`` (the default): unit j of a layer is "the j-th least important head of every group"; its score
+  is the mean over the groups of their j-th smallest importance. Pruning units 0..q-1 prunes the q least
+  important heads of each group: every group keeps g - q. The ratio counts units as it counts heads
+  (``round(ratio * g)`` per layer for ``layerwise``), and a layer keeps at least one unit (one head per group).
+* ``groups``: a unit is a whole KV group, scored by its heads' mean importance; a layer keeps at least one group.
+
+``round_to=N`` rounds the number of units each layer keeps *up* to a multiple of N (so it prunes fewer, never
+more, than asked; at most the layer's full width, which is kept even when it is not a multiple of N): neurons,
+heads, or under GQA the heads kept per group (``per-group``) or the KV groups kept (``groups``). The units
+put back are the most important of those the rule pruned.
 """
 
 from __future__ import annotations
@@ -36,9 +59,12 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import EarlyBirdError
+from .gqa import gqa_kept_per_group, is_valid_gqa_pruning
 
-SCOPES = ("layerwise", "global")
+SCOPES = ("layerwise", "global", "uniform")
 MASK_RULES = ("magnitude", "quantile")
+GQA_RULES = ("per-group", "groups")
+DEFAULT_GQA_RULE = "per-group"
 
 # Elements per block when a batch is processed in pieces: bounds temporaries (partition
 # copy, int32 cumsum, float64 SVD input) to a few tens of MB whatever the batch size.
@@ -76,6 +102,39 @@ def check_rule(rule: str) -> str:
     if rule not in MASK_RULES:
         raise EarlyBirdError(f"mask rule must be one of {', '.join(MASK_RULES)}; got {rule!r}")
     return rule
+
+
+def check_gqa_rule(gqa_rule: str) -> str:
+    if gqa_rule not in GQA_RULES:
+        raise EarlyBirdError(f"GQA rule must be one of {', '.join(GQA_RULES)}; got {gqa_rule!r}")
+    return gqa_rule
+
+
+def check_round_to(round_to) -> int:
+    if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)) or round_to < 1:
+        raise EarlyBirdError(f"round-to must be an integer >= 1; got {round_to!r}")
+    return int(round_to)
+
+
+def head_group_size(shape: dict | None) -> int:
+    """Query heads per key/value head from a model shape ({"heads": H, "kv_heads": K}; see slimming.model_shape,
+    records' meta["model"], a plan's "shape"): 1 when the model has no grouped-query attention."""
+    shape = shape or {}
+    heads, kv_heads = shape.get("heads"), shape.get("kv_heads")
+    if not heads or not kv_heads or kv_heads == heads:
+        return 1
+    if heads % kv_heads:
+        raise EarlyBirdError(f"{heads} attention heads are not a multiple of {kv_heads} key/value heads")
+    return heads // kv_heads
+
+
+def gqa_violation(pruned, heads: int, group_size: int) -> str | None:
+    """Why pruning the query heads `pruned` (indices of one layer) breaks the GQA rule (earlybird.gqa, the patch's
+    rule), or None if it does not."""
+    if group_size <= 1 or is_valid_gqa_pruning(heads, heads // group_size, pruned):
+        return None
+    return (f"would keep {gqa_kept_per_group(heads, heads // group_size, pruned)} query heads per key/value group; "
+            "with grouped-query attention every group must keep 0 or the same number of query heads")
 
 
 def n_pruned(ratio: float, n: int) -> int:
@@ -138,12 +197,81 @@ def _mask_block(importance: np.ndarray, ratio: float, scope: str) -> np.ndarray:
     return ~pruned.reshape(b, layers, n)
 
 
-def compute_mask(coefs, ratio: float, scope: str = "layerwise", rule: str = "magnitude") -> np.ndarray:
+def _uniform_mask_block(scores: np.ndarray, ratio: float, rule: str) -> np.ndarray:
+    """The ``uniform`` scope on a (B, L, n) block of scores: the same number pruned in every layer (module docstring)."""
+    b, layers, n = scores.shape
+    if ratio == 0:
+        return np.ones(scores.shape, dtype=bool)
+    if rule == "quantile":
+        total = (scores <= np.quantile(scores, ratio, axis=(1, 2), keepdims=True)).sum(axis=(1, 2))
+    else:
+        total = np.full(b, min(int(round(ratio * layers * n)), layers * (n - 1)))
+    per_layer = np.minimum(np.round(total / layers).astype(int), n - 1)
+    kept = np.ones(scores.shape, dtype=bool)
+    for k in np.unique(per_layer):
+        if k > 0:
+            rows = np.flatnonzero(per_layer == k)
+            kept[rows] = ~_prune_k_smallest(scores[rows].reshape(-1, n), int(k)).reshape(len(rows), layers, n)
+    return kept
+
+
+def _round_kept_up(kept: np.ndarray, scores: np.ndarray, round_to: int) -> np.ndarray:
+    """Keep, in each layer, the next most important pruned units until the kept count is a multiple of round_to
+    (or the whole layer); among equal scores the highest index comes back first (the last the rule pruned)."""
+    n = kept.shape[-1]
+    count = kept.sum(axis=-1)
+    deficit = np.minimum(n, -(-count // round_to) * round_to) - count
+    if round_to == 1 or not deficit.any():
+        return kept
+    # Pruned units ranked from the most important down, highest index first among ties (kept ones go last).
+    key = np.where(kept, np.inf, -scores)[..., ::-1]
+    order = np.argsort(key, axis=-1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(n), order.shape), axis=-1)
+    return kept | (rank[..., ::-1] < deficit[..., None])
+
+
+def _unit_mask(scores: np.ndarray, ratio: float, scope: str, rule: str, round_to: int) -> np.ndarray:
+    """Kept units of a (B, L, n) block of scores (signed under ``quantile``, magnitudes under ``magnitude``)."""
+    if scope == "uniform":
+        kept = _uniform_mask_block(scores, ratio, rule)
+    elif rule == "quantile":
+        kept = _quantile_mask_block(scores, ratio, scope)
+    else:
+        kept = _mask_block(scores, ratio, scope)
+    return _round_kept_up(kept, scores, round_to)
+
+
+def _grouped_head_mask(importance: np.ndarray, ratio: float, scope: str, rule: str, group_size: int,
+                       gqa_rule: str, round_to: int) -> np.ndarray:
+    """Head masks of a (B, L, H) block that keep THE GQA RULE (module docstring): units, then heads."""
+    b, layers, heads = importance.shape
+    grouped = importance.reshape(b, layers, heads // group_size, group_size)
+    if gqa_rule == "groups":
+        kept_groups = _unit_mask(grouped.mean(axis=-1), ratio, scope, rule, round_to)
+        return np.repeat(kept_groups, group_size, axis=-1)
+    # per-group: slot j = the j-th least important head of every group (stable: lowest index first among ties)
+    order = np.argsort(grouped, axis=-1, kind="stable")
+    slot_scores = np.take_along_axis(grouped, order, axis=-1).mean(axis=2)
+    kept_slots = _unit_mask(slot_scores, ratio, scope, rule, round_to)
+    kept = np.empty(grouped.shape, dtype=bool)
+    np.put_along_axis(kept, order, np.broadcast_to(kept_slots[:, :, None, :], grouped.shape), axis=-1)
+    return kept.reshape(b, layers, heads)
+
+
+def compute_mask(coefs, ratio: float, scope: str = "layerwise", rule: str = "magnitude", *, group_size: int = 1,
+                 gqa_rule: str = DEFAULT_GQA_RULE, round_to: int = 1) -> np.ndarray:
     """Kept-entry mask (True = kept) for coefficients (L, N), or a batch (T, L, N), under a mask rule
-    (``magnitude``: the paper's; ``quantile``: the original code's, see the module docstring)."""
+    (``magnitude``: the paper's; ``quantile``: the original code's) and a scope (``layerwise``, ``global``,
+    ``uniform``); see the module docstring. ``group_size`` > 1 marks the heads of a grouped-query attention (query
+    heads per KV head): the mask then keeps THE GQA RULE under ``gqa_rule``. ``round_to`` rounds the kept units of
+    each layer up to a multiple."""
     ratio = check_ratio(ratio)
     check_scope(scope)
     check_rule(rule)
+    check_gqa_rule(gqa_rule)
+    round_to = check_round_to(round_to)
+    group_size = check_round_to(group_size) if group_size is not None else 1
     array = as_numpy(coefs)
     if array.ndim not in (2, 3):
         raise EarlyBirdError(
@@ -151,18 +279,28 @@ def compute_mask(coefs, ratio: float, scope: str = "layerwise", rule: str = "mag
         )
     if array.shape[-1] < 1 or array.shape[-2] < 1:
         raise EarlyBirdError(f"coefficients must have at least one layer and one entry; got shape {array.shape}")
+    if array.shape[-1] % group_size:
+        raise EarlyBirdError(f"{array.shape[-1]} heads per layer do not split into KV groups of {group_size}")
     if not np.issubdtype(array.dtype, np.floating):
         array = array.astype(np.float64)
     batch = array if array.ndim == 3 else array[None]
     steps, layers, n = batch.shape
     out = np.empty(batch.shape, dtype=bool)
     per_block = max(1, _BLOCK_ELEMENTS // (layers * n))
+    plain = group_size == 1 and round_to == 1 and scope != "uniform"
     for start in range(0, steps, per_block):
         block = batch[start : start + per_block]
         if not np.isfinite(block).all():
             raise EarlyBirdError("coefficients contain NaN or inf")
-        out[start : start + per_block] = (_quantile_mask_block(block, ratio, scope) if rule == "quantile" else
-                                          _mask_block(np.abs(block), ratio, scope))
+        importance = block if rule == "quantile" else np.abs(block)
+        if plain:  # the two original scopes, as they always were
+            kept = (_quantile_mask_block(block, ratio, scope) if rule == "quantile" else
+                    _mask_block(importance, ratio, scope))
+        elif group_size > 1:
+            kept = _grouped_head_mask(importance, ratio, scope, rule, group_size, gqa_rule, round_to)
+        else:
+            kept = _unit_mask(importance, ratio, scope, rule, round_to)
+        out[start : start + per_block] = kept
     return out if array.ndim == 3 else out[0]
 
 

@@ -4,11 +4,15 @@ A plan is computed from the mask at one recorded step (:func:`earlybird.masks.co
 and lists the *pruned* indices in the model's original numbering:
 
     {"pruned_heads": {"0": [3, 7], ...}, "pruned_intermediate": {"0": [...], ...},
-     "shape": {"layers": L, "heads": H, "intermediate": I},
+     "shape": {"layers": L, "heads": H, "intermediate": I[, "kv_heads": K]},
      "provenance": {"records": ..., "step": S, "self_ratio": ..., "inter_ratio": ...,
-                    "self_scope": ..., "inter_scope": ..., "random_seed": ..., "profile": ..., "model": {...}}}
+                    "self_scope": ..., "inter_scope": ..., "random_seed": ..., "profile": ...,
+                    "gqa_rule": ..., "round_to": N, "model": {...}}}
 
 The mask rule and the default scopes are the detection profile's (earlybird.profiles; default ``paper``).
+A decoder with grouped-query attention (Llama, Qwen3) has ``kv_heads`` in its shape: its head lists keep THE GQA
+RULE (earlybird.masks: in each layer every KV group keeps 0 or the same number of query heads), which
+``validate_plan`` checks; ``gqa_rule`` says how the masks chose (``per-group`` or ``groups``).
 
 Every layer of a block present in the plan has a key (an empty list when nothing is pruned).
 """
@@ -24,7 +28,8 @@ import numpy as np
 from .blocks import BLOCKS
 from .errors import EarlyBirdError
 from .fileio import write_text_atomic
-from .masks import check_ratio, check_scope, compute_mask
+from .masks import (DEFAULT_GQA_RULE, check_gqa_rule, check_ratio, check_round_to, check_scope, compute_mask,
+                    gqa_violation, head_group_size)
 from .profiles import get_profile
 from .records import Records, load_records
 
@@ -33,17 +38,25 @@ def _pruned_lists(kept: np.ndarray) -> dict:
     return {str(layer): [int(i) for i in np.flatnonzero(~row)] for layer, row in enumerate(kept)}
 
 
-def _random_like(kept: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random mask with the same number pruned in each layer as ``kept``."""
+def _random_like(kept: np.ndarray, rng: np.random.Generator, group_size: int = 1) -> np.ndarray:
+    """A random mask with the same number pruned in each layer as ``kept``; under grouped-query attention the same
+    number of query heads per KV group as ``kept`` (random groups, random heads in them), so it keeps the GQA rule."""
     out = np.ones_like(kept)
     for layer, row in enumerate(kept):
+        if group_size > 1:
+            per_group = row.reshape(-1, group_size).sum(axis=1)
+            for group, count in zip(rng.permutation(len(per_group)), np.sort(per_group)[::-1]):
+                drop = group * group_size + rng.choice(group_size, size=group_size - int(count), replace=False)
+                out[layer, drop] = False
+            continue
         count = int((~row).sum())
         out[layer, rng.choice(row.size, size=count, replace=False)] = False
     return out
 
 
 def make_plan(records, step: int, self_ratio: float, inter_ratio: float, self_scope: str | None = None,
-              inter_scope: str | None = None, random_seed: int | None = None, profile: str | None = None) -> dict:
+              inter_scope: str | None = None, random_seed: int | None = None, profile: str | None = None,
+              gqa_rule: str = DEFAULT_GQA_RULE, round_to: int = 1) -> dict:
     """The plan for the masks at recorded training step ``step`` (see :func:`plan_from_coefficients`)."""
     records = records if isinstance(records, Records) else load_records(records)
     try:
@@ -56,12 +69,13 @@ def make_plan(records, step: int, self_ratio: float, inter_ratio: float, self_sc
     return plan_from_coefficients(coefficients, step, {"msa": self_ratio, "mlp": inter_ratio},
                                   {"msa": self_scope, "mlp": inter_scope}, random_seed=random_seed, source=source,
                                   layers=records.layers, meta=records.meta, where=records.path or "the records",
-                                  profile=profile)
+                                  profile=profile, gqa_rule=gqa_rule, round_to=round_to)
 
 
 def plan_from_coefficients(coefficients: dict, step: int, ratios: dict, scopes: dict, *, random_seed=None,
                            source: str | None = None, layers: int | None = None, meta: dict | None = None,
-                           where: str = "the coefficients", profile: str | None = None) -> dict:
+                           where: str = "the coefficients", profile: str | None = None,
+                           gqa_rule: str = DEFAULT_GQA_RULE, round_to: int = 1) -> dict:
     """The plan for one step's coefficients {"msa": (L, H) or None, "mlp": (L, I) or None}.
 
     ``ratios`` and ``scopes`` are per block (a scope None: the profile's default); ``profile`` gives the mask
@@ -69,9 +83,15 @@ def plan_from_coefficients(coefficients: dict, step: int, ratios: dict, scopes: 
     `save_plan` and the model refuse, naming the layer. ``random_seed`` gives the random baseline: per layer the same number
     pruned as the real mask, chosen with ``numpy.random.default_rng(random_seed)`` (heads first, then neurons, layer
     by layer). A ratio of 0 gives empty lists; a ratio > 0 for a block without coefficients is an error.
-    ``source`` (the records' path) and ``meta`` (the records' meta) go into the provenance.
+    ``source`` (the records' path) and ``meta`` (the records' meta) go into the provenance. The heads' KV groups
+    come from ``meta["model"]`` (its ``kv_heads``, see slimming.model_shape): their masks keep the GQA rule under
+    ``gqa_rule``; ``round_to`` rounds each layer's kept width up to a multiple (earlybird.masks).
     """
     profile = get_profile(profile)
+    gqa_rule = check_gqa_rule(gqa_rule)
+    round_to = check_round_to(round_to)
+    model = (meta or {}).get("model") or {}
+    group_size = head_group_size(model)
     ratios = {name: check_ratio(ratios[name]) for name in BLOCKS}
     scopes = {name: check_scope(profile.scope(name, scopes.get(name))) for name in BLOCKS}
     rng = None if random_seed is None else np.random.default_rng(random_seed)
@@ -86,10 +106,14 @@ def plan_from_coefficients(coefficients: dict, step: int, ratios: dict, scopes: 
                                      "for a block that was not recorded")
             continue
         shape["layers"] = int(np.shape(coefs)[0])
-        kept = compute_mask(coefs, ratios[name], scopes[name], profile.mask_rule)
+        groups = group_size if name == "msa" else 1
+        kept = compute_mask(coefs, ratios[name], scopes[name], profile.mask_rule, group_size=groups,
+                            gqa_rule=gqa_rule, round_to=round_to)
         if rng is not None:
-            kept = _random_like(kept, rng)
+            kept = _random_like(kept, rng, groups)
         plan[block.plan_key] = _pruned_lists(kept)
+    if group_size > 1:
+        shape["kv_heads"] = int(model["kv_heads"])
     plan["shape"] = shape
     plan["provenance"] = {
         "records": source,
@@ -100,6 +124,8 @@ def plan_from_coefficients(coefficients: dict, step: int, ratios: dict, scopes: 
         "inter_scope": scopes["mlp"],
         "random_seed": random_seed,
         "profile": profile.name,
+        "gqa_rule": gqa_rule if group_size > 1 else None,
+        "round_to": round_to,
         "model": {k: v for k, v in (meta or {}).items() if k not in ("blocks",)},
     }
     return plan
@@ -159,7 +185,8 @@ def _is_int(value) -> bool:
 
 
 def validate_plan(plan, where: str = "plan") -> None:
-    """Layer keys are ints in range; indices are ints in range, unique, and never a whole layer.
+    """Layer keys are ints in range; indices are ints in range, unique, and never a whole layer; under grouped-query
+    attention (``shape["kv_heads"]``) the heads of each layer keep the GQA rule (earlybird.masks).
 
     The one check of a plan's structure: plan files (load_plan, save_plan) and models (slimming.check_plan_fits,
     which first makes the plan's shape the model's) both go through it.
@@ -170,6 +197,12 @@ def validate_plan(plan, where: str = "plan") -> None:
     if not isinstance(shape, dict) or not _is_int(shape.get("layers")) or shape["layers"] < 1:
         raise EarlyBirdError(f"{where}: missing or bad 'shape' (expected {{'layers': L, 'heads': H, 'intermediate': I}})")
     layers = shape["layers"]
+    kv_heads = shape.get("kv_heads")
+    if kv_heads is not None and (not _is_int(kv_heads) or kv_heads < 1 or not _is_int(shape.get("heads"))
+                                 or shape["heads"] % kv_heads):
+        raise EarlyBirdError(f"{where}: shape['kv_heads'] is {kv_heads!r}; expected a positive divisor of "
+                             f"shape['heads'] ({shape.get('heads')!r})")
+    group_size = head_group_size(shape)
     for block in BLOCKS.values():
         key, size_key = block.plan_key, block.shape_key
         if key not in plan:
@@ -201,3 +234,8 @@ def validate_plan(plan, where: str = "plan") -> None:
             if len(indices) == size:
                 raise EarlyBirdError(f"{where}: '{key}'['{layer_key}'] prunes all {size} {block.units} of layer "
                                      f"{layer}; at least one must remain")
+            if block.name == "msa":
+                problem = gqa_violation(indices, size, group_size)
+                if problem:
+                    raise EarlyBirdError(f"{where}: layer {layer} {problem} ('{key}'['{layer_key}'] of {size} heads "
+                                         f"over {shape['kv_heads']} key/value heads: a GQA-aware plan)")

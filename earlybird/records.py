@@ -162,6 +162,13 @@ class Records:
             raise EarlyBirdError(f"{where} holds no {name} coefficients (blocks present: {', '.join(self.blocks) or 'none'})")
         return array
 
+    def group_size(self, block: str) -> int:
+        """Query heads per key/value head of the recorded model (its meta's `model` shape) for `block`'s masks: > 1
+        only for the heads of a grouped-query attention (earlybird.masks.compute_mask's `group_size`)."""
+        from .masks import head_group_size
+
+        return head_group_size(self.meta.get("model")) if block == "msa" else 1
+
     def index_of_step(self, step: int) -> int:
         """Row of training step ``step``; EarlyBirdError naming the nearest recorded steps."""
         pos = int(np.searchsorted(self.steps, step))

@@ -63,7 +63,7 @@ def mask_series(records: Records, block: str, ratio: float, scope: str | None = 
     scope = profile.scope(block, scope)
     distances, norms, previous = [], [], None
     for _, coefs in _block_steps(records, block):
-        masks = compute_mask(coefs, ratio, scope, profile.mask_rule)
+        masks = compute_mask(coefs, ratio, scope, profile.mask_rule, group_size=records.group_size(block))
         chained = masks if previous is None else np.concatenate([previous[None], masks])
         distances.append(np.atleast_1d(hamming_distance(chained[1:], chained[:-1])))
         norms.append(np.atleast_1d(nuclear_norm(masks)))

@@ -1,7 +1,8 @@
 """The model side: read slimming coefficients, the L1 penalty, apply a pruning plan, fold, count FLOPs.
 
-Works on any patched ViT or BERT model (`...For...` classes included), through the patch's own methods
-(`prune_heads`, `prune_intermediate`, `fold_slimming`).
+Works on any patched ViT, BERT, Llama or Qwen3 model (`...For...` classes included), through the patch's own methods
+(`prune_heads`, `prune_intermediate`, `fold_slimming`). In a decoder with grouped-query attention a head is a query
+head, and a plan must keep every layer a grouped-query attention layer (`is_valid_gqa_pruning`, the patch's rule).
 """
 
 from __future__ import annotations
@@ -17,18 +18,26 @@ from .plans import validate_plan
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The transformer layers of a patched ViT (`layers`) or BERT (`encoder.layer`)."""
+    """The transformer layers of a patched ViT or decoder LLM (`layers`) or BERT (`encoder.layer`)."""
     base = getattr(model, "base_model", model)
     if hasattr(base, "layers"):
         return base.layers
     if hasattr(base, "encoder") and hasattr(base.encoder, "layer"):
         return base.encoder.layer
-    raise EarlyBirdError(f"{type(model).__name__}: not a ViT or BERT model (no encoder layers found).")
+    raise EarlyBirdError(f"{type(model).__name__}: not a ViT, BERT, Llama or Qwen3 model (no layers found).")
 
 
 def _attention(layer: nn.Module) -> nn.Module:
-    """The module holding a layer's heads and their coefficient: ViT's attention, BERT's attention.self."""
+    """The module holding a layer's heads and their coefficient: ViT's attention, BERT's attention.self, a decoder's
+    self_attn."""
+    if hasattr(layer, "self_attn"):
+        return layer.self_attn
     return layer.attention if hasattr(layer.attention, MSA.coefficient) else layer.attention.self
+
+
+def _num_heads(attention: nn.Module) -> int:
+    """The (query) heads an attention module has now: `num_heads` in the decoders, `num_attention_heads` otherwise."""
+    return int(getattr(attention, "num_heads", None) or attention.num_attention_heads)
 
 
 def _ffn(layer: nn.Module) -> nn.Module:
@@ -49,10 +58,14 @@ def neuron_coefficients(model: nn.Module) -> list[torch.Tensor]:
 
 
 def kept_sizes(model: nn.Module) -> dict:
-    """Heads and FFN neurons each layer still has (model_shape gives the unpruned sizes of the config)."""
+    """Heads and FFN neurons each layer still has (model_shape gives the unpruned sizes of the config); a decoder
+    with grouped-query attention adds its key/value heads (`kv_heads`)."""
     layers = encoder_layers(model)
-    return {MSA.shape_key: [int(_attention(layer).num_attention_heads) for layer in layers],
-            MLP.shape_key: [int(_ffn(layer).intermediate_size) for layer in layers]}
+    sizes = {MSA.shape_key: [_num_heads(_attention(layer)) for layer in layers],
+             MLP.shape_key: [int(_ffn(layer).intermediate_size) for layer in layers]}
+    if "kv_heads" in model_shape(model):
+        sizes["kv_heads"] = [int(_attention(layer).num_key_value_heads) for layer in layers]
+    return sizes
 
 
 def coefficient_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -90,13 +103,17 @@ def l1_penalty(model: nn.Module, l1_self: float = 0.0, l1_inter: float = 0.0) ->
 
 
 def model_shape(model: nn.Module) -> dict:
+    """The unpruned sizes of the config; a decoder with grouped-query attention adds its key/value heads."""
     config = model.config
-    return {
+    shape = {
         "model_type": config.model_type,
         "layers": config.num_hidden_layers,
         MSA.shape_key: config.num_attention_heads,
         MLP.shape_key: config.intermediate_size,
     }
+    if getattr(config, "num_key_value_heads", None) is not None:
+        shape["kv_heads"] = config.num_key_value_heads
+    return shape
 
 
 def _int_keyed(mapping: Mapping | None) -> dict[int, list[int]]:
@@ -117,8 +134,8 @@ def check_plan_fits(plan: Mapping, model: nn.Module, where: str = "plan"):
         raise EarlyBirdError(f"{where} came from a {recorded!r} model but this is a {shape['model_type']!r} model: "
                              "records or plan from a different model?")
     declared = plan.get("shape") or {}
-    for key in ("layers", *(block.shape_key for block in BLOCKS.values())):
-        if declared.get(key) is not None and int(declared[key]) != shape[key]:  # None: block not recorded
+    for key in ("layers", *(block.shape_key for block in BLOCKS.values()), "kv_heads"):
+        if declared.get(key) is not None and int(declared[key]) != shape.get(key):  # None: block not recorded
             raise EarlyBirdError(
                 f"{where} was made for {declared[key]} {key} but the model has {shape[key]} "
                 f"({shape['model_type']}, {shape['layers']} layers x {shape['heads']} heads x "
@@ -128,8 +145,7 @@ def check_plan_fits(plan: Mapping, model: nn.Module, where: str = "plan"):
     as_lists = {block.plan_key: {key: list(v) if isinstance(v, (tuple, set, frozenset)) else v
                                  for key, v in (plan.get(block.plan_key) or {}).items()}
                 for block in BLOCKS.values()}
-    validate_plan({**as_lists, "shape": shape}, where)
-
+    validate_plan({**as_lists, "shape": shape}, where)  # the GQA rule too: the model's shape has kv_heads
 
 def apply_plan(model: nn.Module, plan: Mapping, where: str = "plan") -> nn.Module:
     """Physically prune `model` in place as the plan says (original numbering) and return it."""
@@ -162,18 +178,23 @@ def fold_slimming(model: nn.Module) -> nn.Module:
 
 
 def encoder_flops_per_token(model: nn.Module, seq_len: int) -> int:
-    """Multiply-accumulates ×2 of the encoder layers for one token, from the (possibly pruned) shapes.
+    """Multiply-accumulates ×2 of the transformer layers for one token, from the (possibly pruned) shapes.
 
-    Counts the q/k/v/o projections, the attention score and context products, and the two FFN linears: what
-    pruning heads and neurons removes. Embeddings and task heads are left out (pruning does not touch them).
+    Counts the q/k/v/o projections (k and v for the key/value heads under grouped-query attention), the attention
+    score and context products (over `seq_len` keys; a causal decoder's average is about half), and the FFN linears
+    (three in a gated MLP): what pruning heads and neurons removes. Embeddings and task heads are left out (pruning
+    does not touch them).
     """
     hidden = model.config.hidden_size
     flops = 0
     for layer in encoder_layers(model):
         attention = _attention(layer)
-        heads = attention.num_attention_heads
+        heads = _num_heads(attention)
+        kv_heads = getattr(attention, "num_key_value_heads", heads)
         head_dim = getattr(attention, "head_dim", getattr(attention, "attention_head_size", None))
         inner = heads * head_dim
-        inter = _ffn(layer).intermediate_size
-        flops += 2 * (4 * hidden * inner + 2 * seq_len * inner + 2 * hidden * inter)
+        ffn = _ffn(layer)
+        linears = 3 if hasattr(ffn, "gate_proj") else 2
+        flops += 2 * (2 * hidden * (inner + kv_heads * head_dim) + 2 * seq_len * inner
+                      + linears * hidden * ffn.intermediate_size)
     return flops

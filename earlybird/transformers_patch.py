@@ -40,6 +40,10 @@ TARGETS = (
     "models/vit/modeling_vit.py",
     "models/bert/configuration_bert.py",
     "models/bert/modeling_bert.py",
+    "models/llama/configuration_llama.py",
+    "models/llama/modeling_llama.py",
+    "models/qwen3/configuration_qwen3.py",
+    "models/qwen3/modeling_qwen3.py",
 )
 REPO = Path(__file__).resolve().parents[1]
 MODIF_DIR = REPO / "transformers_modif_files"
@@ -194,8 +198,9 @@ def apply(package_dir: Path) -> str:
         raise PatchError("GNU `patch` is not installed (apt-get install patch); nothing was changed.")
     staging = package_dir / STAGING
     shutil.rmtree(staging, ignore_errors=True)
-    source = backup if earlier else package_dir  # an earlier patch set is replaced from the pristine backup
     for target in manifest["files"]:
+        # an earlier patch set is replaced from the pristine backup; a file it did not patch is still pristine here
+        source = backup if earlier and (backup / target).is_file() else package_dir
         (staging / target).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / target, staging / target)
     for target in manifest["files"]:
@@ -209,8 +214,8 @@ def apply(package_dir: Path) -> str:
             shutil.rmtree(staging, ignore_errors=True)
             raise PatchError(f"{diff}: does not apply cleanly ({result.stdout.strip()}); nothing was changed.")
         faults.hit("patch-stage")
-    if not earlier:
-        for target in manifest["files"]:
+    for target in manifest["files"]:
+        if not earlier or not (backup / target).is_file():  # back up the files an earlier patch set did not patch
             (backup / target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(package_dir / target, backup / target)
             faults.hit("patch-backup")
@@ -230,14 +235,19 @@ def write_installed(backup: Path, patched: dict[str, str]) -> None:
 
 def earlier_patch(package_dir: Path, manifest: dict, states: dict[str, str]) -> bool:
     """Whether the installed files are an earlier patch set of this project (every file pristine, patched, or as an
-    earlier `apply` recorded it installing) over a valid pristine backup: then `apply` replaces it from the backup."""
+    earlier `apply` recorded it installing) over a valid pristine backup: then `apply` replaces it from the backup. A
+    file that the earlier patch set did not patch (a model added since) is pristine and has no backup yet."""
     backup = package_dir / BACKUP
     try:
         installed = json.loads((backup / INSTALLED).read_text())
     except (OSError, ValueError):
         return False
     for target, sums in manifest["files"].items():
-        if not (backup / target).is_file() or sha256(backup / target) != sums["pristine"]:
+        if not (backup / target).is_file():
+            if states.get(target) != "pristine" or target in installed:
+                return False
+            continue
+        if sha256(backup / target) != sums["pristine"]:
             return False
         if states.get(target) == "other" and sha256(package_dir / target) != installed.get(target):
             return False  # edited by hand, or of another origin
@@ -252,22 +262,24 @@ def revert(package_dir: Path) -> str:
     backup = package_dir / BACKUP
     pristine = {t: sums["pristine"] for t, sums in manifest["files"].items()}
     earlier = earlier_patch(package_dir, manifest, states)
-    for target in manifest["files"]:
-        if states.get(target) not in ("patched", "pristine") and not earlier:
+    to_restore = [t for t in manifest["files"] if states.get(t) != "pristine"]
+    for target in to_restore:
+        if states.get(target) != "patched" and not earlier:
             raise PatchError(f"{package_dir / target}: edited by hand ({states.get(target)}); reinstall transformers.")
         if not (backup / target).exists() or sha256(backup / target) != pristine[target]:
             raise PatchError(f"{backup / target}: no valid pristine backup; reinstall transformers instead.")
     staging = package_dir / STAGING
     shutil.rmtree(staging, ignore_errors=True)
-    for target in manifest["files"]:
+    for target in to_restore:
         (staging / target).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(backup / target, staging / target)
-    swap_in(package_dir, {t: staging / t for t in manifest["files"]}, pristine)
+    swap_in(package_dir, {t: staging / t for t in to_restore}, pristine)
     return f"restored the pristine transformers files at {package_dir}."
 
 
 def import_pristine_modeling(model: str):
-    """Import the *unpatched* 5.23.0 `modeling_<model>` ('vit' or 'bert') kept by `apply`, beside the patched one.
+    """Import the *unpatched* 5.23.0 `modeling_<model>` ('vit', 'bert', 'llama', 'qwen3') kept by `apply`, beside the
+    patched one.
 
     For equivalence tests and benchmarks against the original model. It shares the (patched, superset) config class.
     """
@@ -293,10 +305,25 @@ def unified_diff(target: str, pristine: bytes, patched: bytes) -> str:
     return "".join(difflib.unified_diff(old, new, f"a/{target}", f"b/{target}", n=3))
 
 
+def pristine_file(pristine_dir: Path, target: str) -> Path:
+    """A target's pristine file: in `pristine_dir`, or, for a file added to the patch set since `apply` kept that
+    backup, the installed one while it is unpatched (the manifest's pristine hash, once the manifest lists it)."""
+    path = pristine_dir / target
+    if path.exists() or pristine_dir.name != BACKUP:
+        return path
+    installed = pristine_dir.parent / target
+    known = load_manifest()["files"].get(target, {}).get("pristine") if MANIFEST.exists() else None
+    if installed.exists() and known in (None, sha256(installed)):
+        return installed
+    raise PatchError(f"{path}: no pristine copy of a file added to the patch set; run `bash setup.sh` first.")
+
+
 def expected_patches(pristine_dir: Path) -> dict[str, str]:
     """The diff text every target should have, computed from pristine files and `transformers_modif_files/`."""
     return {
-        target: unified_diff(target, (pristine_dir / target).read_bytes(), (MODIF_DIR / target).read_bytes())
+        target: unified_diff(
+            target, pristine_file(pristine_dir, target).read_bytes(), (MODIF_DIR / target).read_bytes()
+        )
         for target in TARGETS
     }
 
@@ -316,7 +343,7 @@ def regen(pristine_dir: Path) -> str:
     manifest = {
         "transformers_version": TRANSFORMERS_VERSION,
         "files": {
-            target: {"pristine": sha256(pristine_dir / target), "patched": sha256(MODIF_DIR / target)}
+            target: {"pristine": sha256(pristine_file(pristine_dir, target)), "patched": sha256(MODIF_DIR / target)}
             for target in TARGETS
         },
     }

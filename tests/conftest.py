@@ -75,5 +75,5 @@ def pristine_dir():
 
 @pytest.fixture(scope="session")
 def pristine_modeling(pristine_dir):
-    """Import the *unpatched* 5.23.0 modeling module of a model ('vit' or 'bert') beside the patched one."""
+    """Import the *unpatched* 5.23.0 modeling module of a model ('vit', 'bert', 'llama', 'qwen3') beside the patched one."""
     return transformers_patch.import_pristine_modeling

@@ -94,6 +94,17 @@ EXPECTED = {
         "| workers per GPU x GPUs | float32 batches (before) | uint8 batches (now) |",
         "- Docker's default `/dev/shm` is 64 MB",
     ],
+    "llm_pruned_speed.py": [
+        "Ticket: 50% of heads and FFN neurons, uniform scope, GQA rule per-group: 4 query heads (2 per KV group of 4) "
+        "and 48 neurons in every layer; exported config: num_attention_heads 4, num_key_value_heads 2, "
+        "intermediate_size 48, auto_map absent.",
+        "| PyTorch, this process | dense (patched code) |",
+        "| PyTorch, this process | pruned (patched code) |",
+        "| PyTorch, this process | pruned, standard export (unpatched modeling file) |",
+        "| plain transformers 5.23.0, subprocess | pruned, standard export |",
+        "generates the same 4 greedy tokens as the patched pruned model: yes.",
+        "| Llama (tiny, seq 16, batch 2), both slimmings, sdpa | 3 |",
+    ],
     "callback_overhead.py": [
         "| variant | step (ms) | ratio to the Trainer alone |",
         "| Trainer alone |",

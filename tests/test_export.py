@@ -478,7 +478,7 @@ BAD_INPUTS = {
     "MODEL_DIR does not exist": (lambda tmp_path, tickets: (tmp_path / "nowhere", tmp_path / "out"),
                                  "nowhere: no such directory"),
     "MODEL_DIR is not a model": (_not_a_model, "empty: not a model (no config.json, nor final/config.json)"),
-    "another architecture": (_gpt2, "a 'gpt2' model; expected a ViT or BERT"),
+    "another architecture": (_gpt2, "a 'gpt2' model; expected a ViT, BERT, Llama or Qwen3"),
     "an export given as the ticket": (_an_export, "already an `earlybird export`"),
     "truncated weights": (_truncated_weights, "ticket: cannot load the weights"),
     "config.json without the pruned structure": (_config_without_the_pruned_structure,

@@ -474,7 +474,7 @@ def test_no_host_transfer_between_checks_and_flushes(bert_dir, tmp_path, monkeyp
     (dict(method="slope", self_pruning_ratio=-0.1), "self_pruning_ratio: pruning ratio must be in [0, 1), got -0.1"),
     (dict(method="slope", inter_pruning_ratio=1.0), "inter_pruning_ratio: pruning ratio must be in [0, 1), got 1.0"),
     (dict(method="slope", block="ffn"), "block must be one of msa, mlp, both; got 'ffn'"),
-    (dict(method="slope", scope="local"), "scope must be one of layerwise, global; got 'local'"),
+    (dict(method="slope", scope="local"), "scope must be one of layerwise, global, uniform; got 'local'"),
     (dict(method="slope", inter_pruning_scope="local"), "inter_pruning_scope: scope must be one of"),
     (dict(l1_self=-1e-4), "l1_self must be >= 0, got -0.0001"),
     (dict(record_every=0), "record_every must be >= 1, got 0"),

@@ -2,6 +2,7 @@
 sides, the autograd graph of `output_attentions`, pruned structure however it is set, configs shared between models,
 and the dtype of the coefficients under `from_pretrained(dtype=...)`."""
 
+import functools
 import re
 import sys
 from pathlib import Path
@@ -46,21 +47,23 @@ MODELS = ["vit", "bert"]
 
 # `from ..bert.modeling_bert import X`, `from ...models.vit import Y`, `from transformers.models.bert.configuration_bert
 # import Z`, at module level or inside a function (tokenization modules are not patched)
+PATCHED_MODELS = ("bert", "vit", "llama", "qwen3")
 RUNTIME_IMPORT = re.compile(
-    r"^\s*from\s+(?:\.\.|\.\.\.models\.|transformers\.models\.)(bert|vit)(?:\.(?:modeling|configuration)_\1)?\s+import",
+    rf"^\s*from\s+(?:\.\.|\.\.\.models\.|transformers\.models\.)({'|'.join(PATCHED_MODELS)})"
+    r"(?:\.(?:modeling|configuration)_\1)?\s+import",
     re.M,
 )
 
 
 def test_every_model_importing_the_patched_modules_is_covered_here():
-    """The models whose modeling files import the patched ViT/BERT modules at run time (modular_* files are sources
-    for code generation, never imported): each one is built and run by a test below. A transformers upgrade that adds
-    one fails here until it is covered."""
+    """The models whose modeling files import the patched ViT/BERT/Llama/Qwen3 modules at run time (modular_* files
+    are sources for code generation, never imported; the many "Copied from transformers.models.llama" are comments):
+    each one is built and run by a test below. A transformers upgrade that adds one fails here until it is covered."""
     package = transformers_patch.installed_transformers_dir() / "models"
     importers = {
         path.parent.name
         for path in package.glob("*/*.py")
-        if path.parent.name not in ("bert", "vit") and not path.name.startswith("modular_")
+        if path.parent.name not in PATCHED_MODELS and not path.name.startswith("modular_")
         and RUNTIME_IMPORT.search(path.read_text(encoding="utf-8"))
     }
     assert importers == {"dpr"}
@@ -125,17 +128,19 @@ def test_rag_over_a_dpr_question_encoder_runs():
 def flash_varlen_on_cpu(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """What `_flash_attention_forward` does with a padding mask, on CPU: transformers' own `_upad_input` un-pads the
     (batch, heads, seq, dim) tensors, each sequence attends over its `cu_seqlens` slice (the varlen kernel), and
-    `_pad_input` pads the output back."""
+    `_pad_input` pads the output back. Causal in a decoder (each unpadded sequence attends to its own past) and with
+    fewer key/value heads than query heads (grouped-query attention), as the flash kernels are."""
     batch, _, q_len, _ = query.shape
+    sdpa = functools.partial(torch.nn.functional.scaled_dot_product_attention, scale=scaling, enable_gqa=True,
+                             is_causal=getattr(module, "is_causal", False) and q_len > 1)
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # flash layout: (batch, seq, heads, dim)
     if attention_mask is None:
-        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=scaling).transpose(1, 2)
-        return out, None
+        return sdpa(query, key, value).transpose(1, 2), None
     q, k, v, indices_q, (cu_q, cu_k), _ = _upad_input(q, k, v, attention_mask, q_len, _unpad_input)
     pieces = []
     for b in range(batch):
         qs, ks, vs = (t[c[b]:c[b + 1]].transpose(0, 1) for t, c in ((q, cu_q), (k, cu_k), (v, cu_k)))
-        pieces.append(torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, scale=scaling).transpose(0, 1))
+        pieces.append(sdpa(qs, ks, vs).transpose(0, 1))
     return _pad_input(torch.cat(pieces), indices_q, batch, q_len), None
 
 

@@ -11,6 +11,7 @@ import pytest
 from earlybird import transformers_patch as tp
 
 REPO = Path(__file__).resolve().parents[1]
+BERT_MODELING = "models/bert/modeling_bert.py"
 
 
 def run_tool(*args):
@@ -79,12 +80,12 @@ def test_an_earlier_patch_set_is_replaced_and_a_hand_edit_is_not(fake_transforme
     are replaced from the pristine backup (what apply recorded installing tells them from hand edits)."""
     pristine = snapshot(fake_transformers)
     assert run_tool("apply", "--transformers-dir", str(fake_transformers)).returncode == 0
-    target = fake_transformers / tp.TARGETS[-1]
+    target = fake_transformers / BERT_MODELING
     # what an earlier version of the patches would have installed, and recorded as installed
     target.write_text(target.read_text().replace("class BertLayer", "class BertLayerOfAnEarlierPatch"))
     installed = fake_transformers / tp.BACKUP / tp.INSTALLED
     record = json.loads(installed.read_text())
-    installed.write_text(json.dumps({**record, tp.TARGETS[-1]: tp.sha256(target)}))
+    installed.write_text(json.dumps({**record, BERT_MODELING: tp.sha256(target)}))
     status = run_tool("status", "--transformers-dir", str(fake_transformers))
     assert status.returncode == 1 and "an earlier patch set of this project" in status.stdout
 
@@ -101,17 +102,59 @@ def test_an_earlier_patch_set_is_replaced_and_a_hand_edit_is_not(fake_transforme
     assert snapshot(fake_transformers) == before
 
 
+def test_a_venv_patched_before_llama_and_qwen3_joined_the_patch_set_is_upgraded(fake_transformers):
+    """An install patched by the ViT/BERT-only patch set: its backup and record hold those files only, the decoder
+    files are pristine. `apply` (setup.sh) patches them too and backs them up; `revert` restores all of them."""
+    pristine = snapshot(fake_transformers)
+    older = [t for t in tp.TARGETS if t.startswith(("models/vit/", "models/bert/"))]
+    assert len(older) == 4 and len(tp.TARGETS) == 8
+    backup = fake_transformers / tp.BACKUP
+    for target in older:
+        (backup / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(fake_transformers / target, backup / target)
+        shutil.copy2(tp.MODIF_DIR / target, fake_transformers / target)
+    tp.write_installed(backup, {t: tp.sha256(tp.MODIF_DIR / t) for t in older})
+    status = run_tool("status", "--transformers-dir", str(fake_transformers))
+    assert status.returncode == 1 and "an earlier patch set of this project" in status.stdout
+
+    upgraded = run_tool("apply", "--transformers-dir", str(fake_transformers))
+    assert upgraded.returncode == 0 and "replacing an earlier patch set" in upgraded.stdout, upgraded.stderr
+    for name in tp.TARGETS:
+        assert (fake_transformers / name).read_bytes() == (tp.MODIF_DIR / name).read_bytes()
+        assert (backup / name).read_bytes() == pristine[name]
+    assert run_tool("status", "--transformers-dir", str(fake_transformers)).returncode == 0
+    assert run_tool("revert", "--transformers-dir", str(fake_transformers)).returncode == 0
+    assert snapshot(fake_transformers) == pristine
+
+
+def test_an_older_install_with_a_hand_edited_new_target_is_refused(fake_transformers):
+    older = [t for t in tp.TARGETS if t.startswith(("models/vit/", "models/bert/"))]
+    backup = fake_transformers / tp.BACKUP
+    for target in older:
+        (backup / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(fake_transformers / target, backup / target)
+        shutil.copy2(tp.MODIF_DIR / target, fake_transformers / target)
+    tp.write_installed(backup, {t: tp.sha256(tp.MODIF_DIR / t) for t in older})
+    llama = fake_transformers / "models/llama/modeling_llama.py"
+    llama.write_text(llama.read_text().replace("class LlamaMLP", "class LlamaMLPEdited"))
+    before = snapshot(fake_transformers)
+    refused = run_tool("apply", "--transformers-dir", str(fake_transformers))
+    assert refused.returncode == 2 and "models/llama/modeling_llama.py (other)" in refused.stderr
+    assert snapshot(fake_transformers) == before
+
+
 def test_a_mismatched_file_is_refused_and_nothing_changes(fake_transformers):
-    target = fake_transformers / tp.TARGETS[-1]
+    target = fake_transformers / BERT_MODELING
     target.write_text(target.read_text().replace("class BertLayer", "class BertLayerEdited"))
     before = snapshot(fake_transformers)
     result = run_tool("apply", "--transformers-dir", str(fake_transformers))
     assert result.returncode == 2
-    assert tp.TARGETS[-1] in result.stderr and "Nothing was changed" in result.stderr
+    assert BERT_MODELING in result.stderr and "Nothing was changed" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert snapshot(fake_transformers) == before
     check = run_tool("status", "--transformers-dir", str(fake_transformers))
-    assert check.returncode == 1 and ": other" in check.stdout and "other" in check.stdout.splitlines()[-1]
+    assert check.returncode == 1 and ": other" in check.stdout.splitlines()[0]
+    assert f"  {BERT_MODELING}: other" in check.stdout.splitlines()
 
 
 def test_another_transformers_version_is_refused(fake_transformers):

@@ -284,3 +284,57 @@ def postprocess_qa_predictions(examples, features, start_logits, end_logits, n_b
                         best_score, best_text = score, context[offsets[s][0]:offsets[e][1]]
         predictions[example_id] = best_text
     return predictions
+
+
+# --------------------------------------------------------------------------- causal language modelling
+
+
+def load_text_corpus(train_file, validation_file, dataset_name, cache_dir=None):
+    """A DatasetDict with a `text` column: local text files (one example per line, the `datasets` "text" builder),
+    else a `datasets` directory or hub id (`--dataset-name`)."""
+    import datasets
+
+    if train_file or validation_file:
+        if not train_file:
+            raise EarlyBirdError("--validation-file needs --train-file (local text files)")
+        files = {"train": train_file, **({"validation": validation_file} if validation_file else {})}
+        for split, path in files.items():
+            if not Path(path).is_file():
+                raise EarlyBirdError(f"--{split.replace('train', 'train-file').replace('validation', 'validation-file')}"
+                                     f" {path}: no such file")
+        try:
+            return datasets.load_dataset("text", data_files=files, cache_dir=cache_dir)
+        except Exception as err:  # an unreadable file: one line naming it
+            raise EarlyBirdError(f"--train-file {train_file}: cannot read it as text ({' '.join(str(err).split())[:200]})"
+                                 ) from None
+    if not dataset_name:
+        raise EarlyBirdError("causal LM fine-tuning needs --train-file (a local text file) or --dataset-name")
+    return load_dataset_any(dataset_name, cache_dir=cache_dir)
+
+
+def tokenize_blocks(dataset, tokenizer, text_column: str, block_size: int, where: str):
+    """The texts tokenised, concatenated (an end-of-text token after each when the tokenizer has one) and cut into
+    blocks of `block_size` tokens, the remainder dropped; `labels` are the input ids (the model shifts them), as
+    the Hugging Face reference run_clm.py groups texts."""
+    if text_column not in dataset.column_names:
+        raise EarlyBirdError(f"{where}: no {text_column!r} column (columns: {', '.join(dataset.column_names)}); "
+                             "expected --text-column NAME")
+    eos = tokenizer.eos_token_id
+
+    def encode(batch):
+        ids = tokenizer([t for t in batch[text_column] if t and t.strip()], add_special_tokens=False)["input_ids"]
+        return {"input_ids": [row + ([eos] if eos is not None else []) for row in ids]}
+
+    def group(batch):
+        flat = [token for row in batch["input_ids"] for token in row]
+        usable = len(flat) // block_size * block_size
+        blocks = [flat[i : i + block_size] for i in range(0, usable, block_size)]
+        return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+
+    tokens = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing")
+    # one group over the whole split (batch_size=None): no tokens are lost at batch borders
+    blocks = tokens.map(group, batched=True, batch_size=None, desc=f"blocks of {block_size}")
+    if len(blocks) == 0:
+        raise EarlyBirdError(f"{where}: fewer than --block-size {block_size} tokens of text; expected more text or a "
+                             "smaller --block-size")
+    return blocks

@@ -14,7 +14,7 @@ import sys
 from ..blocks import BLOCK_NAMES
 from ..detectors import DETECTORS, add_param_arguments
 from ..errors import EarlyBirdError
-from ..masks import SCOPES
+from ..masks import DEFAULT_GQA_RULE, GQA_RULES, SCOPES
 from ..profiles import DEFAULT_PROFILE, PROFILES
 from .config import DEFAULT_CHECKPOINT_MINUTES, DEFAULT_DDP_TIMEOUT_MINUTES
 from .trackers import REPORT_TO
@@ -324,11 +324,19 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--self-pruning-ratio", type=float, default=0.0, help="fraction of heads pruned, in [0, 1)")
     g.add_argument("--inter-pruning-ratio", type=float, default=0.0, help="fraction of FFN neurons pruned, in [0, 1)")
     g.add_argument("--self-pruning-scope", "--self-pruning-method", choices=SCOPES, default=None,
-                   help="layerwise: the same fraction of every layer; global: the smallest over all layers (default: "
-                        "the profile's, layerwise)")
+                   help="layerwise: the same fraction of every layer; global: the smallest over all layers; uniform: "
+                        "the same number in every layer, the block's count spread evenly (default: the profile's, "
+                        "layerwise)")
     g.add_argument("--inter-pruning-scope", "--inter-pruning-method", choices=SCOPES, default=None,
                    help="as --self-pruning-scope, for the FFN neurons (default: the profile's: layerwise; global "
                         "under --eb-profile original)")
+    g.add_argument("--gqa-rule", choices=GQA_RULES, default=DEFAULT_GQA_RULE,
+                   help="grouped-query attention (Llama, Qwen3): per-group prunes the same number of query heads in "
+                        "every KV group (the least important of each); groups prunes whole KV groups (by their mean "
+                        "importance). Used by the plans and EB-Train's masks (default per-group)")
+    g.add_argument("--round-to", type=int, default=1, metavar="N",
+                   help="keep a multiple of N units per layer, rounded up (prunes fewer): neurons, heads, or under "
+                        "grouped-query attention the heads per KV group (per-group) or the KV groups (groups)")
     g.add_argument("--random-prune", type=int, default=None, metavar="SEED",
                    help="random baseline: the same number pruned per layer, chosen at random")
     g.add_argument("--rewind", choices=("init", "none"), default="init",

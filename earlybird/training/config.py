@@ -19,7 +19,7 @@ from typing import Mapping
 from ..blocks import BLOCKS, MLP, MSA
 from ..detectors import check_applicable, describe_scaling, detector_class, scaled_params
 from ..errors import EarlyBirdError
-from ..masks import check_ratio
+from ..masks import DEFAULT_GQA_RULE, check_gqa_rule, check_ratio, check_round_to
 from ..profiles import DEFAULT_PROFILE, get_profile
 from .trackers import tracker_names
 
@@ -184,11 +184,24 @@ class PruningConfig:
     inter_pruning_ratio: float = 0.0
     self_pruning_scope: str = "layerwise"
     inter_pruning_scope: str = "layerwise"
+    gqa_rule: str = DEFAULT_GQA_RULE  # how heads of grouped-query attention are chosen (earlybird.masks)
+    round_to: int = 1  # kept width per layer rounded up to a multiple (earlybird.masks)
 
     def __post_init__(self):
         for block in BLOCKS.values():
             dest = f"{block.prefix}_pruning_ratio"
             object.__setattr__(self, dest, _ratio(dest, getattr(self, dest)))
+        for dest, check in (("gqa_rule", check_gqa_rule), ("round_to", check_round_to)):
+            try:
+                check(getattr(self, dest))
+            except EarlyBirdError as err:
+                raise EarlyBirdError(f"{_flag(dest)}: {err}") from None
+
+    @property
+    def structure(self) -> dict:
+        """compute_mask's keywords besides ratio and scope for a plan of a model with `group_size` query heads per
+        KV head (1: no grouped-query attention)."""
+        return {"gqa_rule": self.gqa_rule, "round_to": self.round_to}
 
     def ratio(self, block: str) -> float:
         return getattr(self, f"{BLOCKS[block].prefix}_pruning_ratio")

@@ -43,7 +43,7 @@ def _pinned_copy(tensor: torch.Tensor) -> torch.Tensor:
 
 class EBTrain:
     def __init__(self, eb: EBConfig, pruning: PruningConfig, total_steps: int, record_every: int = 1,
-                 num_processes: int = 1):
+                 num_processes: int = 1, group_size: int = 1):
         self.config = eb
         self.pruning = pruning
         self.record_every = record_every
@@ -54,7 +54,7 @@ class EBTrain:
         lines = dict.fromkeys(line for _, line in params.values() if line)  # one per distinct scaling
         self.scaling = "; ".join(lines) if lines else None
         self.detector = OnlineEarlyBird(block=self.blocks, ratio=self.ratio, scope=eb.eb_scope, method=eb.eb_method,
-                                        profile=eb.eb_profile,
+                                        profile=eb.eb_profile, group_size=group_size, gqa_rule=pruning.gqa_rule,
                                         block_params={block: p for block, (p, _) in params.items()})
         self.num_processes = num_processes
         self._steps: list[int] = []
@@ -233,7 +233,8 @@ class EBTrain:
         coefficients = {name: (self.draw_coefficients or {}).get(name) for name in BLOCKS}
         meta = {**derived_meta(coefficients.get("msa"), coefficients.get("mlp")), **meta}
         plan = plan_from_coefficients(coefficients, self.draw_step, self.pruning.ratios, self.pruning.scopes,
-                                      layers=shape["layers"], meta=meta, profile=self.config.eb_profile)
+                                      layers=shape["layers"], meta=meta, profile=self.config.eb_profile,
+                                      **self.pruning.structure)
         plan["shape"] = {**shape, **{k: v for k, v in plan["shape"].items() if v is not None}}
         plan["provenance"]["ebtrain"] = {"method": self.config.eb_method, "block": self.config.eb_block,
                                          "ratio": self.ratio, "scope": self.scope, "profile": self.config.eb_profile,

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the source checkout the scripts li
 ENTRY_POINTS = {
     "vit": "Finetuning/run_vit.py",
     "bert": "Finetuning/run_bert.py",
+    "clm": "Finetuning/run_clm.py",
     "pretrain": "ViT_pretraining/main.py",
 }
 

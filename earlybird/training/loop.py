@@ -42,6 +42,7 @@ from ..data.common import EpochIndices, default_num_workers
 from ..errors import EarlyBirdError
 from ..records import CoefficientRecorder, load_records
 from ..layout import CheckpointLayout
+from ..masks import head_group_size
 from ..slimming import (apply_plan, encoder_flops_per_token, fold_slimming, kept_sizes, l1_penalty, model_shape,
                         read_coefficients)
 from .config import RunConfig, TrainConfig
@@ -255,7 +256,10 @@ class Trainer:
         if record and any(c is not None for c in self._coefficients()):
             summaries = None
             if self.tracking.active:
-                summaries = CoefficientSummaries(self.tracking.log, {b: config.mask_settings(b) for b in BLOCKS})
+                group_size = head_group_size(model_shape(self.unwrapped))
+                summaries = CoefficientSummaries(self.tracking.log, {b: config.mask_settings(b) for b in BLOCKS},
+                                                 {"msa": {"group_size": group_size,
+                                                          "gqa_rule": config.pruning.gqa_rule}})
                 if resume_from is not None and run.records.is_dir():
                     summaries.replay(load_records(run.records), self.step)
             self.recorder = CoefficientRecorder(

@@ -13,6 +13,7 @@ import time
 from ..errors import EarlyBirdError
 from ..blocks import BLOCKS
 from ..layout import STEPS_FILE, CheckpointLayout, RunLayout, block_file
+from ..masks import head_group_size
 from ..slimming import encoder_layers, kept_sizes, model_shape
 from .args import fail
 from .config import TrainConfig
@@ -220,7 +221,7 @@ def run(prog: str, args, build_task) -> int:
         ebtrain = None
         if config.eb.enabled:
             ebtrain = EBTrain(config.eb, config.pruning, total_steps, config.slimming.record_every,
-                              accelerator.num_processes)
+                              accelerator.num_processes, group_size=head_group_size(model_shape(model)))
             ebtrain.check_budget()
             if ebtrain.scaling:
                 log(f"EB-Train: --eb-scale: {ebtrain.scaling}")

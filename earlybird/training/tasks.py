@@ -1,14 +1,16 @@
-"""The three tasks of the study, each as its extra flags + a `build_*_task(args, accelerator) -> Task`.
+"""The tasks: the three of the study and causal-LM fine-tuning, each as its extra flags + a `build_*_task(args, accelerator) -> Task`.
 
 * ViT fine-tuning for image classification (Finetuning/run_vit.py)
 * BERT on SQuAD v1.1 or GLUE-style classification (Finetuning/run_bert.py)
 * a small ViT trained from scratch on CIFAR-10 or the embedded digits (ViT_pretraining/main.py)
+* causal-LM fine-tuning of a decoder (Llama, Qwen3) on text (Finetuning/run_clm.py)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+from pathlib import Path
 
 import torch
 
@@ -31,13 +33,13 @@ def _default_model(args, hub_default: str) -> None:
         args.model_name_or_path = getattr(args, "init_checkpoint", None) or hub_default
 
 
-def _load_config(path: str, expected: str, flag: str = "--model-name-or-path"):
-    from pathlib import Path
-
+def _load_config(path: str, expected: str | tuple, flag: str = "--model-name-or-path"):
+    """The model config at `path` (a directory, a hub id, or a config.json file) of a model type in `expected`."""
     from huggingface_hub import constants
     from transformers import AutoConfig
 
-    if constants.HF_HUB_OFFLINE and not Path(path).is_dir():  # one clear line, before transformers' long one
+    expected = (expected,) if isinstance(expected, str) else expected
+    if constants.HF_HUB_OFFLINE and not Path(path).exists():  # one clear line, before transformers' long one
         from huggingface_hub import try_to_load_from_cache
 
         try:
@@ -48,11 +50,12 @@ def _load_config(path: str, expected: str, flag: str = "--model-name-or-path"):
             raise EarlyBirdError(f"{flag} {path}: cannot load a model config: not a local directory, and the hub is off "
                                  "(HF_HUB_OFFLINE=1) with no cached copy; expected a local model directory")
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(str(Path(path).parent) if Path(path).is_file() else path)
     except Exception as err:  # OSError offline / missing, ValueError for unknown model types
         raise EarlyBirdError(f"{flag} {path}: cannot load a model config ({' '.join(str(err).split())[:200]})") from None
-    if config.model_type != expected:
-        raise EarlyBirdError(f"{flag} {path}: a {config.model_type!r} model; this entry point trains {expected!r} models")
+    if config.model_type not in expected:
+        raise EarlyBirdError(f"{flag} {path}: a {config.model_type!r} model; this entry point trains "
+                             f"{' and '.join(map(repr, expected))} models")
     return config
 
 
@@ -366,4 +369,127 @@ def _squad_task(args, accelerator, tokenizer) -> Task:
                 tokens_per_example=lambda batch: batch["input_ids"].shape[1], save_extras=tokenizer.save_pretrained,
                 info={"dataset": args.train_file or "squad", "train_examples": len(train_examples),
                       "train_features": len(train_features), "eval_examples": len(eval_examples)},
+                vocab_size=len(tokenizer))
+
+
+# --------------------------------------------------------------------------- causal LM (Llama, Qwen3)
+
+CLM_MODEL_TYPES = ("llama", "qwen3")
+
+
+def add_clm_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("causal language modelling (Llama, Qwen3)")
+    g.add_argument("--model-name-or-path", default=None,
+                   help="a hub id or a local directory of a pretrained decoder (with its tokenizer)")
+    g.add_argument("--config-name", default=None,
+                   help="instead: a config (directory or config.json) of a decoder trained from random weights")
+    g.add_argument("--tokenizer-name", default=None,
+                   help="the tokenizer (default: the one beside --model-name-or-path, or of --config-name's directory)")
+    g.add_argument("--train-file", default=None, help="local training text (one example per line)")
+    g.add_argument("--validation-file", default=None,
+                   help="local validation text (default: the last --validation-split-percentage %% of the training text)")
+    g.add_argument("--dataset-name", default=None, help="instead of files: a `datasets` directory or hub id")
+    g.add_argument("--text-column", default="text", help="the text column of --dataset-name (default text)")
+    g.add_argument("--validation-split-percentage", type=int, default=10,
+                   help="held-out share of the training text when there is no validation split (default 10)")
+    g.add_argument("--block-size", type=int, default=None,
+                   help="tokens per training example, the texts concatenated and cut (default min(1024, the model's "
+                        "max_position_embeddings))")
+
+
+def _clm_source(args) -> tuple[str, str]:
+    """(what the model is built from, the flag that named it)."""
+    if bool(args.model_name_or_path) == bool(args.config_name):
+        raise EarlyBirdError("give one of --model-name-or-path (pretrained weights) and --config-name (random weights)")
+    return (args.model_name_or_path, "--model-name-or-path") if args.model_name_or_path else (args.config_name,
+                                                                                                "--config-name")
+
+
+def clm_eval_set(dataset) -> EvalSet:
+    """Mean next-token cross-entropy over the evaluation blocks (`loss`, nats per token) and its `perplexity`."""
+    from transformers import default_data_collator
+
+    def outputs(out, batch):
+        logits = out.logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                reduction="none", ignore_index=-100).view(labels.shape)
+        return {"nll": nll.sum(dim=1), "tokens": (labels != -100).sum(dim=1)}
+
+    def compute(arrays):
+        import math
+
+        tokens = float(arrays["tokens"].sum())
+        loss = float(arrays["nll"].sum()) / tokens if tokens else 0.0
+        return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+
+    return EvalSet(text.TokenizedDataset(dataset), default_data_collator, outputs, compute)
+
+
+def build_clm_task(args, accelerator) -> Task:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
+
+    source, flag = _clm_source(args)
+    config = _load_config(source, CLM_MODEL_TYPES, flag)
+    for option in ("slim_before", "soft_by_one"):
+        if getattr(args, option, False):
+            raise EarlyBirdError(f"--{option.replace('_', '-')} is an option of the ViT/BERT patch; the decoders "
+                                 f"({config.model_type}) take --self-slimming and --inter-slimming only")
+    tokenizer_path = args.tokenizer_name or (source if args.model_name_or_path else
+                                             str(Path(source).parent if Path(source).is_file() else source))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    except Exception as err:
+        which = "--tokenizer-name" if args.tokenizer_name else flag
+        raise EarlyBirdError(f"{which} {tokenizer_path}: cannot load a tokenizer ({' '.join(str(err).split())[:200]})"
+                             ) from None
+    if len(tokenizer) > config.vocab_size:
+        raise EarlyBirdError(f"{flag} {source}: its tokenizer has {len(tokenizer)} tokens but the model's embeddings "
+                             f"hold {config.vocab_size} (config.vocab_size): a tokenizer from another model? expected "
+                             "len(tokenizer) <= vocab_size")
+    limit = min(1024, config.max_position_embeddings)
+    if args.block_size is None:
+        args.block_size = limit
+    if not 2 <= args.block_size <= config.max_position_embeddings:
+        raise EarlyBirdError(f"--block-size must be in 2..{config.max_position_embeddings} (the model's "
+                             f"max_position_embeddings), got {args.block_size}")
+    if not 0 < args.validation_split_percentage < 100:
+        raise EarlyBirdError(f"--validation-split-percentage must be in 1..99, got {args.validation_split_percentage}")
+    where = f"--train-file {args.train_file}" if args.train_file else f"--dataset-name {args.dataset_name}"
+    with accelerator.main_process_first():
+        dd = text.load_text_corpus(args.train_file, args.validation_file, args.dataset_name, cache_dir=args.cache_dir)
+        if "train" not in dd:
+            raise EarlyBirdError(f"{where}: no 'train' split; splits: {', '.join(dd)}")
+        column = "text" if args.train_file else args.text_column
+        blocks = {"train": text.tokenize_blocks(dd["train"], tokenizer, column, args.block_size, where)}
+        held_out = next((name for name in common.VALIDATION_NAMES if name in dd), None)
+        if held_out is not None:
+            blocks["validation"] = text.tokenize_blocks(dd[held_out], tokenizer, column, args.block_size,
+                                                        f"{where} ({held_out} split)")
+        else:  # the last blocks of the training text, in order (no shuffling: neighbouring blocks share a text)
+            count = len(blocks["train"])
+            held = max(1, count * args.validation_split_percentage // 100)
+            if count - held < 1:
+                raise EarlyBirdError(f"{where}: {count} block(s) of {args.block_size} tokens cannot be split into "
+                                     "training and validation; expected more text or a smaller --block-size")
+            blocks["validation"] = blocks["train"].select(range(count - held, count))
+            blocks["train"] = blocks["train"].select(range(count - held))
+        blocks["train"] = common.subset(blocks["train"], args.max_train_samples)
+        blocks["validation"] = common.subset(blocks["validation"], args.max_eval_samples)
+    model_class = AutoModelForCausalLM._model_mapping[type(config)]
+
+    def build_model(overrides):
+        overrides = {key: value for key, value in overrides.items() if value}  # the switches the decoders have
+        if args.model_name_or_path:
+            return model_class.from_pretrained(args.model_name_or_path, **overrides)
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        return model_class(config)
+
+    return Task(name="clm", model_class=model_class, build_model=build_model,
+                train_dataset=text.TokenizedDataset(blocks["train"]), collate_fn=default_data_collator,
+                eval_sets={"validation": clm_eval_set(blocks["validation"])}, final_split="validation",
+                tokens_per_example=lambda batch: batch["input_ids"].shape[1], save_extras=tokenizer.save_pretrained,
+                info={"dataset": args.train_file or args.dataset_name, "train_blocks": len(blocks["train"]),
+                      "validation_blocks": len(blocks["validation"]), "block_size": args.block_size},
                 vocab_size=len(tokenizer))

@@ -26,7 +26,8 @@ def resolve_plan(ticket: TicketConfig, pruning: PruningConfig) -> dict:
     records = load_records(records_path(ticket.records, "--records"))
     try:
         return make_plan(records, ticket.prune_step, pruning.self_pruning_ratio, pruning.inter_pruning_ratio,
-                         pruning.self_pruning_scope, pruning.inter_pruning_scope, random_seed=ticket.random_prune)
+                         pruning.self_pruning_scope, pruning.inter_pruning_scope, random_seed=ticket.random_prune,
+                         **pruning.structure)
     except EarlyBirdError as err:
         raise EarlyBirdError(f"--records {ticket.records}: {err}") from None
 

@@ -124,9 +124,10 @@ class CoefficientSummaries:
     mean / min / max / fraction below SMALL_COEFFICIENT, and the Hamming distance of the watched mask to the previous
     recorded step's and its nuclear norm, computed per flushed chunk and handed to `log(values, step)`."""
 
-    def __init__(self, log, masks: dict):
+    def __init__(self, log, masks: dict, structure: dict | None = None):
         self.log = log
         self.masks = dict(masks)  # block -> (ratio, scope)
+        self.structure = dict(structure or {})  # block -> compute_mask's group_size / gqa_rule (GQA heads)
         self.previous: dict = {}  # block -> the mask of the last recorded step seen
 
     def __call__(self, steps, blocks: dict) -> None:
@@ -139,7 +140,7 @@ class CoefficientSummaries:
                             f"coefficients/{block}/max": coefs.max(axis=(1, 2)),
                             f"coefficients/{block}/below_{SMALL_COEFFICIENT:g}":
                                 (magnitude < SMALL_COEFFICIENT).mean(axis=(1, 2))})
-            masks = compute_mask(coefs, *self.masks[block])
+            masks = compute_mask(coefs, *self.masks[block], **self.structure.get(block, {}))
             hamming = np.full(len(masks), np.nan)  # the first recorded step has no previous mask
             hamming[1:] = hamming_distance(masks[1:], masks[:-1])
             if block in self.previous:
@@ -159,7 +160,8 @@ class CoefficientSummaries:
             coefs = getattr(records, block)
             if coefs is not None and len(before):
                 ratio, scope = self.masks[block]
-                self.previous[block] = compute_mask(np.asarray(coefs[before[-1]]), ratio, scope)
+                self.previous[block] = compute_mask(np.asarray(coefs[before[-1]]), ratio, scope,
+                                                    **self.structure.get(block, {}))
         if len(beyond):
             self(records.steps[beyond], {block: np.asarray(getattr(records, block)[beyond]) for block in self.masks
                                          if getattr(records, block) is not None})
