@@ -142,3 +142,62 @@ def test_nuclear_norm_batch_equals_loop_and_reuses_frozen_masks():
     assert norms.shape == (30,)
     for t in range(30):
         assert norms[t] == nuclear_norm(batch[t])
+
+
+def _reference_prune_k_smallest(rows, k):
+    """The kernel before the anchored selection (one np.partition per row), kept as the reference."""
+    kth = np.partition(rows, k - 1, axis=1)[:, k - 1 : k]
+    below = rows < kth
+    equal = rows == kth
+    quota = k - below.sum(axis=1, dtype=np.int32)
+    pruned = below | equal
+    tied = np.flatnonzero(equal.sum(axis=1, dtype=np.int32) > quota)
+    if tied.size:
+        first = np.cumsum(equal[tied], axis=1, dtype=np.int32) <= quota[tied, None]
+        pruned[tied] = below[tied] | (equal[tied] & first)
+    return pruned
+
+
+def _drifting_steps(rng, steps, layers, n, dtype, ties):
+    """Consecutive steps whose values drift slowly plus noise (what makes the anchored selection take its fast
+    path), or, with ties, few distinct values (rounded), so that ties sit at the k-th value."""
+    base = rng.uniform(0.5, 1.5, (layers, n))
+    trend = np.linspace(0.0, 1.0, steps)[:, None, None] * rng.uniform(-0.2, 0.2, (layers, n))
+    values = base + trend + rng.normal(0.0, 0.003, (steps, layers, n))
+    if ties:
+        values = np.round(values * 20) / 20
+    return values.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ties", [False, True])
+def test_anchored_kernel_equals_one_partition_per_row(dtype, ties):
+    from earlybird.masks import _prune_k_smallest
+
+    rng = np.random.default_rng(7)
+    steps, layers, n = 50, 3, 96
+    values = _drifting_steps(rng, steps, layers, n, dtype, ties)
+    values[5, 1] = values[5, 1, 0]  # a row all equal
+    values[9, 2, ::2] = np.inf  # protected entries (as global scope's +inf)
+    for k in (1, 2, n // 3, n // 2, n - 2, n - 1):
+        for period in (layers, 1):
+            rows = values.reshape(steps * layers, n) if period == layers else values.reshape(steps, layers * n)
+            kk = k if period == layers else min(k * layers, layers * n - 1)
+            np.testing.assert_array_equal(_prune_k_smallest(rows, kk, period=period),
+                                          _reference_prune_k_smallest(rows, kk), err_msg=f"k={kk} period={period}")
+
+
+@pytest.mark.parametrize("scope", ["layerwise", "global"])
+@pytest.mark.parametrize("ties", [False, True])
+def test_compute_mask_unchanged_by_the_anchored_kernel(monkeypatch, scope, ties):
+    import earlybird.masks as masks
+
+    coefs = _drifting_steps(np.random.default_rng(3), 60, 4, 128, np.float32, ties)
+    coefs[::7] *= -1  # signs do not matter to the magnitude rule
+    for ratio in (0.01, 0.3, 0.7, 0.99):
+        for rule in ("magnitude", "quantile"):
+            ours = compute_mask(coefs, ratio, scope, rule)
+            with monkeypatch.context() as patched:
+                patched.setattr(masks, "_prune_k_smallest", lambda rows, k, period=1: _reference_prune_k_smallest(rows, k))
+                reference = compute_mask(coefs, ratio, scope, rule)
+            np.testing.assert_array_equal(ours, reference, err_msg=f"ratio={ratio} rule={rule}")
