@@ -107,6 +107,8 @@ def _prune_k_smallest(rows: np.ndarray, k: int, period: int = 1) -> np.ndarray:
 
 # Every _ANCHOR_STRIDE-th step of a stack is partitioned in full; see _kth_smallest.
 _ANCHOR_STRIDE = 8
+# Bracket width in gaps between anchors: 3 has 99% of the rows of a synthetic BERT-base run inside (1% partitioned).
+_MARGIN = 3.0
 
 
 def _kth_smallest(rows: np.ndarray, k: int, period: int = 1) -> np.ndarray:
@@ -131,7 +133,10 @@ def _kth_smallest(rows: np.ndarray, k: int, period: int = 1) -> np.ndarray:
     at_anchor = np.partition(grid[anchors], k - 1, axis=2)[:, :, k - 1]
     place = np.clip(np.searchsorted(anchors, np.arange(steps)), 1, len(anchors) - 1)
     before, after = at_anchor[place - 1], at_anchor[place]
-    spread = np.abs(after - before)  # a step moves by the trend plus its own noise: widen by the anchors' gap
+    # A step's value is its anchors' give or take the trend and its own noise: widen the bracket by a few of the
+    # gap between its anchors, or of the median gap between anchors (the noise, where there is no trend).
+    gap = np.abs(np.diff(at_anchor, axis=0))
+    spread = _MARGIN * np.maximum(np.abs(after - before), np.median(gap, axis=0) if len(gap) else 0)
     lo = (np.minimum(before, after) - spread).reshape(-1, 1)
     hi = (np.maximum(before, after) + spread).reshape(-1, 1)
     lo[anchors * period + np.arange(period)[:, None]] = hi[anchors * period + np.arange(period)[:, None]] = (
