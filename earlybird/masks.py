@@ -107,8 +107,9 @@ def _prune_k_smallest(rows: np.ndarray, k: int, period: int = 1) -> np.ndarray:
 
 # Every _ANCHOR_STRIDE-th step of a stack is partitioned in full; see _kth_smallest.
 _ANCHOR_STRIDE = 8
-# Bracket width in gaps between anchors: 3 has 99% of the rows of a synthetic BERT-base run inside (1% partitioned).
-_MARGIN = 3.0
+# Bracket margin, in median absolute second differences of the anchors' values (their noise without the trend):
+# 2 leaves ~1% of the rows of a synthetic BERT-base run (bench/detector_cost.py) outside, partitioned in full.
+_MARGIN = 2.0
 
 
 def _kth_smallest(rows: np.ndarray, k: int, period: int = 1) -> np.ndarray:
@@ -119,11 +120,11 @@ def _kth_smallest(rows: np.ndarray, k: int, period: int = 1) -> np.ndarray:
     np.partition). What makes it faster is that the rows are a stack of consecutive training steps
     (``period`` rows per step, row ``s * period + j`` being entry ``j`` of step ``s``), whose coefficients
     barely move from one step to the next: only every ``_ANCHOR_STRIDE``-th step (and the last) is partitioned;
-    a step between two such anchors gets a bracket [lo, hi] around the anchors' values (widened by their
-    difference), which one comparison per entry checks (fewer than k entries below lo, at least k at most hi),
-    and its k-th value is then picked among the few entries inside the bracket. It is always an element of the
-    row with exactly the partition's rank, so the result is the partition's; a row whose bracket fails (or holds
-    too many entries) is partitioned in full.
+    a step between two such anchors gets a bracket [lo, hi] around the anchors' values (widened by their noise),
+    which one comparison per entry checks (fewer than k entries below lo, at least k at most hi), and its k-th
+    value is then picked among the few entries inside the bracket. It is always an element of the row with
+    exactly the partition's rank, so the result is the partition's; a row whose bracket fails (or holds too many
+    entries) is partitioned in full.
     """
     steps, n = len(rows) // max(period, 1), rows.shape[1]
     if period < 1 or steps * period != len(rows) or steps < 2 * _ANCHOR_STRIDE or n < 64:
@@ -133,31 +134,34 @@ def _kth_smallest(rows: np.ndarray, k: int, period: int = 1) -> np.ndarray:
     at_anchor = np.partition(grid[anchors], k - 1, axis=2)[:, :, k - 1]
     place = np.clip(np.searchsorted(anchors, np.arange(steps)), 1, len(anchors) - 1)
     before, after = at_anchor[place - 1], at_anchor[place]
-    # A step's value is its anchors' give or take the trend and its own noise: widen the bracket by a few of the
-    # gap between its anchors, or of the median gap between anchors (the noise, where there is no trend).
-    gap = np.abs(np.diff(at_anchor, axis=0))
-    spread = _MARGIN * np.maximum(np.abs(after - before), np.median(gap, axis=0) if len(gap) else 0)
+    # Between its anchors a step's value follows their trend give or take its own noise, which the second
+    # differences of the anchors' values measure without the trend.
+    spread = _MARGIN * np.median(np.abs(np.diff(at_anchor[:-1], 2, axis=0)), axis=0)
     lo = (np.minimum(before, after) - spread).reshape(-1, 1)
     hi = (np.maximum(before, after) + spread).reshape(-1, 1)
-    lo[anchors * period + np.arange(period)[:, None]] = hi[anchors * period + np.arange(period)[:, None]] = (
-        at_anchor.T[..., None])  # an anchor's own bracket is its value: always good, one entry wide or a few
-    under = np.count_nonzero(rows < lo, axis=1)  # (count_nonzero: several times faster than a bool sum)
-    inside = (rows >= lo) & (rows <= hi)
-    width = np.count_nonzero(inside, axis=1)
+    own = anchors * period + np.arange(period)[:, None]
+    lo[own] = hi[own] = at_anchor.T[..., None]  # an anchor's bracket is its own value
+    below = rows < lo
+    under = np.count_nonzero(below, axis=1)  # (count_nonzero: several times faster than a bool sum)
+    inside = rows <= hi
+    width = np.count_nonzero(inside, axis=1) - under
+    inside ^= below  # lo <= hi: the entries in [lo, hi]
     ok = (under < k) & (k <= under + width) & (width <= n // 8)
     kth = np.empty(len(rows), dtype=rows.dtype)
     good = np.flatnonzero(ok)
     if good.size:
-        # The entries inside each good row's bracket, packed row by row into a (rows, widest) array padded with
-        # +inf; sorted, the wanted one sits at column k - 1 - (entries below lo).
         flat = np.flatnonzero(inside)
         flat = flat[ok[flat // n]]
         row = (np.cumsum(ok) - 1)[flat // n]  # the entry's row among the good ones
-        starts = np.cumsum(width[good]) - width[good]
-        packed = np.full((len(good), int(width[good].max())), np.inf, dtype=rows.dtype)
-        packed[row, np.arange(len(flat)) - starts[row]] = rows.reshape(-1)[flat]
-        packed.sort(axis=1)
-        kth[good] = packed[np.arange(len(good)), k - 1 - under[good]]
+        values = rows.reshape(-1)[flat]
+        wanted = np.cumsum(width[good]) - width[good] + (k - 1 - under[good])  # position in the row-major sort
+        if rows.dtype == np.float32 and not (values < 0).any():
+            # Non-negative float32 values order as their bit patterns: one sort of (row, bits) keys.
+            keys = (row.astype(np.uint64) << np.uint64(32)) | values.view(np.uint32)
+            keys.sort()
+            kth[good] = keys[wanted].astype(np.uint32).view(np.float32)
+        else:
+            kth[good] = values[np.lexsort((values, row))[wanted]]
     bad = np.flatnonzero(~ok)
     if bad.size:
         kth[bad] = np.partition(rows[bad], k - 1, axis=1)[:, k - 1]

@@ -171,12 +171,13 @@ def _drifting_steps(rng, steps, layers, n, dtype, ties):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ties", [False, True])
-def test_anchored_kernel_equals_one_partition_per_row(dtype, ties):
+@pytest.mark.parametrize("signed", [False, True])
+def test_anchored_kernel_equals_one_partition_per_row(dtype, ties, signed):
     from earlybird.masks import _prune_k_smallest
 
     rng = np.random.default_rng(7)
     steps, layers, n = 50, 3, 96
-    values = _drifting_steps(rng, steps, layers, n, dtype, ties)
+    values = _drifting_steps(rng, steps, layers, n, dtype, ties) - (dtype(1.0) if signed else 0)
     values[5, 1] = values[5, 1, 0]  # a row all equal
     values[9, 2, ::2] = np.inf  # protected entries (as global scope's +inf)
     for k in (1, 2, n // 3, n // 2, n - 2, n - 1):
