@@ -19,9 +19,13 @@ afterwards. Masks: ratio 0.3, layerwise.
   --full-trace --json` in a fresh process, `--rounds` times; with `--baseline SRC` (an earlier `earlybird/`, e.g.
   `git archive COMMIT earlybird | tar -x -C SRC`) that version too, as its users ran it (`--block msa`, then
   `--block mlp`: two processes), alternating with this tree's, and every run's JSON compared with the first.
+  `--baseline` may be repeated as `LABEL=SRC`; a source whose `detect` has `--block both` runs it in one process.
+  `--cli-only` writes the records and runs only these CLI scans (bench/results/detector_cost_cli.md).
+* `--mask-cost RECORDS`: only `compute_mask` of the mlp block of existing records, in one call, this tree against each
+  baseline in fresh processes, rotating, with the masks' hash compared (bench/results/detector_cost_cli.md).
 
-    .venv/bin/python bench/detector_cost.py [--quick] [--steps N] [--dir DIR] [--baseline SRC] [--rounds N]
-                                            [--out results.md]
+    .venv/bin/python bench/detector_cost.py [--quick] [--steps N] [--dir DIR] [--baseline [LABEL=]SRC ...]
+                                            [--rounds N] [--cli-only | --mask-cost RECORDS] [--out results.md]
 """
 
 from __future__ import annotations
@@ -269,6 +273,60 @@ def cli_rows(records: Path, params: dict, baselines: list[str], rounds: int) -> 
     return rows
 
 
+MASK_COST_CODE = """
+import hashlib, json, sys, time
+import numpy as np
+from earlybird.masks import compute_mask
+from earlybird.records import load_records
+coefs = np.asarray(load_records(sys.argv[1]).block("mlp"))  # read once before timing
+cpu, wall = time.process_time(), time.perf_counter()
+masks = compute_mask(coefs, float(sys.argv[2]), "layerwise")
+cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+print(json.dumps({"cpu": cpu, "seconds": wall, "steps": len(coefs), "sha1": hashlib.sha1(np.packbits(masks)).hexdigest()}))
+"""
+
+
+def mask_cost_rows(records: str, baselines: list[str], rounds: int) -> list[dict]:
+    """`compute_mask` of the mlp block of RECORDS in one call (as the scan's blocks of steps), in a fresh process per
+    variant (this tree, then each `LABEL=SRC` baseline), `rounds` times, the order rotating: CPU and wall time, and a
+    hash of the masks to compare."""
+    variants = [("this tree", None)] + [((spec.rpartition("=")[0] or "baseline"), spec.rpartition("=")[2])
+                                        for spec in baselines]
+    rows = []
+    for round_ in range(rounds):
+        shift = round_ % len(variants)
+        for name, source in variants[shift:] + variants[:shift]:
+            env = dict(os.environ)
+            if source:
+                env["PYTHONPATH"] = os.pathsep.join([source, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+            load = os.getloadavg()[0]
+            result = subprocess.run([sys.executable, "-c", MASK_COST_CODE, str(Path(records).resolve()), str(RATIO)],
+                                    capture_output=True, text=True, check=True, env=env, cwd=source or None)
+            rows.append({"variant": name, "round": round_, "load": load, **json.loads(result.stdout.splitlines()[-1])})
+    return rows
+
+
+def render_mask_cost(rows: list[dict], records: str) -> str:
+    steps = rows[0]["steps"]
+    lines = [f"`compute_mask` of the 12 x 3072 (mlp) block of {steps} steps of {records} (synthetic, written by this "
+             f"benchmark: linear to a plateau at half the run + noise), ratio {RATIO}, layerwise, one call, a fresh "
+             "process per run; runs rotate between the variants:", "",
+             "| variant | round | CPU (s) | CPU per step (us) | wall (s) | load average before | masks (sha1) |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['round'] + 1} | {r['cpu']:.2f} | {1e6 * r['cpu'] / steps:.0f} | "
+                     f"{r['seconds']:.2f} | {r['load']:.1f} | {r['sha1'][:12]} |")
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    cpu = {v: statistics.median(r["cpu"] for r in rows if r["variant"] == v) for v in variants}
+    wall = {v: statistics.median(r["seconds"] for r in rows if r["variant"] == v) for v in variants}
+    same = len({r["sha1"] for r in rows}) == 1
+    lines += ["", "- Medians: " + "; ".join(
+        f"{v} {cpu[v]:.2f} s CPU ({1e6 * cpu[v] / steps:.0f} us a step; {cpu[v] / cpu['this tree']:.2f}x this tree's), "
+        f"{wall[v]:.2f} s wall ({wall[v] / wall['this tree']:.2f}x)" for v in variants)
+        + f"; masks {'identical' if same else 'DIFFERENT'} in every run."]
+    return "\n".join(lines)
+
+
 def in_subprocess(spec: dict) -> list[dict]:
     result = subprocess.run([sys.executable, __file__, "--scan", json.dumps(spec)], capture_output=True, text=True,
                             check=False)
@@ -418,11 +476,16 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="CLI scans per variant (default 3; quick: 1)")
     parser.add_argument("--cli-only", action="store_true",
                         help="only the CLI scans (no per-check timings, no per-method scans in subprocesses)")
+    parser.add_argument("--mask-cost", metavar="RECORDS", default=None,
+                        help="only time compute_mask of the mlp block of RECORDS, this tree against each --baseline")
     parser.add_argument("--scan", help=argparse.SUPPRESS)  # internal: one scan, print JSON
     args = parser.parse_args(argv)
     if args.scan:
         print(json.dumps(scan(json.loads(args.scan))))
         return 0
+    if args.mask_cost:
+        return emit(render_mask_cost(mask_cost_rows(args.mask_cost, args.baseline, args.rounds or 3), args.mask_cost),
+                    args)
     check_rows = [] if args.cli_only else per_check_rows(args.quick)
     print("[detector_cost] per-check timings done", file=sys.stderr, flush=True)
     rows, notes, info = scan_rows(args.quick, args.steps, args.dir, args.baseline,
