@@ -202,3 +202,17 @@ def test_compute_mask_unchanged_by_the_anchored_kernel(monkeypatch, scope, ties)
                 patched.setattr(masks, "_prune_k_smallest", lambda rows, k, period=1: _reference_prune_k_smallest(rows, k))
                 reference = compute_mask(coefs, ratio, scope, rule)
             np.testing.assert_array_equal(ours, reference, err_msg=f"ratio={ratio} rule={rule}")
+
+
+@pytest.mark.parametrize("shape", [(7, 12, 3072), (5, 4, 13), (6, 12, 12), (3, 1, 64), (4, 9, 70)])
+def test_popcount_gram_equals_the_matmul_and_the_norms_are_unchanged(shape):
+    from earlybird.masks import _row_gram, _singular_values_squared
+
+    rng = np.random.default_rng(11)
+    masks = rng.random(shape) < 0.7
+    masks[0] = True
+    masks[1, 0] = False
+    as_float = masks.astype(np.float32)
+    np.testing.assert_array_equal(_row_gram(masks), as_float @ as_float.transpose(0, 2, 1))
+    reference = np.linalg.eigvalsh((as_float @ as_float.transpose(0, 2, 1)).astype(np.float64))
+    np.testing.assert_array_equal(_singular_values_squared(masks), reference)
