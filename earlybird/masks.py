@@ -155,8 +155,8 @@ def _kth_smallest(rows: np.ndarray, k: int, period: int = 1) -> np.ndarray:
         row = (np.cumsum(ok) - 1)[flat // n]  # the entry's row among the good ones
         values = rows.reshape(-1)[flat]
         wanted = np.cumsum(width[good]) - width[good] + (k - 1 - under[good])  # position in the row-major sort
-        if rows.dtype == np.float32 and not (values < 0).any():
-            # Non-negative float32 values order as their bit patterns: one sort of (row, bits) keys.
+        if rows.dtype == np.float32 and not (values.view(np.int32) < 0).any():
+            # float32 values without a sign bit (no -0.0 either) order as their bit patterns: one sort of (row, bits).
             keys = (row.astype(np.uint64) << np.uint64(32)) | values.view(np.uint32)
             keys.sort()
             kth[good] = keys[wanted].astype(np.uint32).view(np.float32)

@@ -188,6 +188,22 @@ def test_anchored_kernel_equals_one_partition_per_row(dtype, ties, signed):
                                           _reference_prune_k_smallest(rows, kk), err_msg=f"k={kk} period={period}")
 
 
+def test_anchored_kernel_with_signed_zeros():
+    """-0.0 equals 0.0 but its float32 bit pattern is the largest: a bracket holding both zeros and ones must not pick
+    a one where the k-th value is a zero."""
+    from earlybird.masks import _prune_k_smallest
+
+    rng = np.random.default_rng(5)
+    steps, layers, n, k = 40, 2, 128, 5
+    values = np.full((steps, layers, n), 5.0, dtype=np.float32) + rng.random((steps, layers, n), dtype=np.float32)
+    for step in range(steps):
+        zeros = 3 + step % 5  # 3 ... 7 zeros, so the k-th value flips between 0 and 1 from step to step
+        values[step, :, :zeros] = np.where(rng.random((layers, zeros)) < 0.6, -0.0, 0.0)
+        values[step, :, zeros : zeros + 3] = 1.0
+    rows = values.reshape(steps * layers, n)
+    np.testing.assert_array_equal(_prune_k_smallest(rows, k, period=layers), _reference_prune_k_smallest(rows, k))
+
+
 @pytest.mark.parametrize("scope", ["layerwise", "global"])
 @pytest.mark.parametrize("ties", [False, True])
 def test_compute_mask_unchanged_by_the_anchored_kernel(monkeypatch, scope, ties):
