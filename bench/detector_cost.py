@@ -19,9 +19,13 @@ afterwards. Masks: ratio 0.3, layerwise.
   --full-trace --json` in a fresh process, `--rounds` times; with `--baseline SRC` (an earlier `earlybird/`, e.g.
   `git archive COMMIT earlybird | tar -x -C SRC`) that version too, as its users ran it (`--block msa`, then
   `--block mlp`: two processes), alternating with this tree's, and every run's JSON compared with the first.
+  `--baseline` may be repeated as `LABEL=SRC`; a source whose `detect` has `--block both` runs it in one process.
+  `--cli-only` writes the records and runs only these CLI scans (bench/results/detector_cost_cli.md).
+* `--mask-cost RECORDS`: only `compute_mask` of the mlp block of existing records, in one call, this tree against each
+  baseline in fresh processes, rotating, with the masks' hash compared (bench/results/detector_cost_cli.md).
 
-    .venv/bin/python bench/detector_cost.py [--quick] [--steps N] [--dir DIR] [--baseline SRC] [--rounds N]
-                                            [--out results.md]
+    .venv/bin/python bench/detector_cost.py [--quick] [--steps N] [--dir DIR] [--baseline [LABEL=]SRC ...]
+                                            [--rounds N] [--cli-only | --mask-cost RECORDS] [--out results.md]
 """
 
 from __future__ import annotations
@@ -233,6 +237,7 @@ def cli_scan(records: Path, params: dict, blocks: tuple, source: str | None = No
     env = dict(os.environ)
     if source:
         env["PYTHONPATH"] = os.pathsep.join([source, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     lines = []
@@ -248,18 +253,78 @@ def cli_scan(records: Path, params: dict, blocks: tuple, source: str | None = No
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"blocks": blocks, "source": source, "seconds": seconds, "cpu": cpu, "lines": lines}
+    return {"blocks": blocks, "source": source, "seconds": seconds, "cpu": cpu, "lines": lines, "load": load}
 
 
-def cli_rows(records: Path, params: dict, baseline: str | None, rounds: int) -> list[dict]:
-    """The CLI scan of both blocks, `rounds` times: this tree in one process (`--block both`) and, with a baseline
-    source, that source as its users ran it (`--block msa`, then `--block mlp`), alternating which goes first."""
-    variants = [("this tree", ("both",), None)] + ([("baseline", ("msa", "mlp"), baseline)] if baseline else [])
+def cli_rows(records: Path, params: dict, baselines: list[str], rounds: int) -> list[dict]:
+    """The CLI scan of both blocks, `rounds` times: this tree in one process (`--block both`) and each baseline source
+    `LABEL=DIR` (`DIR` alone: label "baseline") as its users ran it: `--block both` where its `detect` has it, else
+    `--block msa`, then `--block mlp` (two processes); the order of the variants rotates each round."""
+    variants = [("this tree", ("both",), None)]
+    for spec in baselines:
+        label, _, source = spec.rpartition("=")
+        one_process = '"both")' in (Path(source) / "earlybird" / "cli.py").read_text()
+        variants.append((label or "baseline", ("both",) if one_process else ("msa", "mlp"), source))
     rows = []
     for round_ in range(rounds):
-        for name, blocks, source in (variants if round_ % 2 == 0 else variants[::-1]):
+        shift = round_ % len(variants)
+        for name, blocks, source in variants[shift:] + variants[:shift]:
             rows.append({"variant": name, "round": round_, **cli_scan(records, params, blocks, source)})
     return rows
+
+
+MASK_COST_CODE = """
+import hashlib, json, sys, time
+import numpy as np
+from earlybird.masks import compute_mask
+from earlybird.records import load_records
+coefs = np.asarray(load_records(sys.argv[1]).block("mlp"))  # read once before timing
+cpu, wall = time.process_time(), time.perf_counter()
+masks = compute_mask(coefs, float(sys.argv[2]), "layerwise")
+cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+print(json.dumps({"cpu": cpu, "seconds": wall, "steps": len(coefs), "sha1": hashlib.sha1(np.packbits(masks)).hexdigest()}))
+"""
+
+
+def mask_cost_rows(records: str, baselines: list[str], rounds: int) -> list[dict]:
+    """`compute_mask` of the mlp block of RECORDS in one call (as the scan's blocks of steps), in a fresh process per
+    variant (this tree, then each `LABEL=SRC` baseline), `rounds` times, the order rotating: CPU and wall time, and a
+    hash of the masks to compare."""
+    variants = [("this tree", None)] + [((spec.rpartition("=")[0] or "baseline"), spec.rpartition("=")[2])
+                                        for spec in baselines]
+    rows = []
+    for round_ in range(rounds):
+        shift = round_ % len(variants)
+        for name, source in variants[shift:] + variants[:shift]:
+            env = dict(os.environ)
+            if source:
+                env["PYTHONPATH"] = os.pathsep.join([source, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+            load = os.getloadavg()[0]
+            result = subprocess.run([sys.executable, "-c", MASK_COST_CODE, str(Path(records).resolve()), str(RATIO)],
+                                    capture_output=True, text=True, check=True, env=env, cwd=source or None)
+            rows.append({"variant": name, "round": round_, "load": load, **json.loads(result.stdout.splitlines()[-1])})
+    return rows
+
+
+def render_mask_cost(rows: list[dict], records: str) -> str:
+    steps = rows[0]["steps"]
+    lines = [f"`compute_mask` of the 12 x 3072 (mlp) block of {steps} steps of {records} (synthetic, written by this "
+             f"benchmark: linear to a plateau at half the run + noise), ratio {RATIO}, layerwise, one call, a fresh "
+             "process per run; runs rotate between the variants:", "",
+             "| variant | round | CPU (s) | CPU per step (us) | wall (s) | load average before | masks (sha1) |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['round'] + 1} | {r['cpu']:.2f} | {1e6 * r['cpu'] / steps:.0f} | "
+                     f"{r['seconds']:.2f} | {r['load']:.1f} | {r['sha1'][:12]} |")
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    cpu = {v: statistics.median(r["cpu"] for r in rows if r["variant"] == v) for v in variants}
+    wall = {v: statistics.median(r["seconds"] for r in rows if r["variant"] == v) for v in variants}
+    same = len({r["sha1"] for r in rows}) == 1
+    lines += ["", "- Medians: " + "; ".join(
+        f"{v} {cpu[v]:.2f} s CPU ({1e6 * cpu[v] / steps:.0f} us a step; {cpu[v] / cpu['this tree']:.2f}x this tree's), "
+        f"{wall[v]:.2f} s wall ({wall[v] / wall['this tree']:.2f}x)" for v in variants)
+        + f"; masks {'identical' if same else 'DIFFERENT'} in every run."]
+    return "\n".join(lines)
 
 
 def in_subprocess(spec: dict) -> list[dict]:
@@ -270,8 +335,8 @@ def in_subprocess(spec: dict) -> list[dict]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def scan_rows(quick: bool, steps: int | None, where: str | None, baseline: str | None = None,
-              rounds: int = 1) -> tuple[list[dict], list[str], dict]:
+def scan_rows(quick: bool, steps: int | None, where: str | None, baselines: list[str] = (),
+              rounds: int = 1, cli_only: bool = False) -> tuple[list[dict], list[str], dict]:
     layers, heads, neurons = (4, 12, 256) if quick else (12, 12, 3072)
     wanted = steps or (1500 if quick else 15000)
     row_bytes = 4 * layers * (heads + neurons) + 8
@@ -290,10 +355,11 @@ def scan_rows(quick: bool, steps: int | None, where: str | None, baseline: str |
     rows = []
     try:
         info["write_s"] = write_records(directory / "records", wanted, layers, heads, neurons)
-        for block in ("msa", "mlp"):
+        for block in () if cli_only else ("msa", "mlp"):
             rows += in_subprocess({"records": str(directory / "records"), "params": params, "block": block})
             print(f"[detector_cost] scans of {block} done", file=sys.stderr, flush=True)
-        info["cli"] = cli_rows(directory / "records", params, baseline, rounds)
+        info["load"] = os.getloadavg()
+        info["cli"] = cli_rows(directory / "records", params, baselines, rounds)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return rows, notes, info
@@ -363,25 +429,39 @@ def render(check_rows, scan_rows_, notes, info, quick) -> str:
     return "\n".join(lines)
 
 
+def render_cli(notes, info) -> str:
+    """The report of `--cli-only`: the records scanned, then the CLI table and its goal line."""
+    lines = [f"Detector CLI scan: numpy {np.__version__}, masks at ratio {RATIO}, layerwise; {info['steps']} steps of "
+             f"synthetic coefficients (earlybird.synthetic's model), msa {info['layers']}x{info['heads']} + mlp "
+             f"{info['layers']}x{info['neurons']} float32 ({info['bytes'] / 1e9:.2f} GB written with "
+             f"CoefficientRecorder, fsync off, in {info['write_s']:.0f} s, under {info['where']}); load average "
+             f"{info['load'][0]:.1f} before the CLI scans, {os.getloadavg()[0]:.1f} after."]
+    return "\n".join(lines + cli_lines(info["cli"]) + [f"- Note: {n}" for n in notes])
+
+
 def cli_lines(rows: list[dict]) -> list[str]:
     """The CLI table (each run) and the goal line: this tree against the baseline, side by side, same output."""
     command = f"`earlybird detect RECORDS --method {','.join(CLI_METHODS)} --full-trace --json`"
     lines = ["", f"Through the CLI, as a user runs it: {command}, each process fresh (imports, loading and the JSON "
              "printing included); runs alternate between the variants:", "",
-             "| variant | processes | round | wall (s) | CPU (s) |", "|---|---|---:|---:|---:|"]
+             "| variant | processes | round | wall (s) | CPU (s) | load average before |", "|---|---|---:|---:|---:|---:|"]
     for r in rows:
         processes = " + ".join(f"`--block {b}`" for b in r["blocks"])
-        lines.append(f"| {r['variant']} | {processes} | {r['round'] + 1} | {r['seconds']:.2f} | {r['cpu']:.2f} |")
+        lines.append(f"| {r['variant']} | {processes} | {r['round'] + 1} | {r['seconds']:.2f} | {r['cpu']:.2f} | "
+                     f"{r.get('load', float('nan')):.1f} |")
     median = {v: statistics.median(r["seconds"] for r in rows if r["variant"] == v) for v in {r["variant"] for r in rows}}
     cpu = {v: statistics.median(r["cpu"] for r in rows if r["variant"] == v) for v in median}
     ours = median["this tree"]
     text = (f"- Through the CLI (goal <= 5 s for all four on both blocks): {ours:.1f} s of wall time (median, "
             f"`--block both`; CPU {cpu['this tree']:.1f} s) ({'met' if ours <= 5 else 'not met'})")
-    if "baseline" in median:
-        same = all(r["lines"] == rows[0]["lines"] for r in rows)
-        text += (f"; the baseline, as its users ran it (two processes), {median['baseline']:.1f} s (CPU "
-                 f"{cpu['baseline']:.1f} s): {median['baseline'] / ours:.2f}x; detection JSON "
-                 f"{'identical' if same else 'DIFFERENT'} in every run.")
+    same = all(r["lines"] == rows[0]["lines"] for r in rows)
+    others = [v for v in dict.fromkeys(r["variant"] for r in rows) if v != "this tree"]
+    if others:
+        text += "; " + "; ".join(
+            f"{v} ({' + '.join(f'`--block {b}`' for b in next(r['blocks'] for r in rows if r['variant'] == v))}) "
+            f"{median[v]:.1f} s (CPU {cpu[v]:.1f} s): {median[v] / ours:.2f}x wall, {cpu[v] / cpu['this tree']:.2f}x CPU"
+            for v in others)
+        text += f"; detection JSON {'identical' if same else 'DIFFERENT'} in every run."
     return lines + ["", text]
 
 
@@ -389,20 +469,29 @@ def main(argv=None) -> int:
     parser = make_parser(__doc__, "small records and windows, a pass of seconds", threads=False)
     parser.add_argument("--steps", type=int, default=None, help="steps of the scanned records (default 15000)")
     parser.add_argument("--dir", default=None, help="where to write the temporary records (default: the system tmp)")
-    parser.add_argument("--baseline", metavar="SRC", default=None,
+    parser.add_argument("--baseline", metavar="[LABEL=]SRC", action="append", default=[],
                         help="a directory holding an earlier earlybird/ package (e.g. `git archive COMMIT earlybird | "
                              "tar -x -C SRC`): its CLI scan is timed beside this tree's, alternating, and the outputs "
-                             "compared")
+                             "compared; repeat it for several")
     parser.add_argument("--rounds", type=int, default=None, help="CLI scans per variant (default 3; quick: 1)")
+    parser.add_argument("--cli-only", action="store_true",
+                        help="only the CLI scans (no per-check timings, no per-method scans in subprocesses)")
+    parser.add_argument("--mask-cost", metavar="RECORDS", default=None,
+                        help="only time compute_mask of the mlp block of RECORDS, this tree against each --baseline")
     parser.add_argument("--scan", help=argparse.SUPPRESS)  # internal: one scan, print JSON
     args = parser.parse_args(argv)
     if args.scan:
         print(json.dumps(scan(json.loads(args.scan))))
         return 0
-    check_rows = per_check_rows(args.quick)
+    if args.mask_cost:
+        return emit(render_mask_cost(mask_cost_rows(args.mask_cost, args.baseline, args.rounds or 3), args.mask_cost),
+                    args)
+    check_rows = [] if args.cli_only else per_check_rows(args.quick)
     print("[detector_cost] per-check timings done", file=sys.stderr, flush=True)
     rows, notes, info = scan_rows(args.quick, args.steps, args.dir, args.baseline,
-                                  args.rounds or (1 if args.quick else 3))
+                                  args.rounds or (1 if args.quick else 3), args.cli_only)
+    if args.cli_only:
+        return emit(render_cli(notes, info), args)
     return emit(render(check_rows, rows, notes, info, args.quick), args)
 
 

@@ -142,3 +142,93 @@ def test_nuclear_norm_batch_equals_loop_and_reuses_frozen_masks():
     assert norms.shape == (30,)
     for t in range(30):
         assert norms[t] == nuclear_norm(batch[t])
+
+
+def _reference_prune_k_smallest(rows, k):
+    """The kernel before the anchored selection (one np.partition per row), kept as the reference."""
+    kth = np.partition(rows, k - 1, axis=1)[:, k - 1 : k]
+    below = rows < kth
+    equal = rows == kth
+    quota = k - below.sum(axis=1, dtype=np.int32)
+    pruned = below | equal
+    tied = np.flatnonzero(equal.sum(axis=1, dtype=np.int32) > quota)
+    if tied.size:
+        first = np.cumsum(equal[tied], axis=1, dtype=np.int32) <= quota[tied, None]
+        pruned[tied] = below[tied] | (equal[tied] & first)
+    return pruned
+
+
+def _drifting_steps(rng, steps, layers, n, dtype, ties):
+    """Consecutive steps whose values drift slowly plus noise (what makes the anchored selection take its fast
+    path), or, with ties, few distinct values (rounded), so that ties sit at the k-th value."""
+    base = rng.uniform(0.5, 1.5, (layers, n))
+    trend = np.linspace(0.0, 1.0, steps)[:, None, None] * rng.uniform(-0.2, 0.2, (layers, n))
+    values = base + trend + rng.normal(0.0, 0.003, (steps, layers, n))
+    if ties:
+        values = np.round(values * 20) / 20
+    return values.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("signed", [False, True])
+def test_anchored_kernel_equals_one_partition_per_row(dtype, ties, signed):
+    from earlybird.masks import _prune_k_smallest
+
+    rng = np.random.default_rng(7)
+    steps, layers, n = 50, 3, 96
+    values = _drifting_steps(rng, steps, layers, n, dtype, ties) - (dtype(1.0) if signed else 0)
+    values[5, 1] = values[5, 1, 0]  # a row all equal
+    values[9, 2, ::2] = np.inf  # protected entries (as global scope's +inf)
+    for k in (1, 2, n // 3, n // 2, n - 2, n - 1):
+        for period in (layers, 1):
+            rows = values.reshape(steps * layers, n) if period == layers else values.reshape(steps, layers * n)
+            kk = k if period == layers else min(k * layers, layers * n - 1)
+            np.testing.assert_array_equal(_prune_k_smallest(rows, kk, period=period),
+                                          _reference_prune_k_smallest(rows, kk), err_msg=f"k={kk} period={period}")
+
+
+def test_anchored_kernel_with_signed_zeros():
+    """-0.0 equals 0.0 but its float32 bit pattern is the largest: a bracket holding both zeros and ones must not pick
+    a one where the k-th value is a zero."""
+    from earlybird.masks import _prune_k_smallest
+
+    rng = np.random.default_rng(5)
+    steps, layers, n, k = 40, 2, 128, 5
+    values = np.full((steps, layers, n), 5.0, dtype=np.float32) + rng.random((steps, layers, n), dtype=np.float32)
+    for step in range(steps):
+        zeros = 3 + step % 5  # 3 ... 7 zeros, so the k-th value flips between 0 and 1 from step to step
+        values[step, :, :zeros] = np.where(rng.random((layers, zeros)) < 0.6, -0.0, 0.0)
+        values[step, :, zeros : zeros + 3] = 1.0
+    rows = values.reshape(steps * layers, n)
+    np.testing.assert_array_equal(_prune_k_smallest(rows, k, period=layers), _reference_prune_k_smallest(rows, k))
+
+
+@pytest.mark.parametrize("scope", ["layerwise", "global"])
+@pytest.mark.parametrize("ties", [False, True])
+def test_compute_mask_unchanged_by_the_anchored_kernel(monkeypatch, scope, ties):
+    import earlybird.masks as masks
+
+    coefs = _drifting_steps(np.random.default_rng(3), 60, 4, 128, np.float32, ties)
+    coefs[::7] *= -1  # signs do not matter to the magnitude rule
+    for ratio in (0.01, 0.3, 0.7, 0.99):
+        for rule in ("magnitude", "quantile"):
+            ours = compute_mask(coefs, ratio, scope, rule)
+            with monkeypatch.context() as patched:
+                patched.setattr(masks, "_prune_k_smallest", lambda rows, k, period=1: _reference_prune_k_smallest(rows, k))
+                reference = compute_mask(coefs, ratio, scope, rule)
+            np.testing.assert_array_equal(ours, reference, err_msg=f"ratio={ratio} rule={rule}")
+
+
+@pytest.mark.parametrize("shape", [(7, 12, 3072), (5, 4, 13), (6, 12, 12), (3, 1, 64), (4, 9, 70)])
+def test_popcount_gram_equals_the_matmul_and_the_norms_are_unchanged(shape):
+    from earlybird.masks import _row_gram, _singular_values_squared
+
+    rng = np.random.default_rng(11)
+    masks = rng.random(shape) < 0.7
+    masks[0] = True
+    masks[1, 0] = False
+    as_float = masks.astype(np.float32)
+    np.testing.assert_array_equal(_row_gram(masks), as_float @ as_float.transpose(0, 2, 1))
+    reference = np.linalg.eigvalsh((as_float @ as_float.transpose(0, 2, 1)).astype(np.float64))
+    np.testing.assert_array_equal(_singular_values_squared(masks), reference)
