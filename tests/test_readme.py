@@ -17,18 +17,21 @@ from pathlib import Path
 
 import pytest
 
+from clm_support import make_corpus, make_tiny_decoder
 from test_training_support import ROOT, load_script, make_sentiment_tsv, make_tiny_bert, one_thread
 
 PROGRAMS = {  # how a README command names a program -> how it is run here
     "ViT_pretraining/main.py": lambda: load_script("ViT_pretraining/main.py", "vit_pretraining_main").main,
     "Finetuning/run_bert.py": lambda: load_script("Finetuning/run_bert.py", "finetuning_run_bert").main,
     "Finetuning/run_vit.py": lambda: load_script("Finetuning/run_vit.py", "finetuning_run_vit").main,
+    "Finetuning/run_clm.py": lambda: load_script("Finetuning/run_clm.py", "finetuning_run_clm").main,
     "earlybird": lambda: __import__("earlybird.cli", fromlist=["main"]).main,
 }
 # Appended to every command of a program (the digits default trains 360 steps).
 SCALE = {
     "ViT_pretraining/main.py": ["--max-steps", "16", "--max-eval-samples", "64", "--disable-tqdm"],
     "Finetuning/run_bert.py": ["--max-steps", "4", "--disable-tqdm"],
+    "Finetuning/run_clm.py": ["--max-steps", "12", "--block-size", "16", "--disable-tqdm"],
 }
 # The README's placeholders and steps at this scale (those of what the scratch directory holds: see `scratch`).
 SUBSTITUTE = {
@@ -36,6 +39,8 @@ SUBSTITUTE = {
     "--step 2955": "--step 12", "--prune-step 72": "--prune-step 12", " [--random SEED]": "",
     "--eb-smooth 5 --eb-window 30 --eb-every 5": "--eb-smooth 2 --eb-window 10 --eb-every 2",
     "--method slope --json": "--method slope --json --smooth 2 --window 10 --every 2",
+    "--method all": "--method all --smooth 2 --window 10 --every 2",
+    "--step 400": "--step 8",
 }
 SKIPPED_COMMANDS = {  # a command of a block that runs -> why this test leaves it out
     "--format onnx": "the same export as the line before it, through ONNX (~25 s): tests/test_export.py runs it",
@@ -98,13 +103,17 @@ def runnable_blocks() -> list[tuple[int, str]]:
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory):
     """The scratch directory the README's commands run in, with what the substitutions point at: a tiny BERT ($MODEL)
-    and a tiny SST-2, and a Trainer run of the README's EarlyBirdCallback example on them (runs/sst2_trainer)."""
+    and a tiny SST-2, and a Trainer run of the README's EarlyBirdCallback example on them (runs/sst2_trainer); a
+    tiny Llama with its tokenizer ($MODEL unquoted, the decoder section's) and a small text (corpus.txt)."""
     root = tmp_path_factory.mktemp("readme")
     model = make_tiny_bert(root / "tiny-bert")
     sst2 = make_sentiment_tsv(root / "sst2")
+    corpus = make_corpus(root / "corpus.txt")
+    decoder = make_tiny_decoder(root / "tiny-llama", corpus=corpus)
     with one_thread():
         trainer_run(model, sst2, root / "runs" / "sst2_trainer")
-    return root, {**SUBSTITUTE, "../shared/data/sst2": str(sst2), '"$MODEL"': str(model)}
+    # ('"$MODEL"' first: the quoted one is the BERT section's)
+    return root, {**SUBSTITUTE, "../shared/data/sst2": str(sst2), '"$MODEL"': str(model), "$MODEL": str(decoder)}
 
 
 def trainer_run(model_dir, sst2, output_dir):
@@ -154,7 +163,7 @@ def run_command(command: str, substitutions: dict) -> int | None:
 def test_the_readme_has_the_blocks_this_test_runs():
     texts = [text for _, text in runnable_blocks()]
     for expected in ("ViT_pretraining/main.py --output-dir runs/slim", "earlybird detect RUN/records",
-                     "earlybird export runs/t72", "Finetuning/run_bert.py --task glue"):
+                     "earlybird export runs/t72", "Finetuning/run_bert.py --task glue", "Finetuning/run_clm.py"):
         assert any(expected in text for text in texts), expected
 
 
@@ -173,6 +182,8 @@ def test_every_runnable_readme_block_runs(scratch, monkeypatch, capsys):
     assert (root / "runs" / "t72" / "results.json").is_file() and (root / "runs" / "eb" / "ebtrain.json").is_file()
     assert (root / "deploy" / "t72" / "config.json").is_file()
     assert (root / "runs" / "sst2_ticket" / "results.json").is_file()
+    assert (root / "runs" / "clm_ticket" / "results.json").is_file() and (root / "runs" / "clm_eb" / "results.json").is_file()
+    assert (root / "llama_ticket" / "config.json").is_file()
 
 
 def test_without_its_model_the_retrain_command_fails_at_once_in_one_line(scratch, monkeypatch, capsys):
