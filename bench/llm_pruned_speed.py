@@ -218,7 +218,7 @@ def overhead_rows(args, deadline: float) -> list[dict]:
             lambda **flags: make_config(args.quick, **flags),
             lambda: {"input_ids": (ids := torch.randint(0, vocab, (batch, seq))), "labels": ids})
     settings = argparse.Namespace(min_pairs=args.min_pairs, max_pairs=args.max_pairs, target=args.target,
-                                  clock="cpu")
+                                  clock="cpu", torch_device=torch.device("cpu"), dtype="fp32")
     return measure(case, "sdpa", ("both",), settings, deadline)
 
 

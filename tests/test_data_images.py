@@ -267,7 +267,7 @@ def test_worker_processes_and_batching_do_not_change_the_batches(tmp_path):
 
 def test_augmented_run_resumed_with_workers_repeats_the_run_without(tmp_path, monkeypatch):
     """Crops, flips and RandAugment on data from files: a run interrupted with 2 worker processes and resumed with the
-    default number gives bitwise the records and losses of an uninterrupted run in the main process; and the training
+    default number (--dataloader-num-workers may change on --resume) gives bitwise the records and losses of an uninterrupted run in the main process; and the training
     DataLoader is made once per run, not once per epoch (6 batches an epoch, 20 steps)."""
     from earlybird.training import loop
     from test_training_support import load_script, one_thread, read_json, read_jsonl
@@ -294,8 +294,10 @@ def test_augmented_run_resumed_with_workers_repeats_the_run_without(tmp_path, mo
         cut = tmp_path / "cut"
         assert pretrain.main(["--output-dir", str(cut), *argv, "--debug-crash-at-step", "11",
                               "--dataloader-num-workers", "2"]) == 3
-        assert pretrain.main(["--output-dir", str(cut), *argv, "--resume"]) == 0
-    default = common.default_num_workers(made[0][0])
+        # (a flag not given on --resume is the run's own: the default is asked for explicitly)
+        default = common.default_num_workers(made[0][0])
+        assert pretrain.main(["--output-dir", str(cut), *argv, "--resume", "--dataloader-num-workers",
+                              str(default)]) == 0
     assert default >= 1 and [w for d, w in made if d.transform.kind == "cifar"] == [2, default]
     whole, again = load_records(tmp_path / "whole" / "records"), load_records(cut / "records")
     assert whole.steps.tolist() == again.steps.tolist() == list(range(1, 21))

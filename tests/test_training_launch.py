@@ -103,7 +103,7 @@ SCRIPTS = {
     "Finetuning/scripts/prune_train_llm.bash": ["run_bert.py", "--prune-step 2955", "--inter-pruning-ratio 0.3"],
     "Finetuning/scripts/slim_clm.bash": ["run_clm.py", "--model-name-or-path meta-llama/Llama-3.2-1B",
                                          "--block-size 512", "--self-slimming --inter-slimming"],
-    "Finetuning/scripts/prune_train_clm.bash": ["run_clm.py", "--prune-step 200", "--self-pruning-scope uniform",
+    "Finetuning/scripts/prune_train_clm.bash": ["run_clm.py", "--prune-step 2955", "--self-pruning-scope uniform",
                                                 "--gqa-rule per-group --round-to 1"],
     "ViT_pretraining/scripts/slimming.sh": ["main.py", "--dataset cifar10"],
     "ViT_pretraining/scripts/prune_train.sh": ["main.py", "--prune-step 2955", "--dataset cifar10"],

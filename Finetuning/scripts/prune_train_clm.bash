@@ -9,7 +9,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 source "$ROOT/Finetuning/scripts/launch.bash"
 MODEL=${MODEL:-meta-llama/Llama-3.2-1B}  # for the tokenizer and the config; the weights come from SLIM_DIR
 SLIM_DIR=${SLIM_DIR:-$ROOT/runs/clm_slim}
-PRUNE_STEP=${PRUNE_STEP:-200}
+PRUNE_STEP=${PRUNE_STEP:-}               # empty: the recorded step at PRUNE_FRACTION (0.2) of the slimming run
 SELF_SCOPE=${SELF_SCOPE:-uniform}
 INTER_SCOPE=${INTER_SCOPE:-uniform}
 ticket_defaults
@@ -20,7 +20,7 @@ TRAIN_FILE=${TRAIN_FILE:-}
 VALIDATION_FILE=${VALIDATION_FILE:-}
 DATASET_NAME=${DATASET_NAME:-}
 BLOCK_SIZE=${BLOCK_SIZE:-512}
-BATCH_SIZE=${BATCH_SIZE:-8}
+GLOBAL_BATCH=${GLOBAL_BATCH:-8}          # the slimming run's budget: same global batch, epochs or steps
 GRAD_ACCUM=${GRAD_ACCUM:-1}
 EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-8}
 EPOCHS=${EPOCHS:-1}

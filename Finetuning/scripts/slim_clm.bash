@@ -3,7 +3,8 @@
 # coefficients. Every variable below can be set from the environment (and those of launch.bash); see docs/training.md:
 #   MODEL=/path/to/llama TRAIN_FILE=corpus.txt MAX_STEPS=200 bash Finetuning/scripts/slim_clm.bash
 #   DATASET_NAME=/path/to/save_to_disk_dir TEXT_COLUMN=text bash Finetuning/scripts/slim_clm.bash
-#   EB_METHOD=hamming RATIO=0.5 bash ...: EB-Train (draw online, prune in place, with GQA_RULE / ROUND_TO)
+#   EB_METHOD=hamming SELF_RATIO=0.5 INTER_RATIO=0.5 bash ...: EB-Train (draw online with the study's detector
+#   parameters scaled to the run, prune in place with SCOPE, GQA_RULE, ROUND_TO)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 MODEL=${MODEL:-meta-llama/Llama-3.2-1B}
@@ -12,8 +13,8 @@ TRAIN_FILE=${TRAIN_FILE:-}               # local text, one example per line (els
 VALIDATION_FILE=${VALIDATION_FILE:-}     # default: the last 10% of TRAIN_FILE's blocks
 DATASET_NAME=${DATASET_NAME:-}
 BLOCK_SIZE=${BLOCK_SIZE:-512}
-BATCH_SIZE=${BATCH_SIZE:-8}              # per device
-GRAD_ACCUM=${GRAD_ACCUM:-1}              # global batch = BATCH_SIZE x NUM_PROCESSES x GRAD_ACCUM
+GLOBAL_BATCH=${GLOBAL_BATCH:-8}          # per optimizer step, over every process
+GRAD_ACCUM=${GRAD_ACCUM:-1}              # per device: GLOBAL_BATCH / (NUM_PROCESSES x GRAD_ACCUM)
 EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-8}
 EPOCHS=${EPOCHS:-1}
 MAX_STEPS=${MAX_STEPS:-}                 # set to override EPOCHS
@@ -25,8 +26,7 @@ SAVE_EVERY=${SAVE_EVERY:-0}              # keep weights every N steps (needed fo
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-1000}
 EVAL_EVERY=${EVAL_EVERY:-0}
 SEED=${SEED:-42}
-EB_METHOD=${EB_METHOD:-}                 # hamming | slope | mk | adf: EB-Train instead of a plain slimming run
-RATIO=${RATIO:-0.5}                      # EB-Train: the fraction of heads and neurons pruned at the draw
+EB_METHOD=${EB_METHOD:-}                 # hamming | slope | mk | adf: EB-Train (SELF_RATIO / INTER_RATIO, 0.3)
 SCOPE=${SCOPE:-uniform}                  # EB-Train: layerwise | global | uniform (uniform: a standard-config export)
 GQA_RULE=${GQA_RULE:-per-group}          # per-group | groups (grouped-query attention)
 ROUND_TO=${ROUND_TO:-1}                  # kept widths rounded up to a multiple
@@ -38,7 +38,7 @@ flags_from_env TRAIN_FILE:--train-file VALIDATION_FILE:--validation-file DATASET
 slim_flags
 run_flags
 if [[ -n $EB_METHOD ]]; then
-  FLAGS+=(--eb-method "$EB_METHOD" --eb-block both --self-pruning-ratio "$RATIO" --inter-pruning-ratio "$RATIO"
-          --self-pruning-scope "$SCOPE" --inter-pruning-scope "$SCOPE" --gqa-rule "$GQA_RULE" --round-to "$ROUND_TO")
+  FLAGS+=(--eb-block both --self-pruning-scope "$SCOPE" --inter-pruning-scope "$SCOPE" --gqa-rule "$GQA_RULE"
+          --round-to "$ROUND_TO")
 fi
 launch "$ROOT/Finetuning/run_clm.py" "${FLAGS[@]}"
