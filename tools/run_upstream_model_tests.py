@@ -27,7 +27,10 @@ import transformers
 
 MODELS = {"llama": "Llama", "qwen3": "Qwen3"}
 
-VARIANTS = '''"""earlybird's feature-on variants of transformers' own {Model} tests, written by tools/run_upstream_model_tests.py."""
+VARIANTS = '''"""earlybird's feature-on variants of transformers' own {Model} tests.
+
+Written by earlybird's tools/run_upstream_model_tests.py.
+"""
 
 from . import test_modeling_{model} as upstream
 
